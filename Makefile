@@ -1,0 +1,49 @@
+# Every target creates or reuses the local virtualenvs and Node packages it needs,
+# so `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LEGACY_VENV := .venv-legacy
+NODE_DIR := tests/node
+
+.PHONY: install demo test lint typecheck unit bench security clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# A downstream built on the 1.x SDK needs its own virtualenv: 1.x and 2.x cannot share one.
+$(LEGACY_VENV)/.installed: tests/fixtures/legacy-requirements.txt
+	$(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_VENV)/bin/pip install --quiet --upgrade pip
+	$(LEGACY_VENV)/bin/pip install --quiet -r tests/fixtures/legacy-requirements.txt
+	touch $@
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: install $(NODE_DIR)/node_modules/.installed
+	$(BIN)/python -m mcp_guard.demo
+
+lint: install
+	$(BIN)/ruff check mcp_guard tests
+	$(BIN)/ruff format --check mcp_guard tests
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install $(LEGACY_VENV)/.installed $(NODE_DIR)/node_modules/.installed
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python tests/bench/run.py
+
+clean:
+	rm -rf $(VENV) $(LEGACY_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,120 @@
+"""The `mcp-guard` command line.
+
+`run` serves the gateway (stdio by default, where stdout belongs to the
+protocol); `check` validates a policy file and shows what clients would see.
+Every command writes its logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from mcp_guard import __version__
+from mcp_guard.config import GatewayConfig, load_config
+from mcp_guard.errors import ConfigError
+from mcp_guard.log import LEVELS, configure_logging
+
+DEFAULT_POLICY = "mcp-guard.toml"
+DEFAULT_CLIENT = "default"
+# How long `check` waits for downstream servers to list their tools.
+CHECK_CONNECT_SECONDS = 60
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return _run(config, args)
+    return _check(config, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-guard", description="An MCP gateway that guards tool calls.")
+    parser.add_argument("--version", action="version", version=f"mcp-guard {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=os.environ.get("MCP_GUARD_LOG_LEVEL", "info"),
+        help="lowest level of the JSON logs written to stderr (default: info, or $MCP_GUARD_LOG_LEVEL)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="serve the gateway")
+    _add_config_argument(run)
+    run.add_argument(
+        "--transport", choices=("stdio", "http"), default="stdio", help="how clients connect (default: stdio)"
+    )
+    run.add_argument("--host", help="address to bind with --transport http (default: gateway.http.host)")
+    run.add_argument("--port", type=int, help="TCP port with --transport http (default: gateway.http.port)")
+    run.add_argument(
+        "--client", default=DEFAULT_CLIENT, help="client profile a stdio gateway serves (default: default)"
+    )
+
+    check = commands.add_parser("check", help="validate a policy file and list the tools clients would see")
+    _add_config_argument(check, positional=True)
+    check.add_argument(
+        "--offline", action="store_true", help="only validate the file; do not start the downstream servers"
+    )
+    return parser
+
+
+def _add_config_argument(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
+    default = os.environ.get("MCP_GUARD_CONFIG", DEFAULT_POLICY)
+    help_text = f"policy file (default: {default}, or $MCP_GUARD_CONFIG)"
+    if positional:
+        parser.add_argument("config", nargs="?", default=default, help=help_text)
+    else:
+        parser.add_argument("--config", "-c", default=default, help=help_text)
+
+
+def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from mcp_guard.gateway.serve import serve_http, serve_stdio
+
+    if args.transport == "stdio":
+        anyio.run(lambda: serve_stdio(config, client=args.client))
+    else:
+        anyio.run(lambda: serve_http(config, client=args.client, host=args.host, port=args.port))
+    return 0
+
+
+def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
+    print(f"{args.config}: valid, {len(config.servers)} servers configured")
+    print(f"state directory: {Path(config.gateway.state_dir)}")
+    if args.offline:
+        return 0
+    return anyio.run(_check_servers, config)
+
+
+async def _check_servers(config: GatewayConfig) -> int:
+    from mcp_guard.downstream.registry import DownstreamRegistry
+
+    failed = 0
+    with anyio.move_on_after(CHECK_CONNECT_SECONDS):
+        async with DownstreamRegistry(config).running() as registry:
+            catalog = registry.catalog
+            for server_id, status in registry.status().items():
+                if status["state"] != "ready":
+                    failed += 1
+                    print(f"\n[{server_id}] NOT AVAILABLE: {status['last_error']}")
+                    continue
+                print(f"\n[{server_id}] ready, protocol {status['protocol']}")
+                for tool in catalog.tools.values():
+                    if tool.server == server_id:
+                        renamed = (
+                            "" if tool.exported.endswith(tool.name) else f"  (downstream name: {tool.name})"
+                        )
+                        print(f"  {tool.exported}{renamed}")
+            print("\nEvery client sees all of these tools.")
+    return 1 if failed else 0

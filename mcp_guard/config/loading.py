@@ -1,0 +1,181 @@
+"""Reading a policy file into a `GatewayConfig`, with errors a person can act on.
+
+A file is accepted whole or rejected whole: every problem found is reported in
+one `ConfigError`, each naming the key path, the bad value and the fix.
+Environment variables referenced by templates are checked for presence here,
+but their values are only read when a connection is made (`resolve_templates`),
+so secrets never sit in the config objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from mcp_guard.config.models import (
+    ENV_REFERENCE,
+    GatewayConfig,
+    HttpServerConfig,
+    StdioServerConfig,
+)
+from mcp_guard.errors import ConfigError
+
+# Values longer than this are shortened in error messages.
+MAX_SHOWN_VALUE = 80
+# `user:password@` in a URL is masked before a value is shown in an error.
+USERINFO = re.compile(r"://[^/@\s]*@")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, validate and resolve the policy file at `path`.
+
+    Relative `cwd` and `state_dir` values are resolved against the file's folder.
+
+    Raises:
+        ConfigError: The file is missing, is not valid TOML, or breaks any rule.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(file), ["the file does not exist; check the path"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(file), [f"the file cannot be read: {exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), [f"invalid TOML: {exc}"]) from None
+    config = parse_config(data, source=str(file), environ=environ)
+    return _resolve_paths(config, file.resolve().parent)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<policy>", environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Validate already-parsed policy data.
+
+    Raises:
+        ConfigError: Any rule is broken or a referenced environment variable is unset.
+    """
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
+    missing = _missing_env_references(config, os.environ if environ is None else environ)
+    if missing:
+        raise ConfigError(source, missing)
+    return config
+
+
+def resolve_templates(templates: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """Replace every `${VAR}` in each template with the value of VAR from `environ`.
+
+    Raises:
+        ConfigError: A referenced variable is not set.
+    """
+    resolved: dict[str, str] = {}
+    for name, template in templates.items():
+        for variable in ENV_REFERENCE.findall(template):
+            if variable not in environ:
+                raise ConfigError("environment", [f"{name}: environment variable {variable} is not set"])
+        resolved[name] = ENV_REFERENCE.sub(lambda match: environ[match.group(1)], template)
+    return resolved
+
+
+def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:
+    problems = []
+    for server_id, server in config.servers.items():
+        field = "env_from" if isinstance(server, StdioServerConfig) else "headers_from"
+        templates = server.env_from if isinstance(server, StdioServerConfig) else server.headers_from
+        for name, template in templates.items():
+            for variable in ENV_REFERENCE.findall(template):
+                if variable not in environ:
+                    problems.append(
+                        f"servers.{server_id}.{field}.{name}: environment variable {variable} is not set; "
+                        "export it before starting mcp-guard"
+                    )
+    return problems
+
+
+def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
+    servers: dict[str, StdioServerConfig | HttpServerConfig] = {}
+    for server_id, server in config.servers.items():
+        if isinstance(server, StdioServerConfig) and server.cwd is not None:
+            server = server.model_copy(update={"cwd": str((base / server.cwd).resolve())})
+        servers[server_id] = server
+    state_dir = str((base / config.gateway.state_dir).resolve())
+    gateway = config.gateway.model_copy(update={"state_dir": state_dir})
+    return config.model_copy(update={"servers": servers, "gateway": gateway})
+
+
+def _describe(error: ErrorDetails) -> str:
+    """Turn one pydantic error into "key.path: what is wrong (got value); fix"."""
+    location = _key_path(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return _unknown_key(error["loc"], location)
+    if kind == "missing":
+        return f"{location}: required key is missing; add it"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch" and "pattern" in (error.get("ctx") or {}):
+        message = _pattern_hint(location, error["ctx"]["pattern"])
+    shown = _shown(error.get("input"))  # secrets never reach here: secret-bearing dicts are not shown
+    return f"{location}: {message} (got {shown})" if shown else f"{location}: {message}"
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("stdio", "http"):
+            continue  # discriminator tags are not keys of the file
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _unknown_key(loc: Sequence[int | str], location: str) -> str:
+    key = str(loc[-1])
+    known = _known_keys(loc[:-1])
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys here: {', '.join(sorted(known))}"
+    return f"{location}: unknown key; {hint}"
+
+
+def _known_keys(parent: Sequence[int | str]) -> list[str]:
+    model: type[BaseModel] = GatewayConfig
+    for item in parent:
+        if item in ("stdio", "http"):
+            model = StdioServerConfig if item == "stdio" else HttpServerConfig
+            continue
+        field = model.model_fields.get(str(item))
+        if field is None:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return list(model.model_fields)
+
+
+def _pattern_hint(location: str, pattern: str) -> str:
+    if location.endswith("url"):
+        return "expected an http:// or https:// URL without spaces"
+    if location.startswith("servers") and not location.endswith("path"):
+        return "expected a letter followed by up to 31 letters, digits, '_' or '-'"
+    return f"does not match the pattern {pattern}"
+
+
+def _shown(value: Any) -> str:
+    if value is None or isinstance(value, dict | list):
+        return ""
+    text = repr(USERINFO.sub("://***@", value) if isinstance(value, str) else value)
+    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "..."

@@ -1,0 +1,225 @@
+"""Frozen models of the policy file.
+
+The models only describe and validate; reading files and environment variables
+is left to `loading.py`. Every model forbids unknown keys, so a typo is an
+error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+DEFAULT_HTTP_PORT = 8765
+DEFAULT_HTTP_PATH = "/mcp"
+# The SDK's own default request body limit.
+DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+# Claude Code shows a tool as `mcp__<server>__<tool>` and several model APIs reject names over
+# 64 characters, so exported names stay well below 64 to leave room for such a client prefix.
+DEFAULT_MAX_TOOL_NAME_LENGTH = 48
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_CALL_TIMEOUT_SECONDS = 300.0
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
+
+# Server ids and prefixes become part of exported names, so they use the exported character set.
+IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Names of variables and headers that carry credentials. Their values belong in the
+# environment, referenced with `env_from` / `headers_from`, never in the file.
+SECRET_NAME = re.compile(
+    r"(secret|passw|token|api[-_]?key|private[-_]?key|access[-_]?key|credential|authorization|cookie|^key$|_key$)",
+    re.IGNORECASE,
+)
+
+ProtocolMode = Literal["auto", "legacy", "2026-07-28"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_templates(templates: dict[str, str]) -> dict[str, str]:
+    for name, template in templates.items():
+        if not ENV_REFERENCE.search(template):
+            raise ValueError(
+                f"{name} = {template!r} references no environment variable; "
+                f'write the value as a template such as "${{MY_VAR}}" or "Bearer ${{MY_VAR}}"'
+            )
+    return templates
+
+
+def _reject_literal_secrets(values: dict[str, str], template_field: str) -> dict[str, str]:
+    for name in values:
+        if SECRET_NAME.search(name):
+            raise ValueError(
+                f"{name!r} looks like a secret, and secrets are never stored in the policy file; "
+                f'move it to {template_field} = {{ {name} = "${{ENV_VAR}}" }} and set ENV_VAR '
+                "in the gateway's environment"
+            )
+    return values
+
+
+class _ServerBase(_Frozen):
+    prefix: Annotated[str | None, Field(pattern=IDENTIFIER_PATTERN)] = None
+    """Prefix of the exported names (`<prefix>__<tool>`); defaults to the server id."""
+
+    protocol: ProtocolMode = "auto"
+    """Protocol era to speak: "auto" probes 2026-07-28 and falls back to the handshake."""
+
+    call_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = DEFAULT_CALL_TIMEOUT_SECONDS
+    """Maximum time one request to this server may take."""
+
+    startup_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = DEFAULT_STARTUP_TIMEOUT_SECONDS
+    """Maximum time from starting the connection to a listed catalogue."""
+
+
+class StdioServerConfig(_ServerBase):
+    """A downstream server started as a child process and spoken to over its stdin and stdout."""
+
+    command: Annotated[str, Field(min_length=1)]
+    """Program to run, looked up on PATH."""
+
+    args: list[str] = []
+    """Arguments passed to the program."""
+
+    cwd: str | None = None
+    """Working directory; relative paths are resolved against the policy file's folder."""
+
+    env: dict[str, str] = {}
+    """Extra environment variables (no secrets), added on top of a safe base environment."""
+
+    env_from: dict[str, str] = {}
+    """Environment variables whose values are templates over the gateway's own environment."""
+
+    @field_validator("env")
+    @classmethod
+    def _env_has_no_secrets(cls, values: dict[str, str]) -> dict[str, str]:
+        return _reject_literal_secrets(values, "env_from")
+
+    @field_validator("env_from")
+    @classmethod
+    def _env_from_templates(cls, values: dict[str, str]) -> dict[str, str]:
+        return _check_templates(values)
+
+
+class HttpServerConfig(_ServerBase):
+    """A downstream server reached over streamable HTTP."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    """The server's MCP endpoint, for example "http://127.0.0.1:9000/mcp"."""
+
+    headers: dict[str, str] = {}
+    """Extra request headers (no secrets)."""
+
+    headers_from: dict[str, str] = {}
+    """Request headers whose values are templates over the gateway's environment."""
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_have_no_secrets(cls, values: dict[str, str]) -> dict[str, str]:
+        return _reject_literal_secrets(values, "headers_from")
+
+    @field_validator("headers_from")
+    @classmethod
+    def _headers_from_templates(cls, values: dict[str, str]) -> dict[str, str]:
+        return _check_templates(values)
+
+    @field_validator("url")
+    @classmethod
+    def _no_userinfo(cls, url: str) -> str:
+        authority = url.split("://", 1)[1].split("/", 1)[0]
+        if "@" in authority:
+            raise ValueError(
+                "the URL contains credentials; remove them and send them with headers_from instead"
+            )
+        return url
+
+
+def _server_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return "stdio" if isinstance(value, StdioServerConfig) else "http"
+    if not isinstance(value, dict):
+        return None
+    has_command, has_url = "command" in value, "url" in value
+    if has_command == has_url:
+        return None
+    return "stdio" if has_command else "http"
+
+
+ServerConfig = Annotated[
+    Annotated[StdioServerConfig, Tag("stdio")] | Annotated[HttpServerConfig, Tag("http")],
+    Discriminator(
+        _server_kind,
+        custom_error_type="server_kind",
+        custom_error_message="a server needs exactly one of `command` (stdio) or `url` (streamable HTTP)",
+    ),
+]
+
+
+class HttpSettings(_Frozen):
+    """Where and how the gateway serves streamable HTTP (`mcp-guard run --transport http`)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. The default accepts connections from this machine only."""
+
+    port: Annotated[int, Field(ge=0, le=65_535)] = DEFAULT_HTTP_PORT
+    """TCP port; 0 picks a free one."""
+
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_-]*$")] = DEFAULT_HTTP_PATH
+    """URL path of the MCP endpoint."""
+
+    allowed_hosts: list[str] = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    """Accepted `Host` header values (DNS-rebinding protection); `name:*` allows any port."""
+
+    allowed_origins: list[str] = []
+    """Accepted `Origin` header values, for browser-based clients."""
+
+    max_request_body_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = (
+        DEFAULT_MAX_REQUEST_BODY_BYTES
+    )
+    """Largest request body accepted."""
+
+
+class GatewaySettings(_Frozen):
+    """Settings of the gateway itself."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "mcp-guard"
+    """Server name reported to clients."""
+
+    state_dir: str = ".mcp-guard"
+    """Folder for state that survives restarts; relative paths are resolved against the policy file."""
+
+    max_tool_name_length: Annotated[int, Field(ge=16, le=64)] = DEFAULT_MAX_TOOL_NAME_LENGTH
+    """Longest exported tool or prompt name; longer names are shortened with a hash."""
+
+    page_size: Annotated[int, Field(ge=1, le=10_000)] = DEFAULT_PAGE_SIZE
+    """Items per page in tools/list, prompts/list and resources/list results."""
+
+    http: HttpSettings = HttpSettings()
+
+
+class GatewayConfig(_Frozen):
+    """A whole policy file."""
+
+    gateway: GatewaySettings = GatewaySettings()
+    servers: dict[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)], ServerConfig] = {}
+    """Downstream servers by id, in the order they are listed."""
+
+    @model_validator(mode="after")
+    def _prefixes_unique(self) -> GatewayConfig:
+        owners: dict[str, str] = {}
+        for server_id, server in self.servers.items():
+            prefix = server.prefix or server_id
+            if prefix in owners:
+                raise ValueError(
+                    f"servers {owners[prefix]!r} and {server_id!r} both use the prefix {prefix!r}; "
+                    "give one of them another `prefix`"
+                )
+            owners[prefix] = server_id
+        return self
+
+    def prefix_of(self, server_id: str) -> str:
+        """Return the prefix of the names exported for `server_id`."""
+        return self.servers[server_id].prefix or server_id

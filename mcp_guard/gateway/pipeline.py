@@ -1,0 +1,67 @@
+"""The chain of stages a tool call passes through before and after forwarding.
+
+Each stage is an async function that receives the call and the next stage and
+returns the result dict, so a stage can refuse (return a tool error without
+calling on), wrap (time, record, release budget in `finally`), or rewrite.
+`build_call_pipeline` assembles the chain in one place, in the order the
+guards apply, so a reader sees the whole path of a call at once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from mcp_guard.downstream.catalog import ExportedTool
+from mcp_guard.downstream.connection import ProgressCallback
+
+ToolResult = dict[str, Any]
+"""A tools/call result as a wire dict."""
+
+
+@dataclass
+class ToolCall:
+    """One tools/call request on its way through the gateway."""
+
+    client: str
+    """Who is calling: the profile of a stdio gateway, the authenticated client over HTTP."""
+    session: str | None
+    """The connection or MCP session the call arrived on, if the transport has one."""
+    protocol_version: str
+    tool: ExportedTool
+    arguments: dict[str, Any]
+    progress: ProgressCallback | None = None
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[ToolCall], Awaitable[ToolResult]]
+Stage = Callable[[ToolCall, Handler], Awaitable[ToolResult]]
+
+
+def build_call_pipeline(forward: Handler, stages: Sequence[Stage] = ()) -> Handler:
+    """Chain `stages` (outermost first) in front of `forward`.
+
+    The gateway's order, once every guard exists, is: audit, identity, pinning
+    and policy, rate limits, approval, forward. Audit is outermost so denials,
+    limit hits, timeouts and cancellations are all recorded; policy comes
+    before rate limits so a denied call spends no budget; limits come before
+    approval so nobody is asked about a call the limiter would refuse.
+    """
+    handler = forward
+    for stage in reversed(stages):
+        handler = partial(_call_stage, stage, handler)
+    return handler
+
+
+async def _call_stage(stage: Stage, next_handler: Handler, call: ToolCall) -> ToolResult:
+    return await stage(call, next_handler)
+
+
+def tool_error(message: str) -> ToolResult:
+    """Build a tool result that tells the model the call failed and why."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}

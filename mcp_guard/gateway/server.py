@@ -1,0 +1,329 @@
+"""The upstream MCP server: what clients connect to.
+
+`build_server` creates one lowlevel SDK `Server` that serves both protocol eras
+and wires each MCP method to a `Gateway` method. The gateway looks requested
+names up in the current catalogue (exact match only), sends the request to
+the server that owns it, and shapes the result for the caller's era. Tool calls
+go through the call pipeline; how each guard decides is left to the pipeline's
+stages. Only this package imports the MCP server API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import mcp_types as types
+import structlog
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.caching import CacheHint
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import ListenHandler
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from mcp_guard import __version__
+from mcp_guard.config.models import GatewayConfig
+from mcp_guard.downstream.catalog import MODERN_ERA, Catalog
+from mcp_guard.downstream.registry import DownstreamRegistry
+from mcp_guard.errors import DownstreamError, DownstreamRejected, GuardError, NotFoundError
+from mcp_guard.gateway.notifications import ChangeNotifier
+from mcp_guard.gateway.pipeline import Handler, Stage, ToolCall, ToolResult, build_call_pipeline, tool_error
+from mcp_guard.gateway.results import (
+    is_input_required,
+    shape_plain_result,
+    shape_read_result,
+    shape_tool_result,
+)
+
+log = structlog.get_logger(module=__name__)
+
+INSTRUCTIONS = (
+    "mcp-guard forwards these tools to the MCP servers configured behind it. Tool names are <server>__<tool>."
+)
+# The catalogue is filtered per client, so list results must never be shared between clients.
+_PRIVATE = CacheHint(ttl_ms=0, scope="private")
+
+
+class GatewayServer(Server[Any]):
+    """A lowlevel `Server` that tells handshake-era clients their lists can change.
+
+    The streamable HTTP session manager builds initialization options without
+    arguments, so the default has to change here for HTTP clients to be told.
+    """
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        """Build initialization options that announce list_changed for every list."""
+        options = notification_options or NotificationOptions(
+            prompts_changed=True, resources_changed=True, tools_changed=True
+        )
+        return super().create_initialization_options(options, experimental_capabilities, extensions)
+
+
+class Gateway:
+    """Answers each MCP method from the catalogue and the downstream connections."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: DownstreamRegistry,
+        *,
+        client: str,
+        stages: tuple[Stage, ...] = (),
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.client = client
+        self.notifier = ChangeNotifier()
+        self.call_pipeline: Handler = build_call_pipeline(self._forward_call, stages)
+        registry.add_listener(self.notifier.publish)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalogue as of now."""
+        return self.registry.catalog
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        """Answer tools/list with the tools the caller's era can carry."""
+        return self._page("tools", self.catalog.tools_for_era(ctx.protocol_version), params)
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> ToolResult:
+        """Answer tools/call by passing the call through the pipeline."""
+        tool = self.catalog.tools.get(params.name)
+        era = MODERN_ERA if ctx.protocol_version == MODERN_ERA else "2025-11-25"
+        if tool is None or era not in tool.eras:
+            raise _mcp_error(NotFoundError("tool", params.name))
+        call = ToolCall(
+            client=self.client,
+            session=_session_id(ctx),
+            protocol_version=ctx.protocol_version,
+            tool=tool,
+            arguments=dict(params.arguments or {}),
+            progress=_progress_relay(ctx),
+        )
+        log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
+        return await self.call_pipeline(call)
+
+    async def _forward_call(self, call: ToolCall) -> ToolResult:
+        connection = self.registry.connection(call.tool.server)
+        request = types.CallToolRequest(
+            params=types.CallToolRequestParams(name=call.tool.name, arguments=call.arguments)
+        )
+        try:
+            result = await connection.request(request, progress_callback=call.progress)
+        except DownstreamRejected as exc:
+            raise _mcp_error(exc) from None
+        except DownstreamError as exc:
+            log.warning("tool_call_failed", call_id=call.call_id, server=exc.server, error=str(exc))
+            return tool_error(str(exc))
+        if is_input_required(result):
+            # NOTE: relaying a downstream server's own questions (MRTR) is not built yet, so the
+            # call fails closed instead of leaving the client with a result it cannot answer.
+            return tool_error(
+                f"Server {call.tool.server!r} asked for user input, which mcp-guard does not relay; "
+                "the call was not completed."
+            )
+        return shape_tool_result(result, call.tool.server, self.catalog, call.protocol_version)
+
+    async def list_prompts(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        """Answer prompts/list."""
+        return self._page("prompts", [p.definition for p in self.catalog.prompts.values()], params)
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+    ) -> dict[str, Any]:
+        """Answer prompts/get from the server that owns the prompt."""
+        prompt = self.catalog.prompts.get(params.name)
+        if prompt is None:
+            raise _mcp_error(NotFoundError("prompt", params.name))
+        request = types.GetPromptRequest(
+            params=types.GetPromptRequestParams(name=prompt.name, arguments=params.arguments)
+        )
+        result = await self._request(prompt.server, request, ctx)
+        return shape_plain_result(result)
+
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        """Answer resources/list."""
+        return self._page("resources", [r.definition for r in self.catalog.resources.values()], params)
+
+    async def list_resource_templates(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        """Answer resources/templates/list."""
+        return self._page("resourceTemplates", [t.definition for t in self.catalog.templates], params)
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> dict[str, Any]:
+        """Answer resources/read from the server that owns the URI."""
+        catalog = self.catalog
+        owner = catalog.resource_for_uri(params.uri)
+        if owner is None:
+            raise _mcp_error(NotFoundError("resource", params.uri))
+        server, uri = owner
+        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=uri))
+        return shape_read_result(await self._request(server, request, ctx), server, catalog)
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> dict[str, Any]:
+        """Answer completion/complete by asking the server that owns the prompt or template."""
+        ref = params.ref
+        server: str | None = None
+        if isinstance(ref, types.PromptReference):
+            prompt = self.catalog.prompts.get(ref.name)
+            if prompt is not None:
+                server, ref = prompt.server, types.PromptReference(name=prompt.name)
+        else:
+            server = next(
+                (t.server for t in self.catalog.templates if t.definition.get("uriTemplate") == ref.uri), None
+            )
+        if server is None or server not in self.catalog.completions:
+            return {"completion": {"values": [], "hasMore": False}}
+        request = types.CompleteRequest(
+            params=types.CompleteRequestParams(ref=ref, argument=params.argument, context=params.context)
+        )
+        return shape_plain_result(await self._request(server, request, ctx))
+
+    async def _request(
+        self, server: str, request: types.ClientRequest, ctx: ServerRequestContext[Any]
+    ) -> dict[str, Any]:
+        try:
+            result = await self.registry.connection(server).request(
+                request, progress_callback=_progress_relay(ctx)
+            )
+        except GuardError as exc:
+            raise _mcp_error(exc) from None
+        if is_input_required(result):
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"Server {server!r} asked for user input, which mcp-guard does not relay.",
+            )
+        return result
+
+    def _page(
+        self, key: str, items: list[dict[str, Any]], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        size = self.config.gateway.page_size
+        start = _cursor_offset(params.cursor if params is not None else None)
+        page: dict[str, Any] = {key: items[start : start + size]}
+        if start + size < len(items):
+            page["nextCursor"] = str(start + size)
+        return page
+
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """Return the input schema of an exported tool (the SDK checks 2026 HTTP headers against it)."""
+        tool = self.catalog.tools.get(name)
+        return None if tool is None else tool.definition.get("inputSchema")
+
+
+def build_server(gateway: Gateway) -> GatewayServer:
+    """Create the SDK server that answers clients with `gateway`."""
+    server = GatewayServer(
+        gateway.config.gateway.name,
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        on_list_tools=_with_result_type(gateway.list_tools),
+        on_call_tool=_with_result_type(gateway.call_tool),
+        on_list_prompts=_with_result_type(gateway.list_prompts),
+        on_get_prompt=_with_result_type(gateway.get_prompt),
+        on_list_resources=_with_result_type(gateway.list_resources),
+        on_list_resource_templates=_with_result_type(gateway.list_resource_templates),
+        on_read_resource=_with_result_type(gateway.read_resource),
+        on_completion=_with_result_type(gateway.complete),
+        on_subscriptions_listen=ListenHandler(gateway.notifier.bus),
+        get_tool_input_schema=gateway.input_schema,
+        cache_hints={
+            "tools/list": _PRIVATE,
+            "prompts/list": _PRIVATE,
+            "resources/list": _PRIVATE,
+            "resources/templates/list": _PRIVATE,
+        },
+    )
+    # Right after the SDK's tracing middleware, so it also covers every later middleware.
+    server.middleware.insert(1, hide_internal_errors)
+    server.middleware.append(gateway.notifier.track_sessions)
+    return server
+
+
+def _with_result_type(handler: Callable[[ServerRequestContext[Any], Any], Awaitable[dict[str, Any]]]) -> Any:
+    """Wrap a handler so its wire dict carries the `resultType` 2026-07-28 requires.
+
+    The SDK adds it to result models on its own, but checks wire dicts as they are.
+    """
+
+    async def handle(ctx: ServerRequestContext[Any], params: Any) -> dict[str, Any]:
+        result = await handler(ctx, params)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result.setdefault("resultType", "complete")
+        return result
+
+    return handle
+
+
+async def hide_internal_errors(ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+    """Middleware: replace the text of unexpected exceptions with a generic message.
+
+    On handshake-era connections the SDK sends an unexpected exception's text to
+    the client as the error message, which could reveal paths, hosts or secrets.
+    """
+    try:
+        return await call_next(ctx)
+    except (MCPError, ValidationError):
+        raise
+    except Exception:
+        log.exception("request_failed", method=ctx.method, request_id=ctx.request_id)
+        raise MCPError(types.INTERNAL_ERROR, "Internal server error") from None
+
+
+def _mcp_error(exc: GuardError) -> MCPError:
+    """Turn a gateway error into the JSON-RPC error the client receives."""
+    if isinstance(exc, DownstreamRejected):
+        return MCPError(exc.code, exc.error_message, exc.data)
+    if isinstance(exc, NotFoundError):
+        return MCPError(types.INVALID_PARAMS, str(exc))
+    return MCPError(types.INTERNAL_ERROR, str(exc))
+
+
+def _cursor_offset(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 9:
+        raise MCPError(types.INVALID_PARAMS, f"Invalid cursor: {cursor[:40]!r}; list again without a cursor.")
+    return int(cursor)
+
+
+def _session_id(ctx: ServerRequestContext[Any]) -> str | None:
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    if headers is not None:
+        value = headers.get("mcp-session-id")
+        return str(value) if value is not None else None
+    return None
+
+
+def _progress_relay(ctx: ServerRequestContext[Any]) -> Any:
+    """Return a callback that passes downstream progress to the caller, if it asked for progress."""
+    if ctx.meta is None or "progress_token" not in ctx.meta:
+        return None
+    session = ctx.session
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await session.report_progress(progress, total, message)
+
+    return relay
