@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address to bind with --transport http (default: gateway.http.host)")
     run.add_argument("--port", type=int, help="TCP port with --transport http (default: gateway.http.port)")
     run.add_argument(
+        "--port-file", type=Path, help="with --transport http, write the bound port to this file"
+    )
+    run.add_argument(
         "--client", default=DEFAULT_CLIENT, help="client profile a stdio gateway serves (default: default)"
     )
 
@@ -85,7 +88,11 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
     if args.transport == "stdio":
         anyio.run(lambda: serve_stdio(config, client=args.client))
     else:
-        anyio.run(lambda: serve_http(config, client=args.client, host=args.host, port=args.port))
+        anyio.run(
+            lambda: serve_http(
+                config, client=args.client, host=args.host, port=args.port, port_file=args.port_file
+            )
+        )
     return 0
 
 

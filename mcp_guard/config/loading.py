@@ -138,6 +138,11 @@ def _key_path(loc: Sequence[int | str]) -> str:
             parts.append(f"[{item}]")
         elif item in ("stdio", "http"):
             continue  # discriminator tags are not keys of the file
+        elif item == "[key]" and parts:
+            # The key itself is invalid: quote it as TOML would, so spaces and dots stay visible.
+            last = parts.pop()
+            separator = "." if last.startswith(".") else ""
+            parts.append(f'{separator}"{last.lstrip(".")}"')
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"

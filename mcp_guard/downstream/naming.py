@@ -49,11 +49,12 @@ def export_names(
         if mapped != name or len(candidate) > max_length:
             needs_hash.add(key)
 
-    # Both sides of a collision get a hash, so neither shadows the other and the result does
-    # not depend on listing order.
+    # A name that needed no change keeps its plain form unless another such name wants the same
+    # one; then both get a hash, so neither shadows the other whatever the listing order.
     owners: dict[str, list[NameKey]] = defaultdict(list)
     for key, candidate in candidates.items():
-        owners[candidate].append(key)
+        if key not in needs_hash:
+            owners[candidate].append(key)
     for keys in owners.values():
         if len(keys) > 1:
             needs_hash.update(keys)

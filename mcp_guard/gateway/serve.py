@@ -9,8 +9,10 @@ then stop every downstream connection.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import anyio
 import structlog
@@ -26,6 +28,10 @@ log = structlog.get_logger(module=__name__)
 
 # Legacy HTTP sessions idle for this long are closed (the SDK's default).
 HTTP_SESSION_IDLE_SECONDS = 1800
+# On shutdown, open response streams (a legacy client's GET stream never ends on its own) get
+# this long before they are closed.
+HTTP_SHUTDOWN_GRACE_SECONDS = 2
+HTTP_BACKLOG = 512
 
 
 @asynccontextmanager
@@ -54,9 +60,18 @@ async def serve_stdio(config: GatewayConfig, *, client: str) -> None:
 
 
 async def serve_http(
-    config: GatewayConfig, *, client: str, host: str | None = None, port: int | None = None
+    config: GatewayConfig,
+    *,
+    client: str,
+    host: str | None = None,
+    port: int | None = None,
+    port_file: Path | None = None,
 ) -> None:
-    """Serve streamable HTTP until interrupted."""
+    """Serve streamable HTTP until SIGINT or SIGTERM.
+
+    Args:
+        port_file: If given, the bound port is written there once connections are accepted.
+    """
     http = config.gateway.http
     host = host or http.host
     port = http.port if port is None else port
@@ -72,18 +87,63 @@ async def serve_http(
             max_request_body_size=http.max_request_body_bytes,
             session_idle_timeout=HTTP_SESSION_IDLE_SECONDS,
         )
+        sock = _listening_socket(host, port)
+        bound_port = sock.getsockname()[1]
+        if port_file is not None:
+            _write_atomically(port_file, str(bound_port))
         uvicorn_config = uvicorn.Config(
-            app, host=host, port=port, access_log=False, log_config=None, lifespan="on"
+            app,
+            access_log=False,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_SECONDS,
         )
-        web = uvicorn.Server(uvicorn_config)
-        log.info("gateway_started", transport="http", host=host, port=port, path=http.path)
-        await web.serve()
+        web = _QuietServer(uvicorn_config)
+        log.info("gateway_started", transport="http", host=host, port=bound_port, path=http.path)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_stop_on_signal, tasks.cancel_scope, web)
+            await web.serve(sockets=[sock])
+            tasks.cancel_scope.cancel()
     log.info("gateway_stopped", transport="http")
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+def _listening_socket(host: str, port: int) -> socket.socket:
+    # asyncio turns Nagle's algorithm off only on sockets created with IPPROTO_TCP, and
+    # accepted sockets inherit it; with the default protocol 0 a small response can wait
+    # about 40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(HTTP_BACKLOG)
+    return sock
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the gateway.
+
+    uvicorn re-raises a captured SIGTERM once it has served its last request,
+    which would kill the process before the downstream servers are stopped.
+    """
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, web: uvicorn.Server | None = None) -> None:
+    """Stop serving on SIGTERM or SIGINT: HTTP finishes open requests first, stdio stops at once."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for received in signals:
             log.info("gateway_stopping", signal=signal.Signals(received).name)
-            scope.cancel()
+            if web is None:
+                scope.cancel()
+            else:
+                web.should_exit = True
             return

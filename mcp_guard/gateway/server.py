@@ -11,12 +11,12 @@ stages. Only this package imports the MCP server API.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import mcp_types as types
 import structlog
 from mcp.server import NotificationOptions, Server, ServerRequestContext
-from mcp.server.caching import CacheHint
+from mcp.server.caching import CACHEABLE_METHODS, CacheableMethod, CacheHint
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
@@ -45,6 +45,7 @@ INSTRUCTIONS = (
 )
 # The catalogue is filtered per client, so list results must never be shared between clients.
 _PRIVATE = CacheHint(ttl_ms=0, scope="private")
+_CACHEABLE = cast("frozenset[CacheableMethod]", CACHEABLE_METHODS)
 
 
 class GatewayServer(Server[Any]):
@@ -248,12 +249,9 @@ def build_server(gateway: Gateway) -> GatewayServer:
         on_completion=_with_result_type(gateway.complete),
         on_subscriptions_listen=ListenHandler(gateway.notifier.bus),
         get_tool_input_schema=gateway.input_schema,
-        cache_hints={
-            "tools/list": _PRIVATE,
-            "prompts/list": _PRIVATE,
-            "resources/list": _PRIVATE,
-            "resources/templates/list": _PRIVATE,
-        },
+        # Every cacheable method gets a hint: the SDK's 2026-07-28 check of a wire dict that
+        # lacks `ttlMs` and `cacheScope` keeps only the envelope and silently drops the rest.
+        cache_hints={method: _PRIVATE for method in _CACHEABLE},
     )
     # Right after the SDK's tracing middleware, so it also covers every later middleware.
     server.middleware.insert(1, hide_internal_errors)

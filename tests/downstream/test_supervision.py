@@ -1,0 +1,191 @@
+"""A downstream server that crashes, hangs, misbehaves or never starts does not take the others down."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+from conftest import (
+    ERAS,
+    MODERN,
+    descendants,
+    fixture_server,
+    http_gateway,
+    stdio_gateway,
+    stop_process,
+    wait_until,
+    write_policy,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_crash_fails_only_that_call(tmp_path: Path, mode: str) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": fixture_server("beta")})
+
+    async with stdio_gateway(policy, mode) as client, anyio.create_task_group() as tasks:
+        # Warm both paths first, so the timing below measures only how fast a crash is noticed.
+        await client.call_tool("alpha__echo", {"text": "warm"})
+        await client.call_tool("beta__echo", {"text": "warm"})
+        beta_results = []
+
+        async def busy_beta() -> None:
+            beta_results.append(await client.call_tool("beta__slow", {"seconds": 1.5, "steps": 1}))
+
+        tasks.start_soon(busy_beta)
+        started = time.monotonic()
+        crashed = await client.call_tool("alpha__crash", {"after_seconds": 0.3})
+        crash_seconds = time.monotonic() - started - 0.3
+        after_crash = await client.call_tool("beta__echo", {"text": "still here"})
+
+        async def alpha_back() -> bool:
+            result = await client.call_tool("alpha__echo", {"text": "back"})
+            return not result.is_error
+
+        recovered = False
+        with anyio.move_on_after(10):
+            for _attempt in range(100):
+                recovered = await alpha_back()
+                if recovered:
+                    break
+                await anyio.sleep(0.2)
+
+    assert crashed.is_error is True
+    assert "'alpha'" in crashed.content[0].text
+    assert crash_seconds < 1.0
+    assert after_crash.content[0].text == "still here"
+    assert beta_results[0].content[0].text == "done after 1 steps"
+    assert recovered
+
+
+async def test_unstartable_server_named_others_serve(tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path,
+        {"broken": {"command": "/nonexistent/mcp-server"}, "alpha": fixture_server("alpha")},
+    )
+
+    check = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "check", str(policy)], check=False, cwd=Path(__file__).parents[2]
+    )
+    async with stdio_gateway(policy) as client:
+        result = await client.call_tool("alpha__echo", {"text": "ok"})
+        tools = await client.list_tools()
+
+    output = check.stdout.decode()
+    assert check.returncode == 1
+    assert "[broken] NOT AVAILABLE" in output
+    assert "/nonexistent/mcp-server" in output
+    assert "[alpha] ready" in output
+    assert result.content[0].text == "ok"
+    assert all(not tool.name.startswith("broken__") for tool in tools.tools)
+
+
+async def test_hanging_server_times_out(tmp_path: Path) -> None:
+    hang = {
+        "command": sys.executable,
+        "args": ["-c", "import time; time.sleep(600)"],
+        "startup_timeout_seconds": 1,
+    }
+    policy = write_policy(tmp_path, {"hang": hang, "alpha": fixture_server("alpha")})
+
+    started = time.monotonic()
+    async with stdio_gateway(policy) as client:
+        result = await client.call_tool("alpha__echo", {"text": "ok"})
+    elapsed = time.monotonic() - started
+
+    assert result.content[0].text == "ok"
+    assert elapsed < 8
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_banner_on_stdout_tolerated(tmp_path: Path, mode: str) -> None:
+    policy = write_policy(tmp_path, {"noisy": fixture_server("noisy", "--banner", "Welcome to noisy v1!")})
+
+    async with stdio_gateway(policy, mode) as client:
+        result = await client.call_tool("noisy__echo", {"text": "works"})
+
+    assert result.content[0].text == "works"
+
+
+async def test_server_env_on_safe_base(tmp_path: Path) -> None:
+    server = fixture_server("alpha") | {
+        "env": {"GREETING": "hello"},
+        "env_from": {"API_KEY": "${MCP_GUARD_TEST_KEY}"},
+    }
+    policy = write_policy(tmp_path, {"alpha": server})
+    env = {"MCP_GUARD_TEST_KEY": "k-123", "GATEWAY_ONLY_SETTING": "private", "PATH": os.environ["PATH"]}
+
+    async with stdio_gateway(policy, env=env) as client:
+        values = {
+            name: (await client.call_tool("alpha__env", {"name": name})).content[0].text
+            for name in ("API_KEY", "GREETING", "GATEWAY_ONLY_SETTING", "MCP_GUARD_TEST_KEY")
+        }
+        python = await client.call_tool("alpha__path_has", {"program": "python3"})
+        npx = await client.call_tool("alpha__path_has", {"program": "npx"})
+
+    assert values["API_KEY"] == "k-123"
+    assert values["GREETING"] == "hello"
+    assert values["GATEWAY_ONLY_SETTING"] == "<unset>"
+    assert values["MCP_GUARD_TEST_KEY"] == "<unset>"
+    assert python.content[0].text == "yes"
+    assert npx.content[0].text == "yes"
+
+
+async def test_stdio_shutdown_leaves_no_children(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": fixture_server("beta")})
+
+    async with stdio_gateway(policy) as client:
+        await client.call_tool("alpha__echo", {"text": "x"})
+        spawned = descendants(os.getpid())
+    await wait_until(
+        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in spawned), 10
+    )
+
+    assert len(spawned) >= 3  # the gateway and its two servers
+
+
+async def test_http_shutdown_leaves_no_children(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+
+    with http_gateway(policy, tmp_path) as (process, url):
+        from mcp import Client
+
+        async with Client(url, mode=MODERN) as client:
+            await client.call_tool("alpha__echo", {"text": "x"})
+        children = descendants(process.pid)
+        stop_process(process)
+    await wait_until(lambda: not any(child.is_running() for child in children), 10)
+
+    assert process.returncode == 0
+    assert len(children) >= 1
+
+
+def test_client_gone_stops_everything(tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import gateway_command
+
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": fixture_server("beta")})
+    process = subprocess.Popen(
+        gateway_command(policy), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(descendants(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = descendants(process.pid)
+        assert process.stdin is not None
+        process.stdin.close()  # what a client's exit or crash looks like to a stdio gateway
+        process.wait(timeout=15)
+    finally:
+        stop_process(process)
+
+    assert len(children) == 2
+    assert process.returncode == 0
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
