@@ -16,8 +16,11 @@ from pathlib import Path
 import anyio
 
 from mcp_guard import __version__
+from mcp_guard.audit import Redactor
+from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
 from mcp_guard.errors import ConfigError
+from mcp_guard.gateway.identity import hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
 
 DEFAULT_POLICY = "mcp-guard.toml"
@@ -29,14 +32,21 @@ CHECK_CONNECT_SECONDS = 60
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _new_key()
     configure_logging(args.log_level)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    redactor = Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
+    configure_logging(args.log_level, extra_processors=[redactor.redact_event])
+    state_dir = Path(config.gateway.state_dir)
     if args.command == "run":
         return _run(config, args)
+    if args.command == "audit":
+        return anyio.run(lambda: run_audit_command(args, state_dir, key_env_var=config.audit.key_env))
     return _check(config, args)
 
 
@@ -62,7 +72,16 @@ def _parser() -> argparse.ArgumentParser:
         "--port-file", type=Path, help="with --transport http, write the bound port to this file"
     )
     run.add_argument(
-        "--client", default=DEFAULT_CLIENT, help="client profile a stdio gateway serves (default: default)"
+        "--client",
+        help="client profile a stdio gateway serves (default: gateway.default_client, else 'default')",
+    )
+
+    add_audit_commands(commands)
+    _add_config_argument(commands.choices["audit"])
+
+    keys = commands.add_parser("keys", help="create an API key for a client that connects over HTTP")
+    keys.add_argument(
+        "action", choices=("new",), help="new: print a random key and the hash to put in the policy file"
     )
 
     check = commands.add_parser("check", help="validate a policy file and list the tools clients would see")
@@ -82,15 +101,24 @@ def _add_config_argument(parser: argparse.ArgumentParser, *, positional: bool = 
         parser.add_argument("--config", "-c", default=default, help=help_text)
 
 
+def _new_key() -> int:
+    key = new_api_key()
+    print(f"API key (give it to the client; it is not stored anywhere): {key}")
+    print(f'Hash for the policy file:  api_key_hashes = ["{hash_api_key(key)}"]')
+    return 0
+
+
 def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
     from mcp_guard.gateway.serve import serve_http, serve_stdio
 
+    client = args.client or config.gateway.default_client or DEFAULT_CLIENT
+
     if args.transport == "stdio":
-        anyio.run(lambda: serve_stdio(config, client=args.client))
+        anyio.run(lambda: serve_stdio(config, client=client))
     else:
         anyio.run(
             lambda: serve_http(
-                config, client=args.client, host=args.host, port=args.port, port_file=args.port_file
+                config, client=client, host=args.host, port=args.port, port_file=args.port_file
             )
         )
     return 0

@@ -26,6 +26,7 @@ from mcp_guard.config.models import (
     HttpServerConfig,
     StdioServerConfig,
 )
+from mcp_guard.config.rules import check_references
 from mcp_guard.errors import ConfigError
 
 # Values longer than this are shortened in error messages.
@@ -69,9 +70,13 @@ def parse_config(
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
-    missing = _missing_env_references(config, os.environ if environ is None else environ)
-    if missing:
-        raise ConfigError(source, missing)
+    problems = check_references(config.rules, config.clients, config.servers.keys())
+    default = config.gateway.default_client
+    if default is not None and default not in config.clients:
+        problems.append(f"gateway.default_client: client {default!r} is not defined; add [clients.{default}]")
+    problems += _missing_env_references(config, os.environ if environ is None else environ)
+    if problems:
+        raise ConfigError(source, problems)
     return config
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mcp_guard.config.rules import ClientConfig, RuleList
+
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_HTTP_PATH = "/mcp"
 # The SDK's own default request body limit.
@@ -73,6 +75,15 @@ class _ServerBase(_Frozen):
 
     startup_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = DEFAULT_STARTUP_TIMEOUT_SECONDS
     """Maximum time from starting the connection to a listed catalogue."""
+
+    read_only_tools: list[str] = []
+    """Tools of this server that only read; a rule without `write = true` grants only these."""
+
+    trust_annotations: bool = False
+    """Treat the server's `readOnlyHint` annotations as true. Off by default: they are hints."""
+
+    allow_new_tools: bool = False
+    """Expose tools this server adds after its definitions were pinned, without review."""
 
 
 class StdioServerConfig(_ServerBase):
@@ -197,13 +208,52 @@ class GatewaySettings(_Frozen):
     page_size: Annotated[int, Field(ge=1, le=10_000)] = DEFAULT_PAGE_SIZE
     """Items per page in tools/list, prompts/list and resources/list results."""
 
+    default_client: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)] | None = None
+    """Client profile a stdio gateway serves when `mcp-guard run` gets no `--client`."""
+
     http: HttpSettings = HttpSettings()
+
+
+class AuditSettings(_Frozen):
+    """The audit trail of every call (an SQLite file in the state directory)."""
+
+    on_failure: Literal["deny", "proceed"] = "deny"
+    """What to do with a call whose audit record cannot be written: deny it, or run it unaudited."""
+
+    key_env: str = "MCP_GUARD_AUDIT_KEY"
+    """Environment variable that may hold the hash-chain key as hex; otherwise a key file in the state directory."""
+
+    redact_keys: list[str] = []
+    """More argument and field names whose values are secret, on top of the built-in list."""
+
+    redact_patterns: dict[str, str] = {}
+    """More secret value patterns: a name (shown in the marker) to a regular expression."""
+
+    retention_days: Annotated[float | None, Field(gt=0)] = None
+    """Delete records older than this many days when the gateway starts."""
+
+    max_rows: Annotated[int | None, Field(gt=0)] = None
+    """Keep at most this many records, deleting the oldest when the gateway starts."""
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> AuditSettings:
+        for name, pattern in self.redact_patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact_patterns.{name} is not a valid regular expression: {exc}") from None
+        return self
 
 
 class GatewayConfig(_Frozen):
     """A whole policy file."""
 
     gateway: GatewaySettings = GatewaySettings()
+    audit: AuditSettings = AuditSettings()
+    clients: dict[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)], ClientConfig] = {}
+    """Client profiles by name: who may call, in which groups and organisation, with which API keys."""
+    rules: RuleList = []
+    """Which client may call which tool, with which decision and argument constraints, in file order."""
     servers: dict[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)], ServerConfig] = {}
     """Downstream servers by id, in the order they are listed."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from mcp_guard.audit.records import Decision, OutcomeKind
 from mcp_guard.downstream.catalog import ExportedTool
 from mcp_guard.downstream.connection import ProgressCallback
 
@@ -34,9 +35,18 @@ class ToolCall:
     protocol_version: str
     tool: ExportedTool
     arguments: dict[str, Any]
+    organisation: str | None = None
     progress: ProgressCallback | None = None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
+    decision: Decision = "auto"
+    """What the policy decided; set by the policy stage before the call is audited."""
+    rule: str | None = None
+    """The policy rule behind `decision`."""
+    outcome: OutcomeKind | None = None
+    """Set by a stage that ends the call for a reason the result alone does not show (denied, rate limited)."""
+    detail: str | None = None
+    """Why the call ended as it did, for the audit trail."""
 
 
 Handler = Callable[[ToolCall], Awaitable[ToolResult]]

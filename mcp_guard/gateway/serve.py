@@ -11,7 +11,8 @@ from __future__ import annotations
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -20,9 +21,10 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
+from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
-from mcp_guard.gateway.server import Gateway, GatewayServer, build_server
+from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
 
 log = structlog.get_logger(module=__name__)
 
@@ -38,11 +40,37 @@ HTTP_BACKLOG = 512
 async def running_gateway(
     config: GatewayConfig, *, client: str, environ: Mapping[str, str] | None = None
 ) -> AsyncIterator[tuple[Gateway, GatewayServer]]:
-    """Start the downstream connections and yield a gateway and its SDK server."""
-    registry = DownstreamRegistry(config, environ=environ)
-    gateway = Gateway(config, registry, client=client)
-    async with registry.running():
+    """Open the state, start the downstream connections, and yield a gateway and its SDK server.
+
+    The audit store is entered first and left last, so calls still running when
+    the servers stop can record their outcomes.
+    """
+    async with AsyncExitStack() as stack:
+        audit = await stack.enter_async_context(open_audit_store(config))
+        await prune_audit(audit, config)
+        registry = DownstreamRegistry(config, environ=environ)
+        gateway = Gateway(config, registry, client=client, guards=Guards(audit=audit))
+        await stack.enter_async_context(registry.running())
         yield gateway, build_server(gateway)
+
+
+def open_audit_store(config: GatewayConfig) -> SqliteAuditStore:
+    """Build the audit store of the configured state directory."""
+    settings = config.audit
+    redactor = Redactor(extra_keys=settings.redact_keys, extra_patterns=settings.redact_patterns)
+    return SqliteAuditStore.in_state_dir(
+        Path(config.gateway.state_dir), redactor, key_env_var=settings.key_env
+    )
+
+
+async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
+    """Apply the configured retention to the audit trail."""
+    settings = config.audit
+    if settings.retention_days is None and settings.max_rows is None:
+        return
+    older_than = timedelta(days=settings.retention_days) if settings.retention_days is not None else None
+    pruned = await store.prune(older_than=older_than, max_rows=settings.max_rows)
+    log.info("audit_pruned", result=str(pruned))
 
 
 async def serve_stdio(config: GatewayConfig, *, client: str) -> None:

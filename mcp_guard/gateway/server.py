@@ -11,6 +11,7 @@ stages. Only this package imports the MCP server API.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import mcp_types as types
@@ -25,10 +26,12 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from mcp_guard import __version__
+from mcp_guard.audit import AuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.catalog import MODERN_ERA, Catalog
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import DownstreamError, DownstreamRejected, GuardError, NotFoundError
+from mcp_guard.gateway.auditing import AuditStage
 from mcp_guard.gateway.notifications import ChangeNotifier
 from mcp_guard.gateway.pipeline import Handler, Stage, ToolCall, ToolResult, build_call_pipeline, tool_error
 from mcp_guard.gateway.results import (
@@ -77,13 +80,13 @@ class Gateway:
         registry: DownstreamRegistry,
         *,
         client: str,
-        stages: tuple[Stage, ...] = (),
+        guards: Guards | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.client = client
         self.notifier = ChangeNotifier()
-        self.call_pipeline: Handler = build_call_pipeline(self._forward_call, stages)
+        self.call_pipeline = assemble_call_pipeline(self._forward_call, guards or Guards(), config)
         registry.add_listener(self.notifier.publish)
 
     @property
@@ -124,9 +127,11 @@ class Gateway:
         try:
             result = await connection.request(request, progress_callback=call.progress)
         except DownstreamRejected as exc:
+            call.outcome, call.detail = "downstream_failed", str(exc)
             raise _mcp_error(exc) from None
         except DownstreamError as exc:
             log.warning("tool_call_failed", call_id=call.call_id, server=exc.server, error=str(exc))
+            call.outcome, call.detail = "downstream_failed", str(exc)
             return tool_error(str(exc))
         if is_input_required(result):
             # NOTE: relaying a downstream server's own questions (MRTR) is not built yet, so the
@@ -231,6 +236,25 @@ class Gateway:
         """Return the input schema of an exported tool (the SDK checks 2026 HTTP headers against it)."""
         tool = self.catalog.tools.get(name)
         return None if tool is None else tool.definition.get("inputSchema")
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The guard components a gateway applies to tool calls; a missing one is skipped."""
+
+    audit: AuditStore | None = None
+
+
+def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConfig) -> Handler:
+    """Chain the guards in front of `forward`, in the one order they apply.
+
+    The audit stage comes first, so denials, failures, timeouts and
+    cancellations are all recorded.
+    """
+    stages: list[Stage] = []
+    if guards.audit is not None:
+        stages.append(AuditStage(guards.audit, proceed_without_audit=config.audit.on_failure == "proceed"))
+    return build_call_pipeline(forward, stages)
 
 
 def build_server(gateway: Gateway) -> GatewayServer:

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from conftest import (
+from support import (
     ERAS,
     MODERN,
     descendants,
@@ -169,7 +169,7 @@ async def test_http_shutdown_leaves_no_children(tmp_path: Path) -> None:
 def test_client_gone_stops_everything(tmp_path: Path) -> None:
     import subprocess
 
-    from conftest import gateway_command
+    from support import gateway_command
 
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": fixture_server("beta")})
     process = subprocess.Popen(

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ERAS, LEGACY, MODERN, fixture_server, stdio_gateway, write_policy
 from fixtures.fixture_server import (
     ANNOTATIONS,
     DOTTED_TOOL_NAME,
@@ -18,6 +17,7 @@ from fixtures.fixture_server import (
     image_bytes,
 )
 from mcp.shared.exceptions import MCPError
+from support import ERAS, LEGACY, MODERN, fixture_server, stdio_gateway, write_policy
 
 from mcp_guard.downstream.naming import EXPORTED_NAME
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import (
+from fixtures.fixture_server import big_text
+from mcp import Client
+from support import (
     ERAS,
     LEGACY,
     MODERN,
@@ -16,8 +18,6 @@ from conftest import (
     stdio_gateway,
     write_policy,
 )
-from fixtures.fixture_server import big_text
-from mcp import Client
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import anyio
 import mcp_types as types
 import pytest
-from conftest import LEGACY, MODERN, fixture_server, http_gateway, stdio_gateway, write_policy
 from mcp import Client
+from support import LEGACY, MODERN, fixture_server, http_gateway, stdio_gateway, write_policy
 
 pytestmark = pytest.mark.anyio
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import ERAS, fixture_server, http_gateway, read_records, stdio_gateway, wait_until, write_policy
 from mcp import Client
+from support import ERAS, fixture_server, http_gateway, read_records, stdio_gateway, wait_until, write_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -21,6 +21,8 @@ async def test_cancel_reaches_only_running_server(tmp_path: Path, mode: str) -> 
     )
 
     async with stdio_gateway(policy, mode) as client, anyio.create_task_group() as tasks:
+        # A 2026-07-28 client sends without a handshake, so wait until the gateway answers.
+        await client.list_tools()
         beta_results = []
 
         async def busy_beta() -> None:

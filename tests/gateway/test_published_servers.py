@@ -10,7 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import (
+from support import (
     ERAS,
     LEGACY_PYTHON,
     LEGACY_SERVER,

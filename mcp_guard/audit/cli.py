@@ -1,0 +1,295 @@
+"""The `mcp-guard audit` commands: search, show, export, verify and prune.
+
+`add_audit_commands` registers the command tree on the main parser and
+`run_audit_command` runs the parsed command against a state directory. Results
+go to stdout (this is the command line, not the stdio server) and problems to
+stderr with a non-zero exit status. Only `prune` writes; it needs the gateway to
+be stopped, because one process at a time may write the trail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO, get_args
+
+import anyio
+
+from mcp_guard.audit import display
+from mcp_guard.audit.chain import ChainBroken
+from mcp_guard.audit.files import DEFAULT_KEY_ENV_VAR, AuditPaths
+from mcp_guard.audit.query import CallFilter
+from mcp_guard.audit.records import Decision, OutcomeKind, canonical_utc
+from mcp_guard.audit.sqlite import SqliteAuditStore
+from mcp_guard.audit.store import DEFAULT_SEARCH_LIMIT, AuditStore
+from mcp_guard.errors import AuditCorrupted, AuditUnavailable, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BROKEN = 2
+# Seconds between polls of `search --follow` when the option is not given.
+DEFAULT_FOLLOW_INTERVAL_SECONDS = 1.0
+# Calls read per query while exporting; bounds memory, not the export.
+EXPORT_PAGE_SIZE = 1000
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `audit` and its subcommands on the main parser's subparsers."""
+    audit = subparsers.add_parser("audit", help="search, show, export, verify and prune the audit trail")
+    audit.add_argument(
+        "--key-env",
+        default=DEFAULT_KEY_ENV_VAR,
+        help=f"environment variable holding the audit key as hex (default: {DEFAULT_KEY_ENV_VAR}); "
+        "without it the key file in the state directory is used",
+    )
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+
+    search = commands.add_parser("search", help="list recorded calls, newest first")
+    _add_filter_arguments(search)
+    search.add_argument(
+        "--limit", type=_positive_int, default=DEFAULT_SEARCH_LIMIT, help="maximum number of calls listed"
+    )
+    search.add_argument("--follow", action="store_true", help="keep printing new rows as they are written")
+    search.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_FOLLOW_INTERVAL_SECONDS,
+        help=f"seconds between polls with --follow (default: {DEFAULT_FOLLOW_INTERVAL_SECONDS:g})",
+    )
+
+    show = commands.add_parser("show", help="print one call in full: intent and outcome")
+    show.add_argument("call_id", help="the call id, as listed by search")
+    show.add_argument("--full", action="store_true", help="do not shorten long values")
+
+    export = commands.add_parser("export", help="write matching calls as JSON Lines, oldest first")
+    _add_filter_arguments(export)
+    export.add_argument(
+        "--output", "-o", type=Path, help="file to write, created with mode 0600 (default: stdout)"
+    )
+
+    commands.add_parser("verify", help="check the hash chain; exit status 2 if it is broken")
+
+    prune = commands.add_parser("prune", help="delete the oldest rows; the gateway must be stopped")
+    prune.add_argument("--older-than", type=parse_duration, help="delete rows older than this, e.g. 90d, 12h")
+    prune.add_argument("--max-rows", type=_non_negative_int, help="keep at most this many rows")
+
+
+async def run_audit_command(
+    args: argparse.Namespace,
+    state_dir: Path,
+    *,
+    key_env_var: str | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Run the parsed `audit` subcommand and return the exit status.
+
+    Args:
+        args: The namespace `argparse` produced for the `audit` command.
+        state_dir: The gateway's state directory, which contains the audit files.
+        key_env_var: Overrides `--key-env`, e.g. with the name from the policy file.
+        stdout: Where results go (default: `sys.stdout`).
+    """
+    out = stdout or sys.stdout
+    paths = AuditPaths.in_state_dir(state_dir)
+    if not paths.database.exists():
+        print(
+            f"No audit trail at {paths.database}: the gateway has not recorded a call yet.", file=sys.stderr
+        )
+        return EXIT_FAILED
+    command = args.audit_command
+    if command == "prune" and args.older_than is None and args.max_rows is None:
+        print("prune needs --older-than, --max-rows or both.", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        store = SqliteAuditStore.in_state_dir(
+            state_dir, key_env_var=key_env_var or args.key_env, read_only=command != "prune"
+        )
+        async with store:
+            return await _dispatch(store, args, out)
+    except AuditUnavailable as exc:
+        print(f"The audit trail cannot be used: {exc.reason}.", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"Cannot write {exc.filename}: {exc.strerror}.", file=sys.stderr)
+        return EXIT_FAILED
+    except (AuditCorrupted, ConfigError) as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BROKEN if isinstance(exc, AuditCorrupted) else EXIT_FAILED
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a duration such as `90d`, `12h`, `30m`, `45s` or `2w`.
+
+    Raises:
+        argparse.ArgumentTypeError: The text is not a number followed by s, m, h, d or w.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use a number and s, m, h, d or w, e.g. 90d"
+        )
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+async def _dispatch(store: AuditStore, args: argparse.Namespace, out: TextIO) -> int:
+    command = args.audit_command
+    if command == "search":
+        return await _search(store, _filters(args), args, out)
+    if command == "show":
+        return await _show(store, args.call_id, args.full, out)
+    if command == "export":
+        return await _export(store, _filters(args), args.output, out)
+    if command == "verify":
+        return await _verify(store, out)
+    return await _prune(store, args, out)
+
+
+async def _search(store: AuditStore, filters: CallFilter, args: argparse.Namespace, out: TextIO) -> int:
+    last_row_id = await store.last_row_id()
+    for call in reversed(await store.search(filters, limit=args.limit)):
+        print(display.call_line(call), file=out)
+    out.flush()
+    if args.follow:
+        await _follow(store, filters, last_row_id, args.interval, out)
+    return EXIT_OK
+
+
+async def _follow(
+    store: AuditStore, filters: CallFilter, last_row_id: int, interval: float, out: TextIO
+) -> None:
+    """Print each new row whose call matches the filters; runs until cancelled (Ctrl-C).
+
+    An intent row is matched before its outcome exists, so with `--outcome` only
+    outcome rows are printed.
+    """
+    while True:
+        rows = await store.rows_after(last_row_id, limit=EXPORT_PAGE_SIZE)
+        for row in rows:
+            last_row_id = row.row_id
+            call = await store.get_call(row.record.call_id)
+            if call is None:
+                continue  # The intent was pruned; the filters cannot be applied.
+            outcome = call.outcome if row.kind == "outcome" else None
+            if filters.matches(call.intent, outcome, call.intent_row_id):
+                print(display.row_line(row), file=out)
+        out.flush()
+        if not rows:
+            await anyio.sleep(interval)
+
+
+async def _show(store: AuditStore, call_id: str, full: bool, out: TextIO) -> int:
+    call = await store.get_call(call_id)
+    if call is None:
+        print(f"No call with id {display.escape_text(call_id)!r} in the audit trail.", file=sys.stderr)
+        return EXIT_FAILED
+    print(display.call_details(call, full=full), file=out)
+    return EXIT_OK
+
+
+async def _export(store: AuditStore, filters: CallFilter, output: Path | None, out: TextIO) -> int:
+    if output is None:
+        await _write_export(store, filters, out)
+        return EXIT_OK
+    with _open_owner_only(output) as file:
+        count = await _write_export(store, filters, file)
+    print(f"Exported {count} calls to {output}.", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _write_export(store: AuditStore, filters: CallFilter, out: TextIO) -> int:
+    count = 0
+    page = filters
+    while calls := await store.search(page, limit=EXPORT_PAGE_SIZE, oldest_first=True):
+        for call in calls:
+            print(display.export_line(call), file=out)
+        count += len(calls)
+        page = filters.model_copy(update={"after_row_id": calls[-1].intent_row_id})
+    return count
+
+
+async def _verify(store: AuditStore, out: TextIO) -> int:
+    result = await store.verify()
+    if isinstance(result, ChainBroken):
+        where = f"at row {result.row_id}" if result.row_id is not None else "at an end of the trail"
+        print(
+            f"The audit trail is broken {where}: {result.detail}. "
+            f"{result.rows_checked} rows before it verified.",
+            file=sys.stderr,
+        )
+        return EXIT_BROKEN
+    if result.first_row_id is None:
+        print("The audit trail is intact: it has no rows.", file=out)
+    else:
+        print(
+            f"The audit trail is intact: {result.rows_checked} rows verified "
+            f"(rows {result.first_row_id} to {result.last_row_id}).",
+            file=out,
+        )
+    return EXIT_OK
+
+
+async def _prune(store: AuditStore, args: argparse.Namespace, out: TextIO) -> int:
+    result = await store.prune(older_than=args.older_than, max_rows=args.max_rows)
+    if result.anchor_row_id is None:
+        print("Nothing to prune.", file=out)
+    else:
+        print(f"Deleted {result.rows_deleted} rows, up to row {result.anchor_row_id}.", file=out)
+    return EXIT_OK
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--client", help="only calls from this client profile")
+    parser.add_argument("--server", help="only calls to this downstream server")
+    parser.add_argument("--tool", help="only calls of this tool")
+    parser.add_argument("--decision", choices=get_args(Decision), help="only calls with this policy decision")
+    parser.add_argument("--outcome", choices=get_args(OutcomeKind), help="only calls that ended this way")
+    parser.add_argument(
+        "--since",
+        type=_utc_time,
+        help="only calls received at or after this ISO 8601 time, UTC unless an offset is given",
+    )
+    parser.add_argument("--until", type=_utc_time, help="only calls received before this ISO 8601 time")
+    parser.add_argument("--text", help="only calls with this text in any field (ASCII case-insensitive)")
+
+
+def _filters(args: argparse.Namespace) -> CallFilter:
+    names = ("client", "server", "tool", "decision", "outcome", "since", "until", "text")
+    return CallFilter(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+
+
+def _open_owner_only(path: Path) -> TextIO:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # An existing file keeps its mode through O_CREAT.
+    return open(descriptor, "w", encoding="utf-8")
+
+
+def _utc_time(text: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: use ISO 8601, e.g. 2025-11-25T09:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return canonical_utc(parsed)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use 0 or more")
+    return value

@@ -1,0 +1,247 @@
+"""SQL steps of the SQLite audit store, and the translation of SQLite errors.
+
+`store.SqliteAuditStore` calls these inside `translate_errors`, so no sqlite3 or
+aiosqlite exception leaves this package. Everything here runs on a connection
+the store passes in; the store owns the connections, the lock and the state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import structlog
+from pydantic import ValidationError
+
+from mcp_guard.audit import schema
+from mcp_guard.audit.chain import GENESIS, ChainLink, anchor_mac
+from mcp_guard.audit.records import CallOutcome, canonical_utc
+from mcp_guard.audit.store import CallRecord, PruneResult, StoredRow
+from mcp_guard.errors import AuditCorrupted, AuditUnavailable
+
+SHUTDOWN_DETAIL = "the gateway stopped before the call finished; latency_ms counts up to the next start"
+UNFINISHED_CALLS = """
+SELECT i.call_id, i.time FROM audit_rows AS i
+WHERE i.kind = 'intent'
+  AND NOT EXISTS (SELECT 1 FROM audit_rows AS o WHERE o.call_id = i.call_id AND o.kind = 'outcome')
+ORDER BY i.id
+"""
+_OLDEST_UNFINISHED_INTENT = """
+SELECT MIN(i.id) FROM audit_rows AS i
+WHERE i.kind = 'intent'
+  AND NOT EXISTS (SELECT 1 FROM audit_rows AS o WHERE o.call_id = i.call_id AND o.kind = 'outcome')
+"""
+# SQLite primary result codes (the prefix of `sqlite_errorname`) and what they mean to an operator.
+_REASONS = (
+    ("SQLITE_READONLY", "the database is read-only"),
+    ("SQLITE_BUSY", "the database is locked by another connection"),
+    ("SQLITE_LOCKED", "the database is locked by another connection"),
+    ("SQLITE_FULL", "the disk is full"),
+    ("SQLITE_CANTOPEN", "the database file cannot be opened"),
+    ("SQLITE_IOERR", "a disk I/O error occurred"),
+    ("SQLITE_CORRUPT", "the database file is corrupt"),
+    ("SQLITE_NOTADB", "the file is not an SQLite database"),
+    ("SQLITE_PERM", "permission denied"),
+)
+
+logger = structlog.get_logger(__name__)
+
+
+@contextmanager
+def translate_errors(path: Path) -> Iterator[None]:
+    """Turn any SQLite error into `AuditUnavailable` naming the file and the kind of failure."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise AuditUnavailable(f"{path}: {sqlite_reason(exc)}") from exc
+
+
+def sqlite_reason(exc: sqlite3.Error) -> str:
+    """Describe an SQLite error by its result code; the message could quote statement values."""
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    for prefix, text in _REASONS:
+        if name.startswith(prefix):
+            return f"{text} [{name}]"
+    return f"SQLite error [{name}]"
+
+
+@asynccontextmanager
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """Run the block in a write transaction, rolled back on any exception."""
+    # IMMEDIATE takes the write lock up front, so the tail read inside cannot go stale.
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        await db.execute("COMMIT")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            if db.in_transaction:
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    logger.warning("audit_rollback_failed", reason=sqlite_reason(exc))
+        raise
+
+
+async def configure_writer(db: aiosqlite.Connection, busy_timeout_ms: int) -> None:
+    """Set WAL mode, full fsync on commit, the lock wait and zeroing of deleted content."""
+    await db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+    mode = rows[0][0]
+    if mode != "wal":
+        raise AuditUnavailable(f"cannot switch the audit database to WAL mode (it stays in {mode!r} mode)")
+    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute("PRAGMA secure_delete = ON")
+
+
+async def read_tail(db: aiosqlite.Connection) -> ChainLink:
+    """Return the newest row's link, else the anchor, else genesis."""
+    rows = list(await db.execute_fetchall("SELECT id, row_hash FROM audit_rows ORDER BY id DESC LIMIT 1"))
+    if rows:
+        return ChainLink(rows[0][0], rows[0][1])
+    anchor, _ = await read_anchor(db)
+    return anchor or GENESIS
+
+
+async def read_anchor(db: aiosqlite.Connection) -> tuple[ChainLink | None, str | None]:
+    """Return the pruning anchor and its stored MAC, or (None, None) if never pruned."""
+    rows = await db.execute_fetchall("SELECT name, value FROM audit_meta WHERE name LIKE 'anchor_%'")
+    values = {name: value for name, value in rows}
+    if not values:
+        return None, None
+    try:
+        return ChainLink(int(values["anchor_row_id"]), values["anchor_hash"]), values.get("anchor_mac")
+    except (KeyError, ValueError):
+        # An incomplete anchor fails its MAC check, which reports it as edited.
+        return ChainLink(0, ""), None
+
+
+async def fetch_row(db: aiosqlite.Connection, row_id: int) -> tuple[Any, ...] | None:
+    """Return one row as `schema.SELECT_ROWS` lists it, or None."""
+    rows = list(await db.execute_fetchall(f"{schema.SELECT_ROWS} WHERE id = ?", [row_id]))
+    return tuple(rows[0]) if rows else None
+
+
+async def stored_kinds(db: aiosqlite.Connection, call_ids: set[str]) -> set[tuple[str, str]]:
+    """Return the (call id, kind) pairs already stored for these calls."""
+    ids = sorted(call_ids)
+    placeholders = ", ".join("?" * len(ids))
+    query = f"SELECT call_id, kind FROM audit_rows WHERE call_id IN ({placeholders})"
+    return {(call_id, kind) for call_id, kind in await db.execute_fetchall(query, ids)}
+
+
+async def delete_prefix(
+    db: aiosqlite.Connection, key: bytes, older_than: timedelta | None, max_rows: int | None
+) -> PruneResult:
+    """Delete the oldest rows within the limits and store the last one deleted as the anchor."""
+    cutoff = await _prune_cutoff(db, older_than, max_rows)
+    if cutoff is None:
+        return PruneResult(0, None)
+    rows = list(
+        await db.execute_fetchall(
+            "SELECT id, row_hash FROM audit_rows WHERE id <= ? ORDER BY id DESC LIMIT 1", [cutoff]
+        )
+    )
+    if not rows:
+        return PruneResult(0, None)
+    anchor = ChainLink(rows[0][0], rows[0][1])
+    cursor = await db.execute("DELETE FROM audit_rows WHERE id <= ?", [anchor.row_id])
+    await db.executemany(
+        "INSERT OR REPLACE INTO audit_meta (name, value) VALUES (?, ?)",
+        [
+            ("anchor_row_id", str(anchor.row_id)),
+            ("anchor_hash", anchor.hash),
+            ("anchor_mac", anchor_mac(key, anchor)),
+        ],
+    )
+    return PruneResult(cursor.rowcount, anchor.row_id)
+
+
+async def _prune_cutoff(
+    db: aiosqlite.Connection, older_than: timedelta | None, max_rows: int | None
+) -> int | None:
+    cutoffs: list[int] = []
+    if older_than is not None:
+        threshold = canonical_utc(datetime.now(UTC) - older_than)
+        first_kept = await _scalar(db, "SELECT MIN(id) FROM audit_rows WHERE time >= ?", [threshold])
+        if first_kept is None:
+            first_kept = await _scalar(db, "SELECT MAX(id) + 1 FROM audit_rows")
+        if first_kept is not None:
+            cutoffs.append(first_kept - 1)
+    if max_rows is not None:
+        query = "SELECT id FROM audit_rows ORDER BY id DESC LIMIT 1 OFFSET ?"
+        newest_deleted = await _scalar(db, query, [max_rows])
+        if newest_deleted is not None:
+            cutoffs.append(newest_deleted)
+    if not cutoffs:
+        return None
+    # The intent of a call still running is kept, so its outcome can still be recorded.
+    oldest_unfinished = await _scalar(db, _OLDEST_UNFINISHED_INTENT)
+    if oldest_unfinished is not None:
+        return min(max(cutoffs), int(oldest_unfinished) - 1)
+    return max(cutoffs)
+
+
+async def _scalar(db: aiosqlite.Connection, query: str, parameters: Sequence[object] = ()) -> Any:
+    rows = list(await db.execute_fetchall(query, parameters))
+    return rows[0][0] if rows else None
+
+
+async def close_quietly(connection: aiosqlite.Connection) -> None:
+    """Close a connection, logging rather than raising an SQLite error."""
+    try:
+        await connection.close()
+    except sqlite3.Error as exc:
+        logger.warning("audit_connection_close_failed", reason=sqlite_reason(exc))
+
+
+def shutdown_outcome(call_id: str, started: str, now: datetime) -> CallOutcome:
+    """Return the outcome recorded for a call that a stopped gateway left without one."""
+    latency = (now - datetime.fromisoformat(started)).total_seconds() * 1000
+    return CallOutcome(
+        call_id=call_id,
+        time=canonical_utc(now),
+        outcome="gateway_shutdown",
+        latency_ms=max(latency, 0.0),
+        detail=SHUTDOWN_DETAIL,
+    )
+
+
+def call_record(row: Sequence[Any]) -> CallRecord:
+    """Decode a `schema.SELECT_CALLS` row.
+
+    Raises:
+        AuditCorrupted: The row contains values no record can have, so it was edited.
+    """
+    try:
+        intent, outcome, intent_row_id, outcome_row_id = schema.records_from_call_row(row)
+    except (ValidationError, ValueError) as exc:
+        raise AuditCorrupted(row[0], f"the row contains invalid values ({type(exc).__name__})") from None
+    return CallRecord(intent, outcome, intent_row_id, outcome_row_id)
+
+
+def stored_row(row: Sequence[Any]) -> StoredRow:
+    """Decode a `schema.SELECT_ROWS` row.
+
+    Raises:
+        AuditCorrupted: The row contains values no record can have, so it was edited.
+    """
+    fields, _, _ = schema.split_row(row)
+    try:
+        record = schema.record_from_fields(fields)
+    except (ValidationError, ValueError) as exc:
+        raise AuditCorrupted(
+            fields["id"], f"the row contains invalid values ({type(exc).__name__})"
+        ) from None
+    return StoredRow(fields["id"], fields["kind"], record)
+
+
+def database_files(path: Path) -> tuple[Path, Path, Path]:
+    """Return the database file and the -wal and -shm files SQLite keeps beside it."""
+    return (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))

@@ -1,0 +1,466 @@
+"""The SQLite audit store: durable, hash-chained, and failing closed.
+
+Only this package imports aiosqlite or sqlite3. Every SQLite error is
+translated in it into `AuditUnavailable` with a reason that names the file and
+the kind of failure, never row contents. Rows are written by one writer task
+(`batching.GroupCommitter`) on one connection in WAL mode with
+`synchronous=FULL`, so a row is on disk when its write returns (on a disk that
+honours fsync). Reads use a second, read-only connection, which WAL mode lets
+run beside the writer.
+
+A store that cannot write when it opens (read-only file, missing directory,
+another writer holding the lock) still opens: each write retries and, until one
+succeeds, raises `AuditUnavailable`, so the gateway keeps serving and denies calls.
+A trail whose newest rows do not match the head file, or the key, raises
+`AuditCorrupted` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiosqlite
+import anyio
+import structlog
+
+from mcp_guard.audit import files, schema
+from mcp_guard.audit.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, GroupCommitter
+from mcp_guard.audit.chain import ChainLink, ChainVerifier, TailState, VerifyResult, check_tail, row_hash
+from mcp_guard.audit.query import CallFilter
+from mcp_guard.audit.records import CallIntent, CallOutcome
+from mcp_guard.audit.redaction import DEFAULT_REDACTOR, Redactor
+from mcp_guard.audit.sqlite import _operations as operations
+from mcp_guard.audit.sqlite._operations import translate_errors
+from mcp_guard.audit.store import DEFAULT_SEARCH_LIMIT, CallRecord, PruneResult, StoredRow, sequence_error
+from mcp_guard.errors import AuditCorrupted, AuditUnavailable
+
+# How long SQLite retries a locked database before the write fails.
+DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
+# How long `close` waits for queued records to be written before it abandons them.
+CLOSE_TIMEOUT_SECONDS = 10.0
+
+logger = structlog.get_logger(__name__)
+_State = Literal["new", "open", "closing", "closed"]
+
+
+class SqliteAuditStore:
+    """An `AuditStore` in a local SQLite file, used as an async context manager.
+
+    Args:
+        path: The database file; it and its directory are created when missing.
+        key: The HMAC key of the chain (see `files.load_audit_key`).
+        head_path: The head file, kept outside the database.
+        redactor: Masks secrets before rows are hashed and written.
+        read_only: Open for queries and `verify` only (the CLI's mode). Takes no
+            writer lock and creates no files.
+        busy_timeout_seconds: How long a write waits for a lock held by another connection.
+        max_batch: Records per transaction at most.
+        max_queue: Records waiting for the writer at most.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        head_path: Path,
+        redactor: Redactor = DEFAULT_REDACTOR,
+        *,
+        read_only: bool = False,
+        busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.path = path
+        self.head_path = head_path
+        self.read_only = read_only
+        self._key = key
+        self._redactor = redactor
+        self._busy_timeout_ms = int(busy_timeout_seconds * 1000)
+        self._state: _State = "new"
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = files.WriterLock(files.lock_path(path))
+        self._write_lock = anyio.Lock()
+        # Created on entry: its streams must be closed, and only a writer runs it.
+        self._committer: GroupCommitter[CallIntent | CallOutcome] | None = None
+        self._max_queue = max_queue
+        self._writer_done = anyio.Event()
+        self._max_batch = max_batch
+        self._head_stale = False
+
+    @classmethod
+    def in_state_dir(
+        cls,
+        state_dir: Path,
+        redactor: Redactor = DEFAULT_REDACTOR,
+        *,
+        key_env_var: str | None = files.DEFAULT_KEY_ENV_VAR,
+        read_only: bool = False,
+    ) -> SqliteAuditStore:
+        """Build a store on the standard files of a state directory, loading or creating the key.
+
+        Raises:
+            ConfigError: The key variable is set but invalid.
+            AuditUnavailable: The key file cannot be read or created (or, when
+                `read_only`, does not exist).
+        """
+        paths = files.AuditPaths.in_state_dir(state_dir)
+        try:
+            key = files.load_audit_key(paths.key, key_env_var, create=not read_only)
+        except FileNotFoundError:
+            raise AuditUnavailable(f"no audit key at {paths.key} and ${key_env_var} is not set") from None
+        except (OSError, ValueError) as exc:
+            raise AuditUnavailable(f"cannot load the audit key from {paths.key}: {_describe(exc)}") from None
+        return cls(paths.database, key, paths.head, redactor, read_only=read_only)
+
+    async def __aenter__(self) -> SqliteAuditStore:
+        if self._state != "new":
+            raise RuntimeError(f"the audit store cannot be opened again: it is {self._state}")
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._state = "open"
+        if self.read_only:
+            self._writer_done.set()
+            return self
+        self._committer = GroupCommitter(
+            self._write_batch, max_batch=self._max_batch, max_queue=self._max_queue
+        )
+        self._task_group.start_soon(self._run_writer, self._committer)
+        try:
+            async with self._write_lock:
+                await self._open_writer()
+        except AuditUnavailable as exc:
+            logger.warning("audit_store_unavailable", path=str(self.path), reason=exc.reason)
+        except BaseException:
+            # close() ends the writer task, so the task group exits at once and
+            # the original exception is raised alone rather than inside a group.
+            await self.close()
+            await self._task_group.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+        # The writer task has ended, so the group exits at once. The body's exception is
+        # not passed in, because the group would wrap it in an ExceptionGroup.
+        await self._task_group.__aexit__(None, None, None)
+
+    async def record_intent(self, intent: CallIntent) -> None:
+        """Store a call's intent (redacted); return once it is committed.
+
+        Raises:
+            AuditUnavailable: The row could not be written.
+            ValueError: The call id already has an intent.
+        """
+        committer = self._require_writable()
+        await committer.submit(intent.redacted(self._redactor))
+
+    async def record_outcome(self, outcome: CallOutcome) -> None:
+        """Store a call's outcome (redacted); return once it is committed.
+
+        Raises:
+            AuditUnavailable: The row could not be written.
+            ValueError: The call id has no intent, or already has an outcome.
+        """
+        committer = self._require_writable()
+        await committer.submit(outcome.redacted(self._redactor))
+
+    async def search(
+        self, filters: CallFilter, *, limit: int = DEFAULT_SEARCH_LIMIT, oldest_first: bool = False
+    ) -> list[CallRecord]:
+        """Return up to `limit` calls that match `filters`: the newest, or with `oldest_first` the oldest."""
+        condition, parameters = filters.to_sql()
+        order = "ASC" if oldest_first else "DESC"
+        query = f"{schema.SELECT_CALLS} WHERE {condition} ORDER BY intent_row_id {order} LIMIT ?"
+        rows = await self._fetch(query, [*parameters, limit])
+        return [operations.call_record(row) for row in rows]
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """Return one call, or None if no intent has that id."""
+        rows = await self._fetch(f"{schema.SELECT_CALLS} WHERE call_id = ?", [call_id])
+        return operations.call_record(rows[0]) if rows else None
+
+    async def last_row_id(self) -> int:
+        """Return the id of the newest row, or 0 if there is none."""
+        rows = await self._fetch("SELECT MAX(id) FROM audit_rows", [])
+        return int(rows[0][0] or 0)
+
+    async def rows_after(self, row_id: int, *, limit: int = DEFAULT_SEARCH_LIMIT) -> list[StoredRow]:
+        """Return up to `limit` rows with an id above `row_id`, oldest first."""
+        rows = await self._fetch(f"{schema.SELECT_ROWS} WHERE id > ? ORDER BY id LIMIT ?", [row_id, limit])
+        return [operations.stored_row(row) for row in rows]
+
+    async def verify(self) -> VerifyResult:
+        """Check every row, the pruning anchor and the head file.
+
+        The head file is read before the rows, so rows committed meanwhile are newer
+        than the head and accepted.
+
+        Raises:
+            AuditUnavailable: The database cannot be read.
+        """
+        self._require_open()
+        try:
+            head = await anyio.to_thread.run_sync(files.read_head, self.head_path)
+        except ValueError as exc:
+            raise AuditUnavailable(str(exc)) from None
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot read {self.head_path}: {_describe(exc)}") from None
+        reader = await self._open_reader()
+        with translate_errors(self.path):
+            await reader.execute("BEGIN")
+            try:
+                anchor, mac = await operations.read_anchor(reader)
+                verifier = ChainVerifier(self._key, anchor, mac, head, str(self.head_path))
+                async with reader.execute(f"{schema.SELECT_ROWS} ORDER BY id") as cursor:
+                    async for row in cursor:
+                        fields, prev_hash, stored_hash = schema.split_row(tuple(row))
+                        if not verifier.add(fields["id"], fields, prev_hash, stored_hash):
+                            break
+            finally:
+                await reader.execute("ROLLBACK")
+        return verifier.finish()
+
+    async def prune(self, older_than: timedelta | None = None, max_rows: int | None = None) -> PruneResult:
+        """Delete the oldest rows, keeping the rest verifiable.
+
+        The last deleted row becomes the anchor: its id and hash are stored with a MAC
+        in `audit_meta`, so the first remaining row still chains to something the key
+        vouches for. Only a prefix of the chain is ever deleted.
+
+        Args:
+            older_than: Delete the rows before the first row newer than this age.
+            max_rows: Keep at most this many rows.
+
+        Raises:
+            ValueError: Neither limit is set, or `max_rows` is negative.
+            AuditUnavailable: The database cannot be written.
+        """
+        if older_than is None and max_rows is None:
+            raise ValueError("prune needs older_than, max_rows or both")
+        if max_rows is not None and max_rows < 0:
+            raise ValueError(f"max_rows must be 0 or more, got {max_rows}")
+        self._require_writable()
+        async with self._write_lock:
+            await self._ensure_writer()
+            db = self._require_writer()
+            with anyio.CancelScope(shield=True), translate_errors(self.path):
+                async with operations.transaction(db):
+                    result = await operations.delete_prefix(db, self._key, older_than, max_rows)
+                if result.rows_deleted:
+                    # Deleted pages are zeroed (secure_delete); copying the WAL back and
+                    # truncating it removes the copies there too.
+                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        logger.info("audit_pruned", rows_deleted=result.rows_deleted, anchor_row_id=result.anchor_row_id)
+        return result
+
+    async def close(self) -> None:
+        """Write the queued records, then close the connections and release the lock.
+
+        Calling it again does nothing.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        if self._state == "new":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        with anyio.CancelScope(shield=True):
+            if self._committer is not None:
+                await self._committer.close()
+            with anyio.move_on_after(CLOSE_TIMEOUT_SECONDS) as scope:
+                await self._writer_done.wait()
+            if scope.cancelled_caught:
+                logger.error("audit_close_timed_out", path=str(self.path), seconds=CLOSE_TIMEOUT_SECONDS)
+                self._task_group.cancel_scope.cancel()
+            # The writer closes last, so SQLite checkpoints and removes the -wal file.
+            for connection in (self._reader, self._writer):
+                if connection is not None:
+                    await operations.close_quietly(connection)
+            self._writer = self._reader = None
+            self._lock.release()
+        self._state = "closed"
+
+    # Writing -----------------------------------------------------------------------
+
+    async def _run_writer(self, committer: GroupCommitter[CallIntent | CallOutcome]) -> None:
+        try:
+            await committer.run()
+        finally:
+            self._writer_done.set()
+
+    async def _write_batch(self, records: Sequence[CallIntent | CallOutcome]) -> list[Exception | None]:
+        async with self._write_lock:
+            try:
+                await self._ensure_writer()
+            except AuditCorrupted as exc:
+                raise AuditUnavailable(
+                    f"the trail failed its integrity check ({exc.detail}); run `mcp-guard audit verify`"
+                ) from None
+            return await self._append(records)
+
+    async def _append(self, records: Sequence[CallIntent | CallOutcome]) -> list[Exception | None]:
+        db = self._require_writer()
+        with translate_errors(self.path):
+            async with operations.transaction(db):
+                tail = await operations.read_tail(db)
+                stored = await operations.stored_kinds(db, {record.call_id for record in records})
+                results: list[Exception | None] = []
+                rows: list[tuple[Any, ...]] = []
+                for record in records:
+                    error = sequence_error(record, stored)
+                    results.append(error)
+                    if error is None:
+                        previous = tail
+                        fields = schema.hashed_fields(previous.row_id + 1, record)
+                        tail = ChainLink(previous.row_id + 1, row_hash(self._key, previous.hash, fields))
+                        rows.append(schema.row_values(fields, previous.hash, tail.hash))
+                if rows:
+                    await db.executemany(schema.INSERT_ROW, rows)
+        if rows:
+            logger.debug("audit_batch_committed", rows=len(rows), last_row_id=tail.row_id)
+            await self._write_head(tail)
+        return results
+
+    async def _write_head(self, head: ChainLink) -> None:
+        try:
+            await anyio.to_thread.run_sync(files.write_head, self.head_path, head)
+        except OSError as exc:
+            # The rows are committed, so callers succeed. Verification accepts rows past
+            # a stale head; only deleting them would go unnoticed until the next update.
+            if not self._head_stale:
+                logger.error("audit_head_write_failed", path=str(self.head_path), error=_describe(exc))
+            self._head_stale = True
+            return
+        self._head_stale = False
+
+    async def _ensure_writer(self) -> None:
+        if self._writer is None:
+            await self._open_writer()
+
+    async def _open_writer(self) -> None:
+        """Take the lock, open and check the database, then close calls a crash left open."""
+        try:
+            await anyio.to_thread.run_sync(self._prepare_files)
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"cannot create the audit files beside {self.path}: {_describe(exc)}"
+            ) from None
+        if not self._lock.held:
+            raise AuditUnavailable(
+                f"another process is writing {self.path} (lock file {self._lock.path}); "
+                "stop it, or give this gateway another state directory"
+            )
+        try:
+            with translate_errors(self.path):
+                db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._writer = db
+            with translate_errors(self.path):
+                await operations.configure_writer(db, self._busy_timeout_ms)
+                await db.executescript(schema.SCHEMA)
+            files.restrict_to_owner(*operations.database_files(self.path))
+            await self._check_tail()
+            await self._close_unfinished_calls()
+        except BaseException:
+            await self._drop_writer()
+            raise
+
+    def _prepare_files(self) -> None:
+        files.ensure_state_dir(self.path.parent)
+        files.create_owner_only(self.path)
+        self._lock.acquire()
+
+    async def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with anyio.CancelScope(shield=True):
+                await operations.close_quietly(self._writer)
+            self._writer = None
+        self._lock.release()
+
+    async def _check_tail(self) -> None:
+        db = self._require_writer()
+        try:
+            head = await anyio.to_thread.run_sync(files.read_head, self.head_path)
+        except ValueError as exc:
+            raise AuditCorrupted(None, str(exc)) from None
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot read {self.head_path}: {_describe(exc)}") from None
+        with translate_errors(self.path):
+            tail = await operations.read_tail(db)
+            anchor, _ = await operations.read_anchor(db)
+            tail_row = await operations.fetch_row(db, tail.row_id)
+            head_row = None if head is None else await operations.fetch_row(db, head.row_id)
+        state = TailState(
+            tail=tail,
+            tail_row=None if tail_row is None else schema.split_row(tail_row),
+            anchor=anchor,
+            head=head,
+            head_row_hash=None if head_row is None else head_row[-1],
+        )
+        check_tail(self._key, state, str(self.head_path))
+        if head != tail:
+            await self._write_head(tail)
+
+    async def _close_unfinished_calls(self) -> None:
+        db = self._require_writer()
+        with translate_errors(self.path):
+            rows = await db.execute_fetchall(operations.UNFINISHED_CALLS)
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        outcomes = [operations.shutdown_outcome(call_id, time, now) for call_id, time in rows]
+        for start in range(0, len(outcomes), self._max_batch):
+            await self._append(outcomes[start : start + self._max_batch])
+        logger.warning("audit_unfinished_calls_closed", calls=len(outcomes), outcome="gateway_shutdown")
+
+    # Reading -----------------------------------------------------------------------
+
+    async def _fetch(self, query: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
+        self._require_open()
+        reader = await self._open_reader()
+        with translate_errors(self.path):
+            rows = await reader.execute_fetchall(query, parameters)
+        return [tuple(row) for row in rows]
+
+    async def _open_reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            with translate_errors(self.path):
+                reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+                await reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                await reader.execute("PRAGMA query_only = ON")
+            self._reader = reader
+        return self._reader
+
+    # State checks ------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"the audit store is {self._state}; use it inside `async with`")
+
+    def _require_writable(self) -> GroupCommitter[CallIntent | CallOutcome]:
+        if self._state in ("closing", "closed"):
+            # Calls still running during shutdown reach this; they are denied, not crashed.
+            raise AuditUnavailable(f"the audit store for {self.path} is {self._state}")
+        self._require_open()
+        if self._committer is None:
+            raise AuditUnavailable(f"{self.path} was opened read-only")
+        return self._committer
+
+    def _require_writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise AuditUnavailable(f"{self.path} is not open for writing")
+        return self._writer
+
+
+def _describe(exc: OSError | ValueError) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

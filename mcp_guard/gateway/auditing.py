@@ -1,0 +1,94 @@
+"""The audit stage of the call pipeline.
+
+It commits an intent row (with the policy decision) before the call goes on,
+and exactly one outcome row however the call ends: result, tool error, denial,
+limit, downstream failure, timeout or cancellation. If the intent cannot be
+written the call is denied, unless the policy file chose to proceed without
+an audit trail.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+
+from mcp_guard.audit import AuditedCall, AuditStore, CallIntent
+from mcp_guard.errors import AuditUnavailable
+from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
+
+log = structlog.get_logger(module=__name__)
+
+# The outcome row keeps this much of the result's text; the store redacts it before storing.
+PREVIEW_CHARS = 500
+
+
+class AuditStage:
+    """Records each call's intent before it proceeds and its outcome after."""
+
+    def __init__(self, store: AuditStore, *, proceed_without_audit: bool = False) -> None:
+        self._store = store
+        self._proceed = proceed_without_audit
+
+    async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
+        """Run the rest of the pipeline inside an audited call."""
+        intent = CallIntent(
+            call_id=call.call_id,
+            client=call.client,
+            organisation=call.organisation,
+            session=call.session,
+            protocol_era=call.protocol_version,
+            server=call.tool.server,
+            tool=call.tool.name,
+            arguments=call.arguments,
+            decision=call.decision,
+            rule=call.rule,
+        )
+        async with AsyncExitStack() as stack:
+            try:
+                audited = await stack.enter_async_context(AuditedCall(self._store, intent))
+            except AuditUnavailable as exc:
+                return await self._unaudited(call, next_handler, exc)
+            result = await next_handler(call)
+            audited.finish(
+                call.outcome or ("tool_error" if result.get("isError") else "succeeded"),
+                preview=result_preview(result),
+                result_bytes=result_size(result),
+                detail=call.detail,
+            )
+            return result
+        raise AssertionError("unreachable: the block above always returns or raises")
+
+    async def _unaudited(self, call: ToolCall, next_handler: Handler, exc: AuditUnavailable) -> ToolResult:
+        if self._proceed:
+            log.warning("call_not_audited", call_id=call.call_id, reason=exc.reason)
+            return await next_handler(call)
+        log.error("call_denied_audit_unavailable", call_id=call.call_id, reason=exc.reason)
+        return tool_error(str(exc))
+
+
+def result_preview(result: ToolResult) -> str:
+    """Return the start of a result's text, for the outcome row."""
+    for block in result.get("content") or []:
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            return str(block["text"])[:PREVIEW_CHARS]
+    return ""
+
+
+def result_size(result: ToolResult) -> int:
+    """Estimate a result's size in bytes from its text and binary payloads, without serialising it."""
+    size = 0
+    for block in result.get("content") or []:
+        if isinstance(block, dict):
+            size += sum(
+                len(value)
+                for key, value in block.items()
+                if key in ("text", "data") and isinstance(value, str)
+            )
+            resource: Any = block.get("resource")
+            if isinstance(resource, dict):
+                size += sum(
+                    len(v) for k, v in resource.items() if k in ("text", "blob") and isinstance(v, str)
+                )
+    return size

@@ -1,0 +1,121 @@
+"""Who is calling: the client profile behind each request.
+
+Over stdio the client is the profile the gateway was started with. Over HTTP a
+client proves who it is with a bearer API key, which the gateway compares, as
+a SHA-256 hash, with the hashes the policy file lists for each client. A
+request without a valid key is rejected with 401 before any MCP handling.
+Self-reported `clientInfo` never identifies anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from mcp.server import ServerRequestContext
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_REQUEST
+
+from mcp_guard.config.models import GatewayConfig
+
+log = structlog.get_logger(module=__name__)
+
+HASH_PREFIX = "sha256:"
+# Keys are 32 random bytes: guessing one is as hard as breaking SHA-256 preimages.
+API_KEY_BYTES = 32
+API_KEY_PREFIX = "mcpg_"
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """A client profile from the policy file."""
+
+    name: str
+    organisation: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+def new_api_key() -> str:
+    """Generate a random API key for a client."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_BYTES)
+
+
+def hash_api_key(key: str) -> str:
+    """Return the form of `key` that the policy file stores: `sha256:<hex digest>`."""
+    return HASH_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ClientDirectory:
+    """The clients of a policy file, looked up by name or by API key."""
+
+    def __init__(self, config: GatewayConfig, environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        self._clients = {
+            name: ClientIdentity(name, client.organisation, tuple(client.groups))
+            for name, client in config.clients.items()
+        }
+        self._key_hashes: list[tuple[bytes, str]] = []
+        for name, client in config.clients.items():
+            hashes = list(client.api_key_hashes)
+            if client.api_key_hashes_from:
+                hashes += [
+                    h.strip() for h in environ.get(client.api_key_hashes_from, "").split(",") if h.strip()
+                ]
+            self._key_hashes += [(bytes.fromhex(h.removeprefix(HASH_PREFIX)), name) for h in hashes]
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether any client can authenticate over HTTP."""
+        return bool(self._key_hashes)
+
+    def get(self, name: str) -> ClientIdentity:
+        """Return the client called `name`; a name missing from the policy file is a client with no rules."""
+        return self._clients.get(name, ClientIdentity(name))
+
+    def client_for_key(self, key: str) -> str | None:
+        """Return the name of the client whose API key is `key`, or None."""
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        found = None
+        # Compare against every hash so the time taken does not tell which prefix matched.
+        for expected, name in self._key_hashes:
+            if hmac.compare_digest(digest, expected):
+                found = name
+        return found
+
+
+class ApiKeyVerifier:
+    """The SDK token verifier: accepts a bearer token that is the API key of a configured client."""
+
+    def __init__(self, directory: ClientDirectory) -> None:
+        self._directory = directory
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """Return an access token naming the client, or None (the SDK then answers 401)."""
+        name = self._directory.client_for_key(token)
+        if name is None:
+            log.warning("authentication_failed", reason="unknown API key")
+            return None
+        return AccessToken(token=hash_api_key(token), client_id=name, scopes=[])
+
+
+def http_client_name(ctx: ServerRequestContext[Any]) -> str:
+    """Return the authenticated client of an HTTP request.
+
+    Raises:
+        MCPError: The request carries no verified credentials (the SDK's 401 check should
+            make this unreachable, so it fails closed rather than guessing).
+    """
+    token = get_access_token()
+    if token is None:
+        raise MCPError(
+            INVALID_REQUEST, "This request is not authenticated; send your API key as a bearer token."
+        )
+    return token.client_id

@@ -1,0 +1,247 @@
+"""Turning measurements into Markdown tables, target checks and docs/benchmarks.md.
+
+The document keeps everything above `GENERATED_MARKER` as written by hand and
+replaces everything below it on each run. Taking the measurements is left to
+`measure.py`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from measure import Measurement, Settings
+from targets import ROOT, Case
+
+GENERATED_MARKER = "<!-- tests/bench/run.py writes everything below this line. Edit the text above it. -->"
+DEFAULT_INTRO = """# Benchmarks
+
+What mcp-guard adds to the cost of an MCP tool call. Run `make bench` to measure again;
+it rewrites the part of this page below the marker.
+"""
+
+# Targets for the gateway's overhead. Each gateway case is compared with the direct case that
+# reaches the same fixture transport.
+MAX_P50_RATIO = 1.6
+MIN_THROUGHPUT_RATIO = 0.6
+MAX_GATEWAY_CPU_MS = 1.0
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One gateway case in one mode against the three targets."""
+
+    case: str
+    baseline: str
+    mode: str
+    p50_ratio: float
+    throughput_ratio: float
+    gateway_cpu_ms: float
+    """The higher of the sequential and concurrent batches' CPU time per call."""
+
+    @property
+    def p50_passed(self) -> bool:
+        """Whether the median latency is at most `MAX_P50_RATIO` times the direct one."""
+        return self.p50_ratio <= MAX_P50_RATIO
+
+    @property
+    def throughput_passed(self) -> bool:
+        """Whether concurrent throughput is at least `MIN_THROUGHPUT_RATIO` of the direct one."""
+        return self.throughput_ratio >= MIN_THROUGHPUT_RATIO
+
+    @property
+    def cpu_passed(self) -> bool:
+        """Whether the gateway spends under `MAX_GATEWAY_CPU_MS` of CPU time per call."""
+        return self.gateway_cpu_ms < MAX_GATEWAY_CPU_MS
+
+
+def check_targets(measurements: Sequence[Measurement], cases: Sequence[Case]) -> list[TargetCheck]:
+    """Compare each gateway measurement with its direct baseline in the same mode."""
+    by_key = {(m.case, m.mode): m for m in measurements}
+    checks = []
+    for measurement in measurements:
+        case = next(c for c in cases if c.key == measurement.case)
+        baseline = by_key.get((case.baseline or "", measurement.mode))
+        if baseline is None or measurement.gateway_cpu_ms_1 is None or measurement.gateway_cpu_ms_n is None:
+            continue
+        checks.append(
+            TargetCheck(
+                case=measurement.case,
+                baseline=baseline.case,
+                mode=measurement.mode,
+                p50_ratio=measurement.p50_ms / baseline.p50_ms,
+                throughput_ratio=measurement.calls_per_second_n / baseline.calls_per_second_n,
+                gateway_cpu_ms=max(measurement.gateway_cpu_ms_1, measurement.gateway_cpu_ms_n),
+            )
+        )
+    return checks
+
+
+def machine_description() -> dict[str, str]:
+    """Describe the machine and software the run used."""
+    return {
+        "CPU": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "memory": f"{_memory_gib():.1f} GiB",
+        "OS": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "mcp (SDK)": metadata.version("mcp"),
+        "mcp-guard commit": _commit(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def render_results(
+    measurements: Sequence[Measurement],
+    checks: Sequence[TargetCheck],
+    cases: Sequence[Case],
+    settings: Settings,
+) -> str:
+    """Return the results as Markdown: one table per protocol mode, then the targets."""
+    sections = []
+    for mode in dict.fromkeys(m.mode for m in measurements):
+        rows = [m for m in measurements if m.mode == mode]
+        sections.append(f"### Client mode `{mode}`\n\n" + _results_table(rows, cases, settings))
+    sections.append("### Targets\n\n" + _targets_table(checks, settings))
+    return "\n\n".join(sections) + "\n"
+
+
+def render_generated(results: str, settings: Settings, machine: dict[str, str], run_seconds: float) -> str:
+    """Return the generated part of the document: method, machine and results."""
+    machine_rows = "\n".join(f"| {name} | {value} |" for name, value in machine.items())
+    return f"""{GENERATED_MARKER}
+
+## How it was measured
+
+{_method(settings)}
+
+## Machine
+
+| | |
+|---|---|
+{machine_rows}
+| run time of `make bench` | {run_seconds:.0f} s |
+
+## Results
+
+{results}"""
+
+
+def write_document(path: Path, generated: str) -> None:
+    """Write `generated` below the marker in `path`, keeping the hand-written text above it."""
+    intro = DEFAULT_INTRO
+    if path.exists():
+        intro = path.read_text(encoding="utf-8").split(GENERATED_MARKER, 1)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(intro.rstrip("\n") + "\n\n" + generated, encoding="utf-8")
+
+
+def _method(settings: Settings) -> str:
+    n = settings.concurrency
+    return f"""Every case calls the fixture server's `echo` tool (`tests/fixtures/fixture_server.py`) with a
+short text and checks that the result is that text. The client is the MCP Python SDK's `mcp.Client`,
+run once per case in each client mode: `legacy` (initialize handshake, protocol 2025-11-25) and
+`2026-07-28` (no handshake). The gateway runs with its default settings and an empty guard pipeline,
+and picks the protocol it speaks to the fixture itself (`protocol = "auto"`). Every server listens on
+127.0.0.1 or is a child process on a pipe, and the client, gateway and fixture share the machine's cores.
+
+- **set-up**: median of {settings.setup_runs} fresh sessions, each timed from spawning the
+  stdio server (or opening the HTTP connection) through the handshake to the end of the first
+  `tools/list`. Over stdio this includes starting Python, and for the gateway also the gateway
+  starting and listing the fixture. The HTTP servers are already running.
+- **p50, p99**: {settings.calls} sequential calls on one session, each timed on its own, after
+  {settings.warmup_calls} untimed calls.
+- **calls/s at 1**: those {settings.calls} calls divided by the batch's wall time.
+- **calls/s at {n}**: {settings.concurrent_calls} calls from {n} concurrent tasks sharing the same
+  session (one stdio pipe, or one HTTP session), after {settings.warmup_calls} untimed calls at the
+  same concurrency.
+- **CPU ms/call**: the process's own user plus system CPU time (`psutil`, from /proc/PID/stat)
+  over a batch, divided by the batch's calls. Given for the sequential and the concurrent batch.
+  The gateway's figure excludes its child, the fixture.
+- **gateway peak RSS**: `VmHWM` from /proc/PID/status at the end of the measured session.
+
+Each gateway case is compared with the direct call a client would make without the gateway:
+the stdio gateway in front of a stdio fixture with `direct-stdio`, and the two cases with an HTTP
+hop with `direct-http`, where the client reaches an HTTP fixture itself."""
+
+
+def _results_table(rows: Sequence[Measurement], cases: Sequence[Case], settings: Settings) -> str:
+    n = settings.concurrency
+    lines = [
+        f"| case | path | p50 ms | p99 ms | calls/s at 1 | calls/s at {n} | set-up ms "
+        f"| gateway CPU ms/call at 1 / {n} | fixture CPU ms/call at 1 / {n} | gateway peak RSS MiB |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    paths = {case.key: case.path for case in cases}
+    for m in rows:
+        gateway_cpu = "–"
+        if m.gateway_cpu_ms_1 is not None:
+            gateway_cpu = f"{m.gateway_cpu_ms_1:.3f} / {m.gateway_cpu_ms_n:.3f}"
+        rss = "–" if m.gateway_peak_rss_mib is None else f"{m.gateway_peak_rss_mib:.1f}"
+        lines.append(
+            f"| {m.case} | {paths[m.case]} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
+            f"| {m.calls_per_second_1:.0f} | {m.calls_per_second_n:.0f} | {m.setup_ms:.0f} "
+            f"| {gateway_cpu} | {m.fixture_cpu_ms_1:.3f} / {m.fixture_cpu_ms_n:.3f} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def _targets_table(checks: Sequence[TargetCheck], settings: Settings) -> str:
+    n = settings.concurrency
+    lines = [
+        f"| case | compared with | client mode | p50 vs direct (target ≤ {MAX_P50_RATIO}×) "
+        f"| calls/s at {n} vs direct (target ≥ {MIN_THROUGHPUT_RATIO}×) "
+        f"| gateway CPU ms/call (target < {MAX_GATEWAY_CPU_MS:g}) |",
+        "|---|---|---|--:|--:|--:|",
+    ]
+    for check in checks:
+        lines.append(
+            f"| {check.case} | {check.baseline} | {check.mode} "
+            f"| {check.p50_ratio:.2f}× {_verdict(check.p50_passed)} "
+            f"| {check.throughput_ratio:.2f}× {_verdict(check.throughput_passed)} "
+            f"| {check.gateway_cpu_ms:.3f} {_verdict(check.cpu_passed)} |"
+        )
+    passed = sum(c.p50_passed + c.throughput_passed + c.cpu_passed for c in checks)
+    lines.append(f"\n{passed} of {3 * len(checks)} target checks pass.")
+    return "\n".join(lines)
+
+
+def _verdict(passed: bool) -> str:
+    return "pass" if passed else "**MISS**"
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024**2
+    return 0.0
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} with uncommitted changes" if dirty else head

@@ -1,0 +1,160 @@
+"""Measure `echo` calls made directly and through mcp-guard, and write docs/benchmarks.md.
+
+Run it with `make bench` or `.venv/bin/python tests/bench/run.py --help`. Each case
+starts fresh servers on 127.0.0.1 for each client mode, and every process the run
+started is stopped by PID before it exits, whether it succeeded or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from measure import Measurement, Settings, measure_case
+from report import check_targets, machine_description, render_generated, render_results, write_document
+from targets import ROOT, BenchmarkError, Case, cases, stop_descendants, tail
+
+MODES = ("legacy", "2026-07-28")
+DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
+# 2,000 sequential calls put 20 samples above p99; the defaults keep a full run near 3 minutes
+# on 2 cores.
+DEFAULT_CALLS = 2000
+DEFAULT_CONCURRENT_CALLS = 2000
+DEFAULT_CONCURRENCY = 16
+DEFAULT_WARMUP_CALLS = 200
+DEFAULT_SETUP_RUNS = 5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the tables and write the document; return the exit status."""
+    args = _parser().parse_args(argv)
+    settings = Settings(
+        calls=args.calls,
+        concurrent_calls=args.concurrent_calls,
+        concurrency=args.concurrency,
+        warmup_calls=args.warmup_calls,
+        setup_runs=args.setup_runs,
+    )
+    chosen = [case for case in cases() if not args.case or case.key in args.case]
+    modes = args.mode or list(MODES)
+
+    started = time.perf_counter()
+    try:
+        measurements = anyio.run(_measure_all, chosen, modes, settings)
+    except (BenchmarkError, ExceptionGroup) as exc:
+        failure = _find_benchmark_error(exc)
+        if failure is None:
+            raise
+        print(f"benchmark failed: {failure}", file=sys.stderr)
+        return 1
+    finally:
+        leftovers = stop_descendants()
+        if leftovers:
+            print(f"stopped processes that outlived their case: PIDs {leftovers}", file=sys.stderr)
+    run_seconds = time.perf_counter() - started
+
+    results = render_results(measurements, check_targets(measurements, chosen), chosen, settings)
+    print(results)
+    print(f"run time: {run_seconds:.0f} s")
+    if args.output is not None:
+        generated = render_generated(results, settings, machine_description(), run_seconds)
+        write_document(args.output, generated)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    keys = [case.key for case in cases()]
+    parser.add_argument(
+        "--case", action="append", choices=keys, help="measure only this case (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--mode", action="append", choices=MODES, help="client mode to measure (repeatable; default: both)"
+    )
+    parser.add_argument(
+        "--calls", type=int, default=DEFAULT_CALLS, help=f"sequential timed calls (default: {DEFAULT_CALLS})"
+    )
+    parser.add_argument(
+        "--concurrent-calls",
+        type=int,
+        default=DEFAULT_CONCURRENT_CALLS,
+        help=f"calls in the concurrent batch (default: {DEFAULT_CONCURRENT_CALLS})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"concurrent tasks sharing one session (default: {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--warmup-calls",
+        type=int,
+        default=DEFAULT_WARMUP_CALLS,
+        help=f"untimed calls before each batch (default: {DEFAULT_WARMUP_CALLS})",
+    )
+    parser.add_argument(
+        "--setup-runs",
+        type=int,
+        default=DEFAULT_SETUP_RUNS,
+        help=f"fresh sessions timed for the set-up median (default: {DEFAULT_SETUP_RUNS})",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="Markdown file to write below its marker line (default: docs/benchmarks.md)",
+    )
+    output.add_argument(
+        "--no-write", dest="output", action="store_const", const=None, help="only print the tables"
+    )
+    return parser
+
+
+def _find_benchmark_error(exc: BaseException) -> BenchmarkError | None:
+    """Return the `BenchmarkError` in `exc`, which the SDK's task groups may have wrapped."""
+    if isinstance(exc, BenchmarkError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_benchmark_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _measure_all(chosen: Sequence[Case], modes: Sequence[str], settings: Settings) -> list[Measurement]:
+    measurements = []
+    for mode in modes:
+        for case in chosen:
+            print(f"measuring {case.key} in client mode {mode}", file=sys.stderr)
+            measurements.append(await _measure_one(case, mode, settings))
+    return measurements
+
+
+async def _measure_one(case: Case, mode: str, settings: Settings) -> Measurement:
+    """Start the case's servers in a scratch folder, measure, and stop them."""
+    with tempfile.TemporaryDirectory(prefix=f"mcp-guard-bench-{case.key}-") as scratch:
+        workdir = Path(scratch)
+        try:
+            with case.start(workdir) as target:
+                return await measure_case(case.key, target, mode, settings)
+        except Exception:
+            # The scratch folder, with the servers' logs, is removed on the way out.
+            _print_logs(workdir)
+            raise
+
+
+def _print_logs(workdir: Path) -> None:
+    for log in sorted(workdir.glob("*.log")):
+        print(f"--- end of {log.name} ---\n{tail(log)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

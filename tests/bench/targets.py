@@ -1,0 +1,318 @@
+"""What the benchmark connects to: the fixture server alone or behind the gateway.
+
+Each `Case` starts its servers on 127.0.0.1 and yields a `Target` that opens SDK client
+sessions. Every process started here is a descendant of the benchmark process, and
+`stop_descendants` stops whatever is still running by PID when a case ends. How calls are
+timed and counted is left to `measure.py`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+import tomli_w
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_SERVER = ROOT / "tests" / "fixtures" / "fixture_server.py"
+HOST = "127.0.0.1"
+FIXTURE_ID = "fixture"
+# Exported names are `<server id>__<tool>`.
+GATEWAY_TOOL = f"{FIXTURE_ID}__echo"
+DIRECT_TOOL = "echo"
+# Bounds how long a server started in the background may take to write its port file.
+START_TIMEOUT_SECONDS = 30.0
+# Bounds how long a process gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT_SECONDS = 5.0
+PORT_POLL_SECONDS = 0.02
+
+
+class BenchmarkError(Exception):
+    """A server failed to start or answered a call wrongly, so the run cannot go on."""
+
+
+@dataclass(frozen=True)
+class ServerProcesses:
+    """The processes behind a session, whose CPU time and memory the benchmark reads."""
+
+    fixture: psutil.Process
+    gateway: psutil.Process | None
+
+
+class Session:
+    """One connected client, with its server processes looked up on first use.
+
+    Finding a process spawned over stdio walks /proc, so the look-up is kept out of
+    the timed session set-up.
+    """
+
+    def __init__(self, client: Client, find_processes: Callable[[], ServerProcesses]) -> None:
+        self.client = client
+        self._find_processes = find_processes
+        self._processes: ServerProcesses | None = None
+
+    def processes(self) -> ServerProcesses:
+        """Return the fixture and gateway processes serving this session."""
+        if self._processes is None:
+            self._processes = self._find_processes()
+        return self._processes
+
+
+class Target(Protocol):
+    """Something a client can open sessions to, in either protocol mode."""
+
+    tool: str
+    """Name under which the client calls the fixture's `echo`."""
+
+    def connect(self, mode: str) -> AbstractAsyncContextManager[Session]:
+        """Open a client session in `mode` ("legacy" or a 2026 protocol version)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way of reaching the fixture's `echo` tool."""
+
+    key: str
+    path: str
+    """The hops a call takes, for the tables."""
+    baseline: str | None
+    """Key of the direct case this gateway case is compared with."""
+    start: Callable[[Path], AbstractContextManager[Target]]
+
+
+class StdioTarget:
+    """A server that each session starts as a child process and speaks to over stdio.
+
+    Args:
+        gateway: Whether the command runs the gateway rather than the fixture itself.
+        fixture: The fixture process, when it runs in the background instead of below the
+            spawned command.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        tool: str,
+        log_path: Path,
+        *,
+        gateway: bool,
+        fixture: psutil.Process | None = None,
+    ) -> None:
+        self.tool = tool
+        self._command = list(command)
+        self._log_path = log_path
+        self._gateway = gateway
+        self._fixture = fixture
+
+    @asynccontextmanager
+    async def connect(self, mode: str) -> AsyncIterator[Session]:
+        """Spawn the server, complete the handshake (or adopt `mode`) and yield the session."""
+        parameters = StdioServerParameters(command=self._command[0], args=self._command[1:], cwd=str(ROOT))
+        with self._log_path.open("a", encoding="utf-8") as errlog:
+            async with Client(stdio_client(parameters, errlog=errlog), mode=mode) as client:
+                yield Session(client, self._find_processes)
+
+    def _find_processes(self) -> ServerProcesses:
+        marker = "mcp_guard" if self._gateway else FIXTURE_SERVER.name
+        spawned = _only_child(psutil.Process(), marker)
+        if not self._gateway:
+            return ServerProcesses(fixture=spawned, gateway=None)
+        fixture = self._fixture or _only_child(spawned, FIXTURE_SERVER.name)
+        return ServerProcesses(fixture=fixture, gateway=spawned)
+
+
+class HttpTarget:
+    """A server already listening on streamable HTTP, with the processes behind it."""
+
+    def __init__(self, url: str, tool: str, processes: ServerProcesses) -> None:
+        self.tool = tool
+        self.url = url
+        self._processes = processes
+
+    @asynccontextmanager
+    async def connect(self, mode: str) -> AsyncIterator[Session]:
+        """Open a client session to the URL in `mode`."""
+        async with Client(self.url, mode=mode) as client:
+            yield Session(client, lambda: self._processes)
+
+
+def cases() -> list[Case]:
+    """Return every case, each direct case before the gateway cases compared with it."""
+    return [
+        Case("direct-stdio", "client → fixture (stdio)", None, _direct_stdio),
+        Case("gateway-stdio", "client → gateway (stdio) → fixture (stdio)", "direct-stdio", _gateway_stdio),
+        Case("direct-http", "client → fixture (HTTP)", None, _direct_http),
+        Case("gateway-http", "client → gateway (HTTP) → fixture (stdio)", "direct-http", _gateway_http),
+        Case(
+            "gateway-stdio-http",
+            "client → gateway (stdio) → fixture (HTTP)",
+            "direct-http",
+            _gateway_stdio_http,
+        ),
+    ]
+
+
+@contextmanager
+def _direct_stdio(workdir: Path) -> Iterator[Target]:
+    yield StdioTarget(_fixture_command(), DIRECT_TOOL, workdir / "fixture.log", gateway=False)
+
+
+@contextmanager
+def _gateway_stdio(workdir: Path) -> Iterator[Target]:
+    policy = _write_policy(workdir, {"command": sys.executable, "args": _fixture_command()[1:]})
+    yield StdioTarget(_gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
+
+
+@contextmanager
+def _direct_http(workdir: Path) -> Iterator[Target]:
+    with _http_fixture(workdir) as (fixture, url):
+        yield HttpTarget(url, DIRECT_TOOL, ServerProcesses(fixture, None))
+
+
+@contextmanager
+def _gateway_http(workdir: Path) -> Iterator[Target]:
+    policy = _write_policy(workdir, {"command": sys.executable, "args": _fixture_command()[1:]})
+    command = [*_gateway_command(policy), "--transport", "http"]
+    with _background_server(command, workdir, "gateway") as (gateway, port):
+        fixture = _only_child(gateway, FIXTURE_SERVER.name)
+        yield HttpTarget(f"http://{HOST}:{port}/mcp", GATEWAY_TOOL, ServerProcesses(fixture, gateway))
+
+
+@contextmanager
+def _gateway_stdio_http(workdir: Path) -> Iterator[Target]:
+    with _http_fixture(workdir) as (fixture, url):
+        policy = _write_policy(workdir, {"url": url})
+        log_path = workdir / "gateway.log"
+        yield StdioTarget(_gateway_command(policy), GATEWAY_TOOL, log_path, gateway=True, fixture=fixture)
+
+
+def _fixture_command() -> list[str]:
+    return [sys.executable, str(FIXTURE_SERVER), "--name", FIXTURE_ID]
+
+
+def _gateway_command(policy: Path) -> list[str]:
+    return [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]
+
+
+def _write_policy(workdir: Path, server: dict[str, object]) -> Path:
+    # One rule lets every client call `echo`; every other setting keeps its default.
+    allow_echo = {
+        "name": "benchmark-echo",
+        "clients": ["*"],
+        "server": FIXTURE_ID,
+        "tools": [DIRECT_TOOL],
+        "decision": "auto",
+        "write": True,
+    }
+    policy = {
+        "gateway": {"state_dir": str(workdir / "state")},
+        "rules": [allow_echo],
+        "servers": {FIXTURE_ID: server},
+    }
+    path = workdir / "policy.toml"
+    path.write_text(tomli_w.dumps(policy), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def _http_fixture(workdir: Path) -> Iterator[tuple[psutil.Process, str]]:
+    command = [*_fixture_command(), "--transport", "http", "--host", HOST]
+    with _background_server(command, workdir, "fixture-http") as (fixture, port):
+        yield fixture, f"http://{HOST}:{port}/mcp"
+
+
+@contextmanager
+def _background_server(
+    command: Sequence[str], workdir: Path, name: str
+) -> Iterator[tuple[psutil.Popen, int]]:
+    """Run an HTTP server on a free port until the block ends, then stop it by PID."""
+    port_file = workdir / f"{name}.port"
+    log_path = workdir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = psutil.Popen(
+            [*command, "--port", "0", "--port-file", str(port_file)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield process, _wait_for_port(process, port_file, log_path)
+    finally:
+        stop_process(process)
+
+
+def _wait_for_port(process: psutil.Popen, port_file: Path, log_path: Path) -> int:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text(encoding="utf-8"))
+        if process.poll() is not None:
+            raise BenchmarkError(
+                f"{process.args!r} exited with status {process.returncode} before listening; "
+                f"its output ends with:\n{tail(log_path)}"
+            )
+        time.sleep(PORT_POLL_SECONDS)
+    raise BenchmarkError(f"{process.args!r} wrote no port to {port_file} within {START_TIMEOUT_SECONDS:g} s")
+
+
+def _only_child(parent: psutil.Process, marker: str) -> psutil.Process:
+    matches = [child for child in parent.children() if _cmdline_has(child, marker)]
+    if len(matches) != 1:
+        raise BenchmarkError(
+            f"expected one child of PID {parent.pid} running {marker!r}, found {len(matches)}"
+        )
+    return matches[0]
+
+
+def _cmdline_has(process: psutil.Process, marker: str) -> bool:
+    try:
+        return any(marker in part for part in process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_process(process: psutil.Process) -> None:
+    """Stop one process this benchmark started: SIGTERM, then SIGKILL if it lingers."""
+    try:
+        process.terminate()
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def stop_descendants() -> list[int]:
+    """Stop every process still running below this one and return their PIDs.
+
+    Only the benchmark starts children, so each descendant is one of its servers
+    that did not exit with its session.
+    """
+    leftovers = psutil.Process().children(recursive=True)
+    for process in leftovers:
+        stop_process(process)
+    return [process.pid for process in leftovers]
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """Return the last `lines` lines of a log file, or a note that it is missing."""
+    if not path.exists():
+        return f"({path} was not written)"
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
