@@ -20,8 +20,9 @@ from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
 from mcp_guard.errors import ConfigError
-from mcp_guard.gateway.identity import hash_api_key, new_api_key
+from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
+from mcp_guard.pinning.cli import add_pins_commands, run_pins_command
 
 DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(config, args)
     if args.command == "audit":
         return anyio.run(lambda: run_audit_command(args, state_dir, key_env_var=config.audit.key_env))
+    if args.command == "pins":
+        return anyio.run(run_pins_command, args, state_dir)
     return _check(config, args)
 
 
@@ -78,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add_audit_commands(commands)
     _add_config_argument(commands.choices["audit"])
+    add_pins_commands(commands)
+    _add_config_argument(commands.choices["pins"])
 
     keys = commands.add_parser("keys", help="create an API key for a client that connects over HTTP")
     keys.add_argument(
@@ -113,6 +118,15 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
 
     client = args.client or config.gateway.default_client or DEFAULT_CLIENT
 
+    anonymous = config.gateway.http.allow_unauthenticated_as
+    if args.transport == "http" and anonymous is None and not ClientDirectory(config).has_credentials:
+        print(
+            "Refusing to serve HTTP: no client in the policy file has api_key_hashes, so no request "
+            "could prove who sent it. Create a key with `mcp-guard keys new` and add its hash to a "
+            "client, or set gateway.http.allow_unauthenticated_as to serve everyone as one client.",
+            file=sys.stderr,
+        )
+        return 2
     if args.transport == "stdio":
         anyio.run(lambda: serve_stdio(config, client=client))
     else:

@@ -110,7 +110,7 @@ STEPS = (
         "files__read_text_file",
         {"path": str(OUTSIDE_FILE)},
         "tool error",
-        "Access denied",
+        "Denied by mcp-guard",
     ),
     # mcp-server-git has no push tool, so the gateway exports none.
     Step("call an unknown tool", "git__git_push", REPO_ARGUMENTS, "protocol error", "Unknown tool"),

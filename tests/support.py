@@ -42,12 +42,36 @@ def fixture_server(name: str = "fixture", *extra: str, record: Path | None = Non
     return {"command": sys.executable, "args": args}
 
 
+ALLOW_ALL = {
+    "name": "tests may call anything",
+    "clients": ["*"],
+    "server": "*",
+    "tools": ["*"],
+    "decision": "auto",
+}
+
+
 def write_policy(
-    folder: Path, servers: Mapping[str, Mapping[str, Any]], gateway: Mapping[str, Any] | None = None
+    folder: Path,
+    servers: Mapping[str, Mapping[str, Any]],
+    gateway: Mapping[str, Any] | None = None,
+    *,
+    rules: Sequence[Mapping[str, Any]] | None = None,
+    clients: Mapping[str, Mapping[str, Any]] | None = None,
+    **sections: Any,
 ) -> Path:
-    """Write a policy file into `folder` and return its path."""
-    data: dict[str, Any] = {"gateway": {"state_dir": str(folder / "state"), **(gateway or {})}}
+    """Write a policy file into `folder` and return its path.
+
+    Without `rules`, one rule lets every client call every tool, so tests of the core see everything;
+    without `clients`, one client named "default" exists, and HTTP requests without keys act as it.
+    """
+    settings: dict[str, Any] = {"state_dir": str(folder / "state"), **(gateway or {})}
+    if clients is None:
+        settings.setdefault("http", {}).setdefault("allow_unauthenticated_as", "default")
+    data: dict[str, Any] = {"gateway": settings, **sections}
     data["servers"] = {name: dict(table) for name, table in servers.items()}
+    data["clients"] = {name: dict(table) for name, table in (clients or {"default": {}}).items()}
+    data["rules"] = [dict(rule) for rule in (rules if rules is not None else [{**ALLOW_ALL, "write": True}])]
     path = folder / "policy.toml"
     path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return path

@@ -54,8 +54,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), [f"invalid TOML: {exc}"]) from None
-    config = parse_config(data, source=str(file), environ=environ)
-    return _resolve_paths(config, file.resolve().parent)
+    base = file.resolve().parent
+    config = parse_config(_absolute_roots(data, base), source=str(file), environ=environ)
+    return _resolve_paths(config, base)
 
 
 def parse_config(
@@ -74,6 +75,11 @@ def parse_config(
     default = config.gateway.default_client
     if default is not None and default not in config.clients:
         problems.append(f"gateway.default_client: client {default!r} is not defined; add [clients.{default}]")
+    anonymous = config.gateway.http.allow_unauthenticated_as
+    if anonymous is not None and anonymous not in config.clients:
+        problems.append(
+            f"gateway.http.allow_unauthenticated_as: client {anonymous!r} is not defined; add [clients.{anonymous}]"
+        )
     problems += _missing_env_references(config, os.environ if environ is None else environ)
     if problems:
         raise ConfigError(source, problems)
@@ -108,6 +114,40 @@ def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -
                         "export it before starting mcp-guard"
                     )
     return problems
+
+
+def _absolute_roots(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve relative `path_under` roots and `path_base` of rules against the policy file's folder."""
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return data
+    resolved_rules = []
+    for rule in rules:
+        arguments = rule.get("arguments") if isinstance(rule, dict) else None
+        if not isinstance(arguments, dict):
+            resolved_rules.append(rule)
+            continue
+        resolved_arguments = {name: _absolute_fence(fence, base) for name, fence in arguments.items()}
+        resolved_rules.append({**rule, "arguments": resolved_arguments})
+    return {**data, "rules": resolved_rules}
+
+
+def _absolute_fence(fence: Any, base: Path) -> Any:
+    if not isinstance(fence, dict):
+        return fence
+    resolved = dict(fence)
+    roots = fence.get("path_under")
+    if isinstance(roots, list):
+        resolved["path_under"] = [_absolute(root, base) for root in roots]
+    if isinstance(fence.get("path_base"), str):
+        resolved["path_base"] = _absolute(fence["path_base"], base)
+    return resolved
+
+
+def _absolute(path: Any, base: Path) -> Any:
+    if not isinstance(path, str) or not path or Path(path).is_absolute():
+        return path
+    return os.path.normpath(base / path)
 
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:

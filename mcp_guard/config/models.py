@@ -192,6 +192,10 @@ class HttpSettings(_Frozen):
     )
     """Largest request body accepted."""
 
+    allow_unauthenticated_as: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)] | None = None
+    """Serve requests without credentials as this client. Only when no client has API keys:
+    meant for a gateway that only this machine's user can reach."""
+
 
 class GatewaySettings(_Frozen):
     """Settings of the gateway itself."""

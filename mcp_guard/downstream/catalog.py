@@ -21,6 +21,7 @@ from mcp_types import methods
 from pydantic import ValidationError
 
 from mcp_guard.downstream.naming import export_names
+from mcp_guard.policy.definitions import clean_definition, definition_hash
 
 log = structlog.get_logger(module=__name__)
 
@@ -45,6 +46,8 @@ class ExportedTool:
     """The tool as sent to clients (exported name, cleaned `_meta`)."""
     eras: frozenset[str]
     """Protocol eras whose clients can be shown this tool."""
+    digest: str = ""
+    """Hash of the definition as the server sent it, which pins compare (see `policy.definitions`)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,9 @@ def _export_tool(server: str, tool: dict[str, Any], exported: str) -> ExportedTo
         # The gateway offers no task augmentation, so such a tool could never be called.
         log.warning("tool_hidden_needs_tasks", server=server, tool=tool["name"])
         return None
-    definition = {key: value for key, value in _clean(tool).items() if key != "execution"}
+    digest = definition_hash(tool)
+    # Hidden characters and over-long texts are removed before a model ever reads them.
+    definition = {key: value for key, value in clean_definition(_clean(tool)).items() if key != "execution"}
     definition["name"] = exported
     eras = frozenset(era for era in (LEGACY_ERA, MODERN_ERA) if _valid_in(era, definition))
     if len(eras) < 2:
@@ -198,7 +203,7 @@ def _export_tool(server: str, tool: dict[str, Any], exported: str) -> ExportedTo
         )
     if not eras:
         return None
-    return ExportedTool(server, tool["name"], exported, definition, eras)
+    return ExportedTool(server, tool["name"], exported, definition, eras, digest)
 
 
 def _valid_in(era: str, definition: dict[str, Any]) -> bool:

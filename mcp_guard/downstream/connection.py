@@ -215,7 +215,6 @@ class DownstreamConnection:
                     self._session = session
                     self.state = ServerState.READY
                     got_ready = True
-                    self._report_first_attempt()
                     self._log.info(
                         "downstream_ready",
                         protocol=client.protocol_version,
@@ -224,6 +223,8 @@ class DownstreamConnection:
                         resources=len(self.listing.resources),
                     )
                     await self._notify_listing()
+                    # Only now is the catalogue (and every listener's view of it) up to date.
+                    self._report_first_attempt()
                     await self._serve(session)
                     self.last_error = "the connection closed"
             if startup.cancelled_caught and not got_ready:

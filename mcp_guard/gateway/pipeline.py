@@ -19,6 +19,7 @@ from typing import Any
 from mcp_guard.audit.records import Decision, OutcomeKind
 from mcp_guard.downstream.catalog import ExportedTool
 from mcp_guard.downstream.connection import ProgressCallback
+from mcp_guard.policy.decisions import Decision as PolicyDecision
 
 ToolResult = dict[str, Any]
 """A tools/call result as a wire dict."""
@@ -47,6 +48,10 @@ class ToolCall:
     """Set by a stage that ends the call for a reason the result alone does not show (denied, rate limited)."""
     detail: str | None = None
     """Why the call ended as it did, for the audit trail."""
+    policy: PolicyDecision | None = None
+    """The full policy decision, with the rule a call may start."""
+    notify: Callable[[str], Awaitable[None]] | None = None
+    """Sends a log message to the calling client, for rules that notify."""
 
 
 Handler = Callable[[ToolCall], Awaitable[ToolResult]]

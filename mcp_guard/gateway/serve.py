@@ -14,17 +14,26 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
 import uvicorn
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 
 from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
+from mcp_guard.gateway.identity import ApiKeyVerifier
+from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
+from mcp_guard.pinning import PinStore
+from mcp_guard.policy import PolicyEngine
+from mcp_guard.state.clock import HighWaterClock
+from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
 
@@ -34,23 +43,36 @@ HTTP_SESSION_IDLE_SECONDS = 1800
 # this long before they are closed.
 HTTP_SHUTDOWN_GRACE_SECONDS = 2
 HTTP_BACKLOG = 512
+USAGE_FILE = "state.sqlite3"
 
 
 @asynccontextmanager
 async def running_gateway(
-    config: GatewayConfig, *, client: str, environ: Mapping[str, str] | None = None
+    config: GatewayConfig,
+    *,
+    client: str,
+    environ: Mapping[str, str] | None = None,
+    clock: HighWaterClock | None = None,
 ) -> AsyncIterator[tuple[Gateway, GatewayServer]]:
     """Open the state, start the downstream connections, and yield a gateway and its SDK server.
 
     The audit store is entered first and left last, so calls still running when
     the servers stop can record their outcomes.
     """
+    state_dir = Path(config.gateway.state_dir)
     async with AsyncExitStack() as stack:
         audit = await stack.enter_async_context(open_audit_store(config))
         await prune_audit(audit, config)
+        pins = await stack.enter_async_context(PinStore.in_state_dir(state_dir))
+        usage = await stack.enter_async_context(UsageStore(state_dir / USAGE_FILE, clock or HighWaterClock()))
+        engine = PolicyEngine(config.rules, config.clients, config.servers)
+        policy = PolicyGuard(config, engine, pins, usage)
         registry = DownstreamRegistry(config, environ=environ)
-        gateway = Gateway(config, registry, client=client, guards=Guards(audit=audit))
+        gateway = Gateway(config, registry, client=client, guards=Guards(audit=audit, policy=policy))
         await stack.enter_async_context(registry.running())
+        tasks = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        tasks.start_soon(policy.watch_pins, registry, gateway.pins_changed)
         yield gateway, build_server(gateway)
 
 
@@ -103,8 +125,9 @@ async def serve_http(
     http = config.gateway.http
     host = host or http.host
     port = http.port if port is None else port
-    async with running_gateway(config, client=client) as (_gateway, server):
+    async with running_gateway(config, client=client) as (gateway, server):
         app = server.streamable_http_app(
+            **_auth_options(gateway),
             streamable_http_path=http.path,
             host=host,
             transport_security=TransportSecuritySettings(
@@ -133,6 +156,18 @@ async def serve_http(
             await web.serve(sockets=[sock])
             tasks.cancel_scope.cancel()
     log.info("gateway_stopped", transport="http")
+
+
+def _auth_options(gateway: Gateway) -> dict[str, Any]:
+    """Return the SDK options that make every HTTP request prove which client sent it."""
+    if not gateway.directory.has_credentials:
+        # The command line refuses this case unless `allow_unauthenticated_as` names a client.
+        return {}
+    # No OAuth endpoints are served, so the issuer only fills a required field.
+    return {
+        "auth": AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
+        "token_verifier": ApiKeyVerifier(gateway.directory),
+    }
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

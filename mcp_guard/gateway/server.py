@@ -26,14 +26,16 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from mcp_guard import __version__
-from mcp_guard.audit import AuditStore
+from mcp_guard.audit import AuditedCall, AuditStore, CallIntent, new_call_id
 from mcp_guard.config.models import GatewayConfig
-from mcp_guard.downstream.catalog import MODERN_ERA, Catalog
+from mcp_guard.downstream.catalog import LEGACY_ERA, MODERN_ERA, Catalog, ExportedTool
 from mcp_guard.downstream.registry import DownstreamRegistry
-from mcp_guard.errors import DownstreamError, DownstreamRejected, GuardError, NotFoundError
+from mcp_guard.errors import AuditUnavailable, DownstreamError, DownstreamRejected, GuardError, NotFoundError
 from mcp_guard.gateway.auditing import AuditStage
+from mcp_guard.gateway.identity import ClientDirectory, ClientIdentity, http_client_name
 from mcp_guard.gateway.notifications import ChangeNotifier
 from mcp_guard.gateway.pipeline import Handler, Stage, ToolCall, ToolResult, build_call_pipeline, tool_error
+from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.results import (
     is_input_required,
     shape_plain_result,
@@ -81,12 +83,17 @@ class Gateway:
         *,
         client: str,
         guards: Guards | None = None,
+        directory: ClientDirectory | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.client = client
+        self.guards = guards or Guards()
+        self.directory = directory or ClientDirectory(config)
         self.notifier = ChangeNotifier()
-        self.call_pipeline = assemble_call_pipeline(self._forward_call, guards or Guards(), config)
+        self.call_pipeline = assemble_call_pipeline(self._forward_call, self.guards, config)
+        if self.guards.policy is not None:
+            registry.add_listener(self._observe_pins)
         registry.add_listener(self.notifier.publish)
 
     @property
@@ -94,30 +101,97 @@ class Gateway:
         """The catalogue as of now."""
         return self.registry.catalog
 
+    def client_of(self, ctx: ServerRequestContext[Any]) -> ClientIdentity:
+        """Return who sent a request: the stdio profile, or the client an HTTP request authenticated as."""
+        if ctx.request is None:
+            return self.directory.get(self.client)
+        unauthenticated = self.config.gateway.http.allow_unauthenticated_as
+        if unauthenticated is not None and not self.directory.has_credentials:
+            return self.directory.get(unauthenticated)
+        return self.directory.get(http_client_name(ctx))
+
+    def visible_tools(self, client: ClientIdentity, version: str) -> list[ExportedTool]:
+        """Return the tools `client` may see, as its protocol era can carry them."""
+        return [tool for tool in self.catalog.tools.values() if self.can_see(client, tool, version)]
+
+    def can_see(self, client: ClientIdentity, tool: ExportedTool, version: str) -> bool:
+        """Return whether `client`, speaking `version`, may see and call `tool`."""
+        era = MODERN_ERA if version == MODERN_ERA else LEGACY_ERA
+        policy = self.guards.policy
+        return era in tool.eras and (policy is None or policy.visible(client.name, tool))
+
+    def visible_servers(self, client: ClientIdentity) -> set[str]:
+        """Return the servers whose prompts and resources `client` may use: those with a tool it can see."""
+        if self.guards.policy is None:
+            return set(self.registry.connections)
+        return {tool.server for tool in self.visible_tools(client, LEGACY_ERA)} | {
+            tool.server for tool in self.visible_tools(client, MODERN_ERA)
+        }
+
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
-        """Answer tools/list with the tools the caller's era can carry."""
-        return self._page("tools", self.catalog.tools_for_era(ctx.protocol_version), params)
+        """Answer tools/list with the tools the caller may call, as its era can carry them."""
+        tools = self.visible_tools(self.client_of(ctx), ctx.protocol_version)
+        return self._page("tools", [tool.definition for tool in tools], params)
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> ToolResult:
-        """Answer tools/call by passing the call through the pipeline."""
+        """Answer tools/call by passing the call through the pipeline.
+
+        A name the caller may not see gets the same error as a name that does not exist.
+        """
+        client = self.client_of(ctx)
         tool = self.catalog.tools.get(params.name)
-        era = MODERN_ERA if ctx.protocol_version == MODERN_ERA else "2025-11-25"
-        if tool is None or era not in tool.eras:
+        if tool is None or not self.can_see(client, tool, ctx.protocol_version):
+            await self._record_unknown(client, ctx, params)
             raise _mcp_error(NotFoundError("tool", params.name))
         call = ToolCall(
-            client=self.client,
+            client=client.name,
+            organisation=client.organisation,
             session=_session_id(ctx),
             protocol_version=ctx.protocol_version,
             tool=tool,
             arguments=dict(params.arguments or {}),
             progress=_progress_relay(ctx),
+            notify=_log_relay(ctx),
         )
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
         return await self.call_pipeline(call)
+
+    async def _record_unknown(
+        self, client: ClientIdentity, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> None:
+        """Audit a call of a name the client cannot see: probing for hidden tools leaves a trace."""
+        log.warning("tool_call_unknown_name", client=client.name, name=params.name[:200])
+        if self.guards.audit is None:
+            return
+        intent = CallIntent(
+            call_id=new_call_id(),
+            client=client.name,
+            organisation=client.organisation,
+            session=_session_id(ctx),
+            protocol_era=ctx.protocol_version,
+            server="",
+            tool=params.name[:200],
+            arguments=dict(params.arguments or {}),
+            decision="deny",
+            rule=None,
+        )
+        try:
+            async with AuditedCall(self.guards.audit, intent) as audited:
+                audited.finish("denied", detail="no tool with this name is visible to the client")
+        except AuditUnavailable as exc:
+            log.error("audit_unavailable", reason=exc.reason)
+
+    async def _observe_pins(self, kinds: frozenset[str]) -> None:
+        if "tools" in kinds and self.guards.policy is not None:
+            await self.guards.policy.observe(self.registry)
+
+    async def pins_changed(self) -> None:
+        """Tell clients their tool lists changed after an operator approved or rejected a pin."""
+        await self.notifier.publish(frozenset({"tools"}))
 
     async def _forward_call(self, call: ToolCall) -> ToolResult:
         connection = self.registry.connection(call.tool.server)
@@ -146,14 +220,16 @@ class Gateway:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
         """Answer prompts/list."""
-        return self._page("prompts", [p.definition for p in self.catalog.prompts.values()], params)
+        servers = self.visible_servers(self.client_of(ctx))
+        prompts = [p.definition for p in self.catalog.prompts.values() if p.server in servers]
+        return self._page("prompts", prompts, params)
 
     async def get_prompt(
         self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
     ) -> dict[str, Any]:
         """Answer prompts/get from the server that owns the prompt."""
         prompt = self.catalog.prompts.get(params.name)
-        if prompt is None:
+        if prompt is None or prompt.server not in self.visible_servers(self.client_of(ctx)):
             raise _mcp_error(NotFoundError("prompt", params.name))
         request = types.GetPromptRequest(
             params=types.GetPromptRequestParams(name=prompt.name, arguments=params.arguments)
@@ -165,13 +241,17 @@ class Gateway:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
         """Answer resources/list."""
-        return self._page("resources", [r.definition for r in self.catalog.resources.values()], params)
+        servers = self.visible_servers(self.client_of(ctx))
+        resources = [r.definition for r in self.catalog.resources.values() if r.server in servers]
+        return self._page("resources", resources, params)
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
         """Answer resources/templates/list."""
-        return self._page("resourceTemplates", [t.definition for t in self.catalog.templates], params)
+        servers = self.visible_servers(self.client_of(ctx))
+        templates = [t.definition for t in self.catalog.templates if t.server in servers]
+        return self._page("resourceTemplates", templates, params)
 
     async def read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
@@ -179,7 +259,7 @@ class Gateway:
         """Answer resources/read from the server that owns the URI."""
         catalog = self.catalog
         owner = catalog.resource_for_uri(params.uri)
-        if owner is None:
+        if owner is None or owner[0] not in self.visible_servers(self.client_of(ctx)):
             raise _mcp_error(NotFoundError("resource", params.uri))
         server, uri = owner
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=uri))
@@ -199,7 +279,11 @@ class Gateway:
             server = next(
                 (t.server for t in self.catalog.templates if t.definition.get("uriTemplate") == ref.uri), None
             )
-        if server is None or server not in self.catalog.completions:
+        if (
+            server is None
+            or server not in self.catalog.completions
+            or server not in self.visible_servers(self.client_of(ctx))
+        ):
             return {"completion": {"values": [], "hasMore": False}}
         request = types.CompleteRequest(
             params=types.CompleteRequestParams(ref=ref, argument=params.argument, context=params.context)
@@ -243,17 +327,25 @@ class Guards:
     """The guard components a gateway applies to tool calls; a missing one is skipped."""
 
     audit: AuditStore | None = None
+    policy: PolicyGuard | None = None
 
 
 def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConfig) -> Handler:
     """Chain the guards in front of `forward`, in the one order they apply.
 
-    The audit stage comes first, so denials, failures, timeouts and
-    cancellations are all recorded.
+    The policy decides first (a pure computation), then the audit stage
+    records the intent, so denials, failures, timeouts and cancellations are
+    all recorded; then the decision is enforced and the call forwarded.
     """
     stages: list[Stage] = []
+    if guards.policy is not None:
+        # Deciding is pure and comes first only so the intent row can record the decision.
+        stages.append(guards.policy.decide)
     if guards.audit is not None:
         stages.append(AuditStage(guards.audit, proceed_without_audit=config.audit.on_failure == "proceed"))
+    if guards.policy is not None:
+        stages.append(guards.policy.enforce)
+    # NOTE: rate limits and human approval are not built yet; they go here, in that order.
     return build_call_pipeline(forward, stages)
 
 
@@ -337,6 +429,22 @@ def _session_id(ctx: ServerRequestContext[Any]) -> str | None:
         value = headers.get("mcp-session-id")
         return str(value) if value is not None else None
     return None
+
+
+def _log_relay(ctx: ServerRequestContext[Any]) -> Callable[[str], Awaitable[None]]:
+    """Return a callback that sends a warning log message to the caller."""
+    session = ctx.session
+    request_id = ctx.request_id
+
+    async def send(message: str) -> None:
+        try:
+            await session.send_log_message(
+                "warning", message, logger="mcp-guard", related_request_id=request_id
+            )
+        except Exception as exc:  # contained: a client that cannot take the message still gets its result
+            log.info("notification_not_delivered", error=type(exc).__name__)
+
+    return send
 
 
 def _progress_relay(ctx: ServerRequestContext[Any]) -> Any:

@@ -74,8 +74,8 @@ async def _measure_session(
 ) -> Measurement:
     client = session.client
     await _run_concurrently(client, tool, settings.warmup_calls, 1)
-    # Only now: a 2026-07-28 client has no handshake to wait for, so the gateway may not
-    # have started the fixture before the first call was answered.
+    # Looked up after the warm-up because a 2026-07-28 client opens its session without a
+    # handshake, so a stdio gateway may not have started the fixture before that.
     processes = session.processes()
     watched = [processes.fixture] + ([processes.gateway] if processes.gateway else [])
     before = _cpu_seconds(watched)

@@ -22,12 +22,12 @@ from targets import ROOT, Case
 GENERATED_MARKER = "<!-- tests/bench/run.py writes everything below this line. Edit the text above it. -->"
 DEFAULT_INTRO = """# Benchmarks
 
-What mcp-guard adds to the cost of an MCP tool call. Run `make bench` to measure again;
-it rewrites the part of this page below the marker.
+What mcp-guard adds to the cost of an MCP tool call. Run `make bench` to measure again.
+It rewrites the part of this page below the marker.
 """
 
-# Targets for the gateway's overhead. Each gateway case is compared with the direct case that
-# reaches the same fixture transport.
+# Targets for the gateway's overhead. Each gateway case is compared with the direct case named
+# by its `Case.baseline`.
 MAX_P50_RATIO = 1.6
 MIN_THROUGHPUT_RATIO = 0.6
 MAX_GATEWAY_CPU_MS = 1.0
@@ -83,12 +83,21 @@ def check_targets(measurements: Sequence[Measurement], cases: Sequence[Case]) ->
     return checks
 
 
-def machine_description() -> dict[str, str]:
-    """Describe the machine and software the run used."""
+def machine_description(load_average: float, scratch: Path) -> dict[str, str]:
+    """Describe the machine and software the run used.
+
+    Args:
+        load_average: The 1-minute load average before the run, which shows whether other
+            work competed for the cores.
+        scratch: The folder that contains the gateway's state directory. Its filesystem sets
+            the cost of the fsync calls the audit trail makes.
+    """
     return {
         "CPU": _cpu_model(),
         "cores": str(os.cpu_count()),
         "memory": f"{_memory_gib():.1f} GiB",
+        "load average (1 min) before the run": f"{load_average:.2f}",
+        "filesystem of the gateway's state directory": _filesystem(scratch),
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "mcp (SDK)": metadata.version("mcp"),
@@ -126,7 +135,7 @@ def render_generated(results: str, settings: Settings, machine: dict[str, str], 
 | | |
 |---|---|
 {machine_rows}
-| run time of `make bench` | {run_seconds:.0f} s |
+| run time of tests/bench/run.py | {run_seconds:.0f} s |
 
 ## Results
 
@@ -147,9 +156,13 @@ def _method(settings: Settings) -> str:
     return f"""Every case calls the fixture server's `echo` tool (`tests/fixtures/fixture_server.py`) with a
 short text and checks that the result is that text. The client is the MCP Python SDK's `mcp.Client`,
 run once per case in each client mode: `legacy` (initialize handshake, protocol 2025-11-25) and
-`2026-07-28` (no handshake). The gateway runs with its default settings and an empty guard pipeline,
-and picks the protocol it speaks to the fixture itself (`protocol = "auto"`). Every server listens on
-127.0.0.1 or is a child process on a pipe, and the client, gateway and fixture share the machine's cores.
+`2026-07-28` (no handshake). The gateway's policy file lists the fixture and one rule that lets
+every client call `echo`. Every other setting keeps its default, so the numbers include what the
+gateway does on every call by default, such as writing the audit trail to its state directory.
+Over HTTP the client sends a bearer API key, which the gateway checks on every request. The
+gateway picks the protocol it speaks to the fixture (`protocol = "auto"`). Each server listens
+on 127.0.0.1 or is a child process on a pipe, and fresh servers are started for each case and mode.
+The client, gateway and fixture share the machine's cores.
 
 - **set-up**: median of {settings.setup_runs} fresh sessions, each timed from spawning the
   stdio server (or opening the HTTP connection) through the handshake to the end of the first
@@ -162,13 +175,13 @@ and picks the protocol it speaks to the fixture itself (`protocol = "auto"`). Ev
   session (one stdio pipe, or one HTTP session), after {settings.warmup_calls} untimed calls at the
   same concurrency.
 - **CPU ms/call**: the process's own user plus system CPU time (`psutil`, from /proc/PID/stat)
-  over a batch, divided by the batch's calls. Given for the sequential and the concurrent batch.
+  over a batch, divided by the batch's calls, for the sequential and the concurrent batch.
   The gateway's figure excludes its child, the fixture.
 - **gateway peak RSS**: `VmHWM` from /proc/PID/status at the end of the measured session.
 
-Each gateway case is compared with the direct call a client would make without the gateway:
-the stdio gateway in front of a stdio fixture with `direct-stdio`, and the two cases with an HTTP
-hop with `direct-http`, where the client reaches an HTTP fixture itself."""
+Each gateway case is compared with the direct call a client would make without the gateway.
+The stdio gateway in front of a stdio fixture is compared with `direct-stdio`. The two cases with
+an HTTP hop are compared with `direct-http`, where the client reaches an HTTP fixture itself."""
 
 
 def _results_table(rows: Sequence[Measurement], cases: Sequence[Case], settings: Settings) -> str:
@@ -207,6 +220,8 @@ def _targets_table(checks: Sequence[TargetCheck], settings: Settings) -> str:
             f"| {check.throughput_ratio:.2f}× {_verdict(check.throughput_passed)} "
             f"| {check.gateway_cpu_ms:.3f} {_verdict(check.cpu_passed)} |"
         )
+    if not checks:
+        return "No gateway case was measured together with its direct case, so no target was checked."
     passed = sum(c.p50_passed + c.throughput_passed + c.cpu_passed for c in checks)
     lines.append(f"\n{passed} of {3 * len(checks)} target checks pass.")
     return "\n".join(lines)
@@ -228,6 +243,18 @@ def _memory_gib() -> float:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) / 1024**2
     return 0.0
+
+
+def _filesystem(path: Path) -> str:
+    """Return the type and device of the mount that contains `path`, from /proc/mounts."""
+    resolved = str(path.resolve())
+    best = ("", "unknown", "unknown")
+    for line in Path("/proc/mounts").read_text(encoding="utf-8").splitlines():
+        device, mount_point, kind = line.split()[:3]
+        inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best[0]):
+            best = (mount_point, kind, device)
+    return f"{best[1]} ({best[2]})"
 
 
 def _commit() -> str:

@@ -8,10 +8,11 @@ started is stopped by PID before it exits, whether it succeeded or not.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -21,13 +22,14 @@ from targets import ROOT, BenchmarkError, Case, cases, stop_descendants, tail
 
 MODES = ("legacy", "2026-07-28")
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
-# 2,000 sequential calls put 20 samples above p99; the defaults keep a full run near 3 minutes
-# on 2 cores.
+# 2,000 sequential calls put 20 samples above p99.
 DEFAULT_CALLS = 2000
 DEFAULT_CONCURRENT_CALLS = 2000
 DEFAULT_CONCURRENCY = 16
 DEFAULT_WARMUP_CALLS = 200
 DEFAULT_SETUP_RUNS = 5
+# Above this 1-minute load average something else is using the cores, and the run prints a warning.
+BUSY_LOAD_AVERAGE = 0.5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     chosen = [case for case in cases() if not args.case or case.key in args.case]
     modes = args.mode or list(MODES)
+    load_average = os.getloadavg()[0]
+    if load_average > BUSY_LOAD_AVERAGE:
+        print(
+            f"warning: the 1-minute load average is {load_average:.2f}; other work on this machine "
+            "will skew the numbers",
+            file=sys.stderr,
+        )
 
     started = time.perf_counter()
     try:
@@ -62,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(results)
     print(f"run time: {run_seconds:.0f} s")
     if args.output is not None:
-        generated = render_generated(results, settings, machine_description(), run_seconds)
+        machine = machine_description(load_average, Path(tempfile.gettempdir()))
+        generated = render_generated(results, settings, machine, run_seconds)
         write_document(args.output, generated)
         print(f"wrote {args.output}")
     return 0
@@ -77,33 +87,38 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode", action="append", choices=MODES, help="client mode to measure (repeatable; default: both)"
     )
+
     parser.add_argument(
-        "--calls", type=int, default=DEFAULT_CALLS, help=f"sequential timed calls (default: {DEFAULT_CALLS})"
+        "--calls",
+        type=_at_least(2),
+        default=DEFAULT_CALLS,
+        help=f"sequential timed calls (default: {DEFAULT_CALLS})",
     )
     parser.add_argument(
         "--concurrent-calls",
-        type=int,
+        type=_at_least(1),
         default=DEFAULT_CONCURRENT_CALLS,
         help=f"calls in the concurrent batch (default: {DEFAULT_CONCURRENT_CALLS})",
     )
     parser.add_argument(
         "--concurrency",
-        type=int,
+        type=_at_least(1),
         default=DEFAULT_CONCURRENCY,
         help=f"concurrent tasks sharing one session (default: {DEFAULT_CONCURRENCY})",
     )
     parser.add_argument(
         "--warmup-calls",
-        type=int,
+        type=_at_least(0),
         default=DEFAULT_WARMUP_CALLS,
         help=f"untimed calls before each batch (default: {DEFAULT_WARMUP_CALLS})",
     )
     parser.add_argument(
         "--setup-runs",
-        type=int,
+        type=_at_least(1),
         default=DEFAULT_SETUP_RUNS,
         help=f"fresh sessions timed for the set-up median (default: {DEFAULT_SETUP_RUNS})",
     )
+
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--output",
@@ -115,6 +130,18 @@ def _parser() -> argparse.ArgumentParser:
         "--no-write", dest="output", action="store_const", const=None, help="only print the tables"
     )
     return parser
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type that accepts integers of at least `minimum`."""
+
+    def convert(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give {minimum} or more")
+        return value
+
+    return convert
 
 
 def _find_benchmark_error(exc: BaseException) -> BenchmarkError | None:

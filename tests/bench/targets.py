@@ -8,6 +8,8 @@ timed and counted is left to `measure.py`.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import subprocess
 import sys
 import time
@@ -22,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpx2
 import psutil
 import tomli_w
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_SERVER = ROOT / "tests" / "fixtures" / "fixture_server.py"
@@ -39,10 +43,16 @@ START_TIMEOUT_SECONDS = 30.0
 # Bounds how long a process gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT_SECONDS = 5.0
 PORT_POLL_SECONDS = 0.02
+# The HTTP client's timeouts, the same as the SDK's default client. A response stream may stay
+# open for a long time, so reads may take longer than connecting and writing.
+HTTP_TIMEOUT_SECONDS = 30.0
+HTTP_READ_TIMEOUT_SECONDS = 300.0
+# Client profile the HTTP gateway authenticates the benchmark as.
+BENCH_CLIENT = "bench"
 
 
 class BenchmarkError(Exception):
-    """A server failed to start or answered a call wrongly, so the run cannot go on."""
+    """A server failed to start or returned a wrong result, so the run cannot go on."""
 
 
 @dataclass(frozen=True)
@@ -137,17 +147,26 @@ class StdioTarget:
 
 
 class HttpTarget:
-    """A server already listening on streamable HTTP, with the processes behind it."""
+    """A server already listening on streamable HTTP, with the processes behind it.
 
-    def __init__(self, url: str, tool: str, processes: ServerProcesses) -> None:
+    Args:
+        api_key: Bearer key sent with every request, for a server that requires one.
+    """
+
+    def __init__(self, url: str, tool: str, processes: ServerProcesses, api_key: str | None = None) -> None:
         self.tool = tool
         self.url = url
         self._processes = processes
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     @asynccontextmanager
     async def connect(self, mode: str) -> AsyncIterator[Session]:
         """Open a client session to the URL in `mode`."""
-        async with Client(self.url, mode=mode) as client:
+        timeout = httpx2.Timeout(HTTP_TIMEOUT_SECONDS, read=HTTP_READ_TIMEOUT_SECONDS)
+        async with (
+            httpx2.AsyncClient(headers=self._headers, timeout=timeout) as http,
+            Client(streamable_http_client(self.url, http_client=http), mode=mode) as client,
+        ):
             yield Session(client, lambda: self._processes)
 
 
@@ -169,48 +188,60 @@ def cases() -> list[Case]:
 
 @contextmanager
 def _direct_stdio(workdir: Path) -> Iterator[Target]:
-    yield StdioTarget(_fixture_command(), DIRECT_TOOL, workdir / "fixture.log", gateway=False)
+    yield StdioTarget(fixture_command(), DIRECT_TOOL, workdir / "fixture.log", gateway=False)
 
 
 @contextmanager
 def _gateway_stdio(workdir: Path) -> Iterator[Target]:
-    policy = _write_policy(workdir, {"command": sys.executable, "args": _fixture_command()[1:]})
-    yield StdioTarget(_gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
+    policy = write_policy(workdir, {"command": sys.executable, "args": fixture_command()[1:]})
+    yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
 
 
 @contextmanager
 def _direct_http(workdir: Path) -> Iterator[Target]:
-    with _http_fixture(workdir) as (fixture, url):
+    with http_fixture(workdir) as (fixture, url):
         yield HttpTarget(url, DIRECT_TOOL, ServerProcesses(fixture, None))
 
 
 @contextmanager
 def _gateway_http(workdir: Path) -> Iterator[Target]:
-    policy = _write_policy(workdir, {"command": sys.executable, "args": _fixture_command()[1:]})
-    command = [*_gateway_command(policy), "--transport", "http"]
+    # A fresh random key for each run, so no key is stored anywhere. The policy contains its hash.
+    api_key = secrets.token_urlsafe(32)
+    server = {"command": sys.executable, "args": fixture_command()[1:]}
+    policy = write_policy(workdir, server, api_key=api_key)
+    command = [*gateway_command(policy), "--transport", "http"]
     with _background_server(command, workdir, "gateway") as (gateway, port):
         fixture = _only_child(gateway, FIXTURE_SERVER.name)
-        yield HttpTarget(f"http://{HOST}:{port}/mcp", GATEWAY_TOOL, ServerProcesses(fixture, gateway))
+        url = f"http://{HOST}:{port}/mcp"
+        yield HttpTarget(url, GATEWAY_TOOL, ServerProcesses(fixture, gateway), api_key=api_key)
 
 
 @contextmanager
 def _gateway_stdio_http(workdir: Path) -> Iterator[Target]:
-    with _http_fixture(workdir) as (fixture, url):
-        policy = _write_policy(workdir, {"url": url})
+    with http_fixture(workdir) as (fixture, url):
+        policy = write_policy(workdir, {"url": url})
         log_path = workdir / "gateway.log"
-        yield StdioTarget(_gateway_command(policy), GATEWAY_TOOL, log_path, gateway=True, fixture=fixture)
+        yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, log_path, gateway=True, fixture=fixture)
 
 
-def _fixture_command() -> list[str]:
+def fixture_command() -> list[str]:
+    """Return the command line that runs the fixture server over stdio."""
     return [sys.executable, str(FIXTURE_SERVER), "--name", FIXTURE_ID]
 
 
-def _gateway_command(policy: Path) -> list[str]:
+def gateway_command(policy: Path) -> list[str]:
+    """Return the command line that runs the gateway over stdio with `policy`."""
     return [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]
 
 
-def _write_policy(workdir: Path, server: dict[str, object]) -> Path:
-    # One rule lets every client call `echo`; every other setting keeps its default.
+def write_policy(workdir: Path, server: dict[str, object], *, api_key: str | None = None) -> Path:
+    """Write a policy file with `server` as the fixture's `[servers]` table; return its path.
+
+    Args:
+        api_key: If given, the policy defines the client `BENCH_CLIENT` with this key, so an HTTP
+            gateway accepts requests that send it as a bearer token.
+    """
+    # One rule lets every client call `echo`, and every other setting keeps its default.
     allow_echo = {
         "name": "benchmark-echo",
         "clients": ["*"],
@@ -219,19 +250,23 @@ def _write_policy(workdir: Path, server: dict[str, object]) -> Path:
         "decision": "auto",
         "write": True,
     }
-    policy = {
+    policy: dict[str, object] = {
         "gateway": {"state_dir": str(workdir / "state")},
         "rules": [allow_echo],
         "servers": {FIXTURE_ID: server},
     }
+    if api_key is not None:
+        key_hash = "sha256:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+        policy["clients"] = {BENCH_CLIENT: {"api_key_hashes": [key_hash]}}
     path = workdir / "policy.toml"
     path.write_text(tomli_w.dumps(policy), encoding="utf-8")
     return path
 
 
 @contextmanager
-def _http_fixture(workdir: Path) -> Iterator[tuple[psutil.Process, str]]:
-    command = [*_fixture_command(), "--transport", "http", "--host", HOST]
+def http_fixture(workdir: Path) -> Iterator[tuple[psutil.Process, str]]:
+    """Run the fixture over HTTP until the block ends; yield its process and MCP URL."""
+    command = [*fixture_command(), "--transport", "http", "--host", HOST]
     with _background_server(command, workdir, "fixture-http") as (fixture, port):
         yield fixture, f"http://{HOST}:{port}/mcp"
 

@@ -18,7 +18,10 @@ NOTIFY_SECONDS = 10
 
 @pytest.fixture
 def policy(tmp_path: Path) -> Path:
-    return write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": fixture_server("beta")})
+    # New tools are withheld until reviewed unless the server allows them; these tests are about
+    # the notification, so they allow them.
+    servers = {name: fixture_server(name) | {"allow_new_tools": True} for name in ("alpha", "beta")}
+    return write_policy(tmp_path, servers)
 
 
 async def test_legacy_client_told_over_stdio(policy: Path) -> None:

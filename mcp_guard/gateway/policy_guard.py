@@ -1,0 +1,235 @@
+"""Least privilege on the call path: pins, visibility, policy decisions and argument checks.
+
+The guard answers two questions. Which tools may this client see? Only those
+whose definition matches its approved pin and that some active rule grants. And
+what happens to this call? The pure `PolicyEngine` decides; this module keeps
+the state the engine needs (pins, first use of time-limited rules, a clock that
+never runs backwards), validates arguments against the pinned input schema, and
+carries the decision out. Deciding runs before the audit stage, so the intent
+row records the decision; enforcing runs after it, so denials are recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+import structlog
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+
+from mcp_guard.config.models import GatewayConfig
+from mcp_guard.downstream.catalog import ExportedTool
+from mcp_guard.downstream.registry import DownstreamRegistry
+from mcp_guard.errors import GuardError
+from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
+from mcp_guard.pinning import PinStore
+from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
+from mcp_guard.policy.definitions import definition_hash
+from mcp_guard.state.usage import UsageStore
+
+log = structlog.get_logger(module=__name__)
+
+# Arguments nested deeper than this, or with more values than this, are rejected before any
+# schema validation runs, so a hostile argument cannot exhaust the stack or the CPU.
+MAX_ARGUMENT_DEPTH = 64
+MAX_ARGUMENT_VALUES = 100_000
+# How often the gateway looks for pin approvals made with `mcp-guard pins approve`.
+PIN_POLL_SECONDS = 2.0
+
+
+class PolicyGuard:
+    """Pins, visibility and decisions for every client of one gateway."""
+
+    def __init__(
+        self, config: GatewayConfig, engine: PolicyEngine, pins: PinStore, usage: UsageStore
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._pins = pins
+        self._usage = usage
+        self._approved: dict[tuple[str, str], str] = {}
+        self._validators: dict[str, Draft202012Validator | None] = {}
+
+    # Visibility
+
+    def visible(self, client: str, tool: ExportedTool) -> bool:
+        """Return whether `client` may see (and so call) `tool` now."""
+        if not self.pinned(tool):
+            return False
+        return self._engine.visible(
+            client,
+            tool.server,
+            tool.name,
+            annotations=tool.definition.get("annotations"),
+            now=self._usage.clock.now(),
+            first_use=self._usage.first_uses(client),
+        )
+
+    def pinned(self, tool: ExportedTool) -> bool:
+        """Return whether the tool's current definition is the approved one."""
+        return self._approved.get((tool.server, tool.name)) == tool.digest
+
+    async def observe(self, registry: DownstreamRegistry) -> bool:
+        """Record every server's current tool definitions in the pin store.
+
+        Returns:
+            Whether the set of approved definitions changed.
+        """
+        before = dict(self._approved)
+        approved: dict[tuple[str, str], str] = {}
+        for server_id, connection in registry.connections.items():
+            tools = connection.listing.tools
+            if not tools:
+                continue
+            allow_new = self._config.servers[server_id].allow_new_tools
+            try:
+                report = await self._pins.observe(server_id, tools, allow_new_tools=allow_new)
+            except GuardError as exc:
+                # Fail closed: without the pin store no tool of this server counts as approved.
+                log.error("pins_unavailable", server=server_id, error=str(exc))
+                continue
+            digests = {tool["name"]: tool_digest for tool, tool_digest in _digests(tools)}
+            for name, status in report.statuses.items():
+                if status == "approved" and name in digests:
+                    approved[(server_id, name)] = digests[name]
+            for name in report.withheld:
+                log.warning("tool_withheld", server=server_id, tool=name, status=report.statuses.get(name))
+        self._approved = approved
+        return approved != before
+
+    async def watch_pins(
+        self, registry: DownstreamRegistry, on_change: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Re-read the pins whenever another process (the `pins` command) changes them."""
+        version = await self._pins.data_version()
+        while True:
+            await anyio.sleep(PIN_POLL_SECONDS)
+            try:
+                current = await self._pins.data_version()
+            except GuardError as exc:
+                log.error("pins_unavailable", error=str(exc))
+                continue
+            if current != version:
+                version = current
+                if await self.observe(registry):
+                    await on_change()
+
+    # The call path
+
+    async def decide(self, call: ToolCall, next_handler: Handler) -> ToolResult:
+        """Stage: decide the call and record the decision on it; refusing is left to `enforce`."""
+        tool = call.tool
+        if not self.pinned(tool):
+            call.decision, call.rule = "deny", None
+            call.detail = (
+                f"the definition of {tool.exported!r} changed and awaits review (mcp-guard pins review)"
+            )
+            return await next_handler(call)
+        decision = self._engine.decide(
+            call.client,
+            tool.server,
+            tool.name,
+            annotations=tool.definition.get("annotations"),
+            arguments=call.arguments,
+            now=self._usage.clock.now(),
+            first_use=self._usage.first_uses(call.client),
+            input_schema=tool.definition.get("inputSchema"),
+        )
+        call.decision, call.rule = decision.kind, decision.rule
+        call.policy = decision
+        if isinstance(decision, Deny):
+            call.detail = decision.reason
+        return await next_handler(call)
+
+    async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:
+        """Stage: refuse what the decision does not allow, check arguments, then let the call on."""
+        decision = call.policy
+        if call.decision == "deny" or decision is None or isinstance(decision, Deny):
+            return self._refuse(call, call.detail or "no rule allows this call")
+        if isinstance(decision, RequireApproval):
+            # NOTE: the approval flow is not built yet, so calls that need a person's approval are
+            # refused, which is the fail-closed reading of "approve".
+            reason = f"rule {decision.rule!r} requires a person's approval, which is not available yet"
+            return self._refuse(call, reason)
+        problem = self._argument_problem(call.tool, call.arguments)
+        if problem is not None:
+            return self._refuse(call, problem)
+        if decision.starts_rule is not None:
+            await self._usage.record_first_use(call.client, decision.starts_rule, self._usage.clock.now())
+        await self._usage.save_high_water()
+        if isinstance(decision, Allow) and decision.kind == "notify":
+            await _notify(call, decision.rule)
+        return await next_handler(call)
+
+    def _refuse(self, call: ToolCall, reason: str) -> ToolResult:
+        call.outcome, call.detail = "denied", reason
+        log.info(
+            "tool_call_denied",
+            call_id=call.call_id,
+            client=call.client,
+            tool=call.tool.exported,
+            reason=reason,
+        )
+        return tool_error(f"Denied by mcp-guard: {reason}")
+
+    def _argument_problem(self, tool: ExportedTool, arguments: Mapping[str, Any]) -> str | None:
+        """Return why `arguments` do not fit the tool's pinned input schema, or None."""
+        size_problem = _size_problem(arguments)
+        if size_problem is not None:
+            return size_problem
+        validator = self._validator(tool)
+        if validator is None:
+            return None
+        error = best_match(validator.iter_errors(arguments))
+        if error is None:
+            return None
+        where = "arguments" + "".join(f"[{part!r}]" for part in error.absolute_path)
+        return f"invalid arguments for {tool.exported!r} at {where}: {error.message[:300]}"
+
+    def _validator(self, tool: ExportedTool) -> Draft202012Validator | None:
+        if tool.digest not in self._validators:
+            schema = tool.definition.get("inputSchema")
+            if not isinstance(schema, dict):
+                self._validators[tool.digest] = None
+                return None
+            try:
+                Draft202012Validator.check_schema(schema)
+                self._validators[tool.digest] = Draft202012Validator(schema)
+            except SchemaError:
+                log.warning("input_schema_invalid", server=tool.server, tool=tool.name)
+                self._validators[tool.digest] = None
+        return self._validators[tool.digest]
+
+
+def _size_problem(value: Any) -> str | None:
+    """Check depth and size with an explicit stack, so no value can exhaust the interpreter's stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_ARGUMENT_DEPTH:
+            return f"the arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+        if count > MAX_ARGUMENT_VALUES:
+            return f"the arguments contain more than {MAX_ARGUMENT_VALUES:,} values"
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
+def _digests(tools: Iterable[Mapping[str, Any]]) -> Iterable[tuple[Mapping[str, Any], str]]:
+    for tool in tools:
+        if isinstance(tool.get("name"), str):
+            yield tool, definition_hash(tool)
+
+
+async def _notify(call: ToolCall, rule: str) -> None:
+    log.warning(
+        "tool_call_notify", call_id=call.call_id, client=call.client, tool=call.tool.exported, rule=rule
+    )
+    if call.notify is not None:
+        await call.notify(f"mcp-guard: {call.tool.exported} was called under rule {rule!r}, which notifies.")

@@ -1,0 +1,181 @@
+"""Who a client is (API keys over HTTP) and how long it may act (time-limited rules, a clock that never runs back)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from support import fixture_server, http_gateway, read_records, write_policy
+
+from mcp_guard.config import load_config
+from mcp_guard.gateway.identity import hash_api_key
+from mcp_guard.gateway.serve import running_gateway
+from mcp_guard.state.clock import HighWaterClock, ManualClock
+
+pytestmark = pytest.mark.anyio
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+KEY_A = "mcpg_test-key-for-client-a"
+KEY_B = "mcpg_test-key-for-client-b"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def keyed_policy(tmp_path: Path, record: Path) -> Path:
+    clients = {"a": {"api_key_hashes": [hash_api_key(KEY_A)]}, "b": {"api_key_hashes": [hash_api_key(KEY_B)]}}
+    rules = [
+        {
+            "name": "a echoes",
+            "clients": ["a"],
+            "server": "alpha",
+            "tools": ["echo"],
+            "decision": "auto",
+            "write": True,
+        },
+        {
+            "name": "b asks",
+            "clients": ["b"],
+            "server": "alpha",
+            "tools": ["whoami"],
+            "decision": "auto",
+            "write": True,
+        },
+    ]
+    return write_policy(
+        tmp_path, {"alpha": fixture_server("alpha", record=record)}, rules=rules, clients=clients
+    )
+
+
+async def test_http_requires_valid_key(tmp_path: Path) -> None:
+    policy = keyed_policy(tmp_path, tmp_path / "alpha.jsonl")
+
+    with http_gateway(policy, tmp_path) as (_process, url):
+        async with httpx2.AsyncClient() as http:
+            missing = await http.post(url, json=INITIALIZE, headers=HEADERS)
+            wrong = await http.post(url, json=INITIALIZE, headers={**HEADERS, "Authorization": "Bearer nope"})
+            right = await http.post(
+                url, json=INITIALIZE, headers={**HEADERS, "Authorization": f"Bearer {KEY_A}"}
+            )
+
+    assert missing.status_code == 401
+    assert wrong.status_code == 401
+    assert right.status_code == 200
+
+
+async def test_key_decides_client_not_client_info(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = keyed_policy(tmp_path, record)
+
+    with http_gateway(policy, tmp_path) as (_process, url):
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY_B}"}) as http_b,
+            Client(
+                url_transport(url, http_b),
+                mode="legacy",
+                client_info=types.Implementation(name="a", version="1"),
+            ) as client_b,
+        ):
+            names_b = {tool.name for tool in (await client_b.list_tools()).tools}
+            with pytest.raises(MCPError) as refused:
+                await client_b.call_tool("alpha__echo", {"text": "from b"})
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY_A}"}) as http_a,
+            Client(url_transport(url, http_a), mode="2026-07-28") as client_a,
+        ):
+            echoed = await client_a.call_tool("alpha__echo", {"text": "from a"})
+
+    assert names_b == {"alpha__whoami"}
+    assert refused.value.error.message.startswith("Unknown tool")
+    assert echoed.content[0].text == "from a"
+    assert [event["arguments"] for event in read_records(record) if event["event"] == "call"] == [
+        {"text": "from a"}
+    ]
+
+
+def url_transport(url: str, http: httpx2.AsyncClient) -> Any:
+    from mcp.client.streamable_http import streamable_http_client
+
+    return streamable_http_client(url, http_client=http)
+
+
+def window_policy(tmp_path: Path) -> Path:
+    rules = [
+        {
+            "name": "write for five minutes",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["write_file"],
+            "decision": "auto",
+            "write": True,
+            "active_for_seconds": 300,
+        },
+        {
+            "name": "echo until ten",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["echo"],
+            "decision": "auto",
+            "write": True,
+            "not_after": START + timedelta(hours=1),
+        },
+    ]
+    return write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=rules)
+
+
+async def call(config: Any, clock: ManualClock, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+    gateway = running_gateway(config, client="default", clock=HighWaterClock(clock))
+    async with gateway as (_gateway, server), Client(server) as client:
+        try:
+            return await client.call_tool(name, arguments)
+        except MCPError as exc:
+            text = types.TextContent(type="text", text=exc.error.message)
+            return types.CallToolResult(content=[text], is_error=True)
+
+
+async def test_grant_expires_and_stays_expired(tmp_path: Path) -> None:
+    config = load_config(window_policy(tmp_path))
+    clock = ManualClock(START)
+    write = {"path": "/tmp/x", "content": "x"}
+
+    first = await call(config, clock, "alpha__write_file", write)
+    clock.current = START + timedelta(seconds=200)
+    within = await call(config, clock, "alpha__write_file", write)
+    clock.current = START + timedelta(seconds=301)
+    expired = await call(config, clock, "alpha__write_file", write)
+    clock.current = START + timedelta(seconds=100)  # the wall clock is stepped back
+    stepped_back = await call(config, clock, "alpha__write_file", write)
+
+    assert not first.is_error
+    assert not within.is_error
+    assert expired.is_error
+    assert stepped_back.is_error
+
+
+async def test_not_after_not_revived(tmp_path: Path) -> None:
+    config = load_config(window_policy(tmp_path))
+    clock = ManualClock(START + timedelta(minutes=30))
+
+    before = await call(config, clock, "alpha__echo", {"text": "x"})
+    clock.current = START + timedelta(hours=2)
+    after = await call(config, clock, "alpha__echo", {"text": "x"})
+    clock.current = START + timedelta(minutes=30)
+    back = await call(config, clock, "alpha__echo", {"text": "x"})
+
+    assert not before.is_error
+    assert after.is_error
+    assert back.is_error
