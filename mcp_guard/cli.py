@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -19,10 +21,14 @@ from mcp_guard import __version__
 from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
+from mcp_guard.downstream.catalog import Catalog
 from mcp_guard.errors import ConfigError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
 from mcp_guard.pinning.cli import add_pins_commands, run_pins_command
+from mcp_guard.pinning.display import escape_text
+from mcp_guard.policy import PolicyEngine
+from mcp_guard.policy.definitions import definition_findings
 
 DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
@@ -152,18 +158,49 @@ async def _check_servers(config: GatewayConfig) -> int:
     failed = 0
     with anyio.move_on_after(CHECK_CONNECT_SECONDS):
         async with DownstreamRegistry(config).running() as registry:
-            catalog = registry.catalog
             for server_id, status in registry.status().items():
                 if status["state"] != "ready":
                     failed += 1
                     print(f"\n[{server_id}] NOT AVAILABLE: {status['last_error']}")
                     continue
-                print(f"\n[{server_id}] ready, protocol {status['protocol']}")
-                for tool in catalog.tools.values():
-                    if tool.server == server_id:
-                        renamed = (
-                            "" if tool.exported.endswith(tool.name) else f"  (downstream name: {tool.name})"
-                        )
-                        print(f"  {tool.exported}{renamed}")
-            print("\nEvery client sees all of these tools.")
+                print(f"\n[{server_id}] ready, protocol {status['protocol']}, {status['tools']} tools")
+                _print_findings(registry.connection(server_id).listing.tools)
+            _print_clients(config, registry.catalog)
     return 1 if failed else 0
+
+
+def _print_findings(tools: Sequence[Mapping[str, Any]]) -> None:
+    """Print the tools whose texts look like instructions aimed at the model."""
+    for tool in tools:
+        for finding in definition_findings(tool):
+            print(f"  WARNING {escape_text(str(tool.get('name')))}: {escape_text(finding)}")
+
+
+def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
+    """Print, for each client, the exported tools its rules let it see now."""
+    engine = PolicyEngine(config.rules, config.clients, config.servers)
+    now = datetime.now(UTC)
+    if not config.clients:
+        print(
+            "\nNo clients are defined, so every tool is hidden from everyone. Add [clients.NAME] and rules."
+        )
+    for client in config.clients:
+        visible = [
+            tool.exported
+            for tool in catalog.tools.values()
+            if engine.visible(
+                client,
+                tool.server,
+                tool.name,
+                annotations=tool.definition.get("annotations"),
+                now=now,
+                first_use={},
+            )
+        ]
+        print(f"\nclient {client} sees {len(visible)} tools:")
+        for name in visible:
+            print(f"  {name}")
+    print(
+        "\nAt run time a tool whose definition changed since it was approved is withheld as well "
+        "(mcp-guard pins review)."
+    )

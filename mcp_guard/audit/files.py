@@ -139,8 +139,11 @@ def read_head(head_path: Path) -> ChainLink | None:
         raise ValueError(f"invalid head file {head_path}: expected {{'row_id': ..., 'hash': ...}}") from None
 
 
-def write_head(head_path: Path, head: ChainLink) -> None:
+def write_head(head_path: Path, head: ChainLink, fsync: bool = True) -> None:
     """Replace the head file atomically: write a temporary file, fsync it, rename it over.
+
+    With `fsync` false the file is renamed without being flushed to disk: a crash of the
+    process still leaves the whole new file (the page cache survives it), a power cut may not.
 
     The directory is not fsynced. After a power cut the rename may be lost, leaving
     the previous head, which verification accepts (rows past the head still chain).
@@ -152,7 +155,8 @@ def write_head(head_path: Path, head: ChainLink) -> None:
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         json.dump({"row_id": head.row_id, "hash": head.hash}, file)
         file.flush()
-        os.fsync(file.fileno())
+        if fsync:
+            os.fsync(file.fileno())
     os.replace(temporary, head_path)
 
 

@@ -221,6 +221,10 @@ class GatewaySettings(_Frozen):
 class AuditSettings(_Frozen):
     """The audit trail of every call (an SQLite file in the state directory)."""
 
+    enabled: bool = True
+    """Record every call. Turning it off leaves no trace of what agents did; it exists to measure
+    the gateway without it."""
+
     on_failure: Literal["deny", "proceed"] = "deny"
     """What to do with a call whose audit record cannot be written: deny it, or run it unaudited."""
 
@@ -232,6 +236,10 @@ class AuditSettings(_Frozen):
 
     redact_patterns: dict[str, str] = {}
     """More secret value patterns: a name (shown in the marker) to a regular expression."""
+
+    power_safe: bool = False
+    """Make each record survive a power cut, not only a crash or kill of the gateway: fsync on
+    every commit, which costs several milliseconds per call on most disks."""
 
     retention_days: Annotated[float | None, Field(gt=0)] = None
     """Delete records older than this many days when the gateway starts."""

@@ -20,7 +20,6 @@ import anyio
 import structlog
 import uvicorn
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 
@@ -30,6 +29,7 @@ from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.gateway.identity import ApiKeyVerifier
 from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
+from mcp_guard.gateway.stdio import gateway_stdio
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.state.clock import HighWaterClock
@@ -61,8 +61,12 @@ async def running_gateway(
     """
     state_dir = Path(config.gateway.state_dir)
     async with AsyncExitStack() as stack:
-        audit = await stack.enter_async_context(open_audit_store(config))
-        await prune_audit(audit, config)
+        audit: SqliteAuditStore | None = None
+        if config.audit.enabled:
+            audit = await stack.enter_async_context(open_audit_store(config))
+            await prune_audit(audit, config)
+        else:
+            log.warning("audit_disabled", hint="no call is recorded; set audit.enabled = true")
         pins = await stack.enter_async_context(PinStore.in_state_dir(state_dir))
         usage = await stack.enter_async_context(UsageStore(state_dir / USAGE_FILE, clock or HighWaterClock()))
         engine = PolicyEngine(config.rules, config.clients, config.servers)
@@ -81,7 +85,7 @@ def open_audit_store(config: GatewayConfig) -> SqliteAuditStore:
     settings = config.audit
     redactor = Redactor(extra_keys=settings.redact_keys, extra_patterns=settings.redact_patterns)
     return SqliteAuditStore.in_state_dir(
-        Path(config.gateway.state_dir), redactor, key_env_var=settings.key_env
+        Path(config.gateway.state_dir), redactor, key_env_var=settings.key_env, power_safe=settings.power_safe
     )
 
 
@@ -103,7 +107,7 @@ async def serve_stdio(config: GatewayConfig, *, client: str) -> None:
     ):
         tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
         log.info("gateway_started", transport="stdio", servers=len(config.servers))
-        async with stdio_server() as (read_stream, write_stream):
+        async with gateway_stdio() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
         tasks.cancel_scope.cancel()
     log.info("gateway_stopped", transport="stdio")

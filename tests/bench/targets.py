@@ -175,6 +175,7 @@ def cases() -> list[Case]:
     return [
         Case("direct-stdio", "client → fixture (stdio)", None, _direct_stdio),
         Case("gateway-stdio", "client → gateway (stdio) → fixture (stdio)", "direct-stdio", _gateway_stdio),
+        Case("bare-stdio", "as gateway-stdio, audit trail off", "direct-stdio", _bare_stdio),
         Case("direct-http", "client → fixture (HTTP)", None, _direct_http),
         Case("gateway-http", "client → gateway (HTTP) → fixture (stdio)", "direct-http", _gateway_http),
         Case(
@@ -194,6 +195,13 @@ def _direct_stdio(workdir: Path) -> Iterator[Target]:
 @contextmanager
 def _gateway_stdio(workdir: Path) -> Iterator[Target]:
     policy = write_policy(workdir, {"command": sys.executable, "args": fixture_command()[1:]})
+    yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
+
+
+@contextmanager
+def _bare_stdio(workdir: Path) -> Iterator[Target]:
+    server = {"command": sys.executable, "args": fixture_command()[1:]}
+    policy = write_policy(workdir, server, audit=False)
     yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
 
 
@@ -234,12 +242,15 @@ def gateway_command(policy: Path) -> list[str]:
     return [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]
 
 
-def write_policy(workdir: Path, server: dict[str, object], *, api_key: str | None = None) -> Path:
+def write_policy(
+    workdir: Path, server: dict[str, object], *, api_key: str | None = None, audit: bool = True
+) -> Path:
     """Write a policy file with `server` as the fixture's `[servers]` table; return its path.
 
     Args:
         api_key: If given, the policy defines the client `BENCH_CLIENT` with this key, so an HTTP
             gateway accepts requests that send it as a bearer token.
+        audit: Whether the gateway keeps its audit trail; off measures the gateway without it.
     """
     # One rule lets every client call `echo`, and every other setting keeps its default.
     allow_echo = {
@@ -255,6 +266,8 @@ def write_policy(workdir: Path, server: dict[str, object], *, api_key: str | Non
         "rules": [allow_echo],
         "servers": {FIXTURE_ID: server},
     }
+    if not audit:
+        policy["audit"] = {"enabled": False}
     if api_key is not None:
         key_hash = "sha256:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()
         policy["clients"] = {BENCH_CLIENT: {"api_key_hashes": [key_hash]}}

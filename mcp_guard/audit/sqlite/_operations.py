@@ -89,14 +89,21 @@ async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
         raise
 
 
-async def configure_writer(db: aiosqlite.Connection, busy_timeout_ms: int) -> None:
-    """Set WAL mode, full fsync on commit, the lock wait and zeroing of deleted content."""
+async def configure_writer(
+    db: aiosqlite.Connection, busy_timeout_ms: int, *, power_safe: bool = False
+) -> None:
+    """Set WAL mode, the fsync level, the lock wait and zeroing of deleted content.
+
+    In WAL mode, `synchronous = NORMAL` keeps every committed transaction across a crash of
+    the process (the WAL is written before the commit returns) and loses only the last ones
+    on a power cut; `FULL` also fsyncs the WAL on each commit.
+    """
     await db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
     mode = rows[0][0]
     if mode != "wal":
         raise AuditUnavailable(f"cannot switch the audit database to WAL mode (it stays in {mode!r} mode)")
-    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute(f"PRAGMA synchronous = {'FULL' if power_safe else 'NORMAL'}")
     await db.execute("PRAGMA secure_delete = ON")
 
 
