@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(config, args)
     if args.command == "audit":
-        return anyio.run(lambda: run_audit_command(args, state_dir, key_env_var=config.audit.key_env))
+        return anyio.run(
+            lambda: run_audit_command(args, state_dir, key_env_var=args.key_env or config.audit.key_env)
+        )
     if args.command == "pins":
         return anyio.run(run_pins_command, args, state_dir)
     return _check(config, args)
@@ -125,7 +127,12 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
     client = args.client or config.gateway.default_client or DEFAULT_CLIENT
 
     anonymous = config.gateway.http.allow_unauthenticated_as
-    if args.transport == "http" and anonymous is None and not ClientDirectory(config).has_credentials:
+    try:
+        directory = ClientDirectory(config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.transport == "http" and anonymous is None and not directory.has_credentials:
         print(
             "Refusing to serve HTTP: no client in the policy file has api_key_hashes, so no request "
             "could prove who sent it. Create a key with `mcp-guard keys new` and add its hash to a "

@@ -44,13 +44,13 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     audit = subparsers.add_parser("audit", help="search, show, export, verify and prune the audit trail")
     audit.add_argument(
         "--key-env",
-        default=DEFAULT_KEY_ENV_VAR,
-        help=f"environment variable holding the audit key as hex (default: {DEFAULT_KEY_ENV_VAR}); "
+        default=None,
+        help=f"environment variable holding the audit key as hex (default: audit.key_env, else {DEFAULT_KEY_ENV_VAR}); "
         "without it the key file in the state directory is used",
     )
     commands = audit.add_subparsers(dest="audit_command", required=True)
 
-    search = commands.add_parser("search", help="list recorded calls, newest first")
+    search = commands.add_parser("search", help="list the most recent matching calls, oldest first")
     _add_filter_arguments(search)
     search.add_argument(
         "--limit", type=_positive_int, default=DEFAULT_SEARCH_LIMIT, help="maximum number of calls listed"

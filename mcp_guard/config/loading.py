@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from mcp_guard.audit.redaction import Redactor
 from mcp_guard.config.models import (
     ENV_REFERENCE,
     GatewayConfig,
@@ -80,6 +81,15 @@ def parse_config(
         problems.append(
             f"gateway.http.allow_unauthenticated_as: client {anonymous!r} is not defined; add [clients.{anonymous}]"
         )
+    keyed = [
+        name for name, client in config.clients.items() if client.api_key_hashes or client.api_key_hashes_from
+    ]
+    if anonymous is not None and keyed:
+        problems.append(
+            "gateway.http.allow_unauthenticated_as: it has no effect while a client has API keys "
+            f"({', '.join(keyed)}); remove it, or remove the keys"
+        )
+    problems += _redaction_problems(config)
     problems += _missing_env_references(config, os.environ if environ is None else environ)
     if problems:
         raise ConfigError(source, problems)
@@ -99,6 +109,14 @@ def resolve_templates(templates: Mapping[str, str], environ: Mapping[str, str]) 
                 raise ConfigError("environment", [f"{name}: environment variable {variable} is not set"])
         resolved[name] = ENV_REFERENCE.sub(lambda match: environ[match.group(1)], template)
     return resolved
+
+
+def _redaction_problems(config: GatewayConfig) -> list[str]:
+    try:
+        Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
+    except ValueError as exc:
+        return [f"audit: {exc}"]
+    return []
 
 
 def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:

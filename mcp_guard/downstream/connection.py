@@ -84,7 +84,7 @@ ListingCallback = Callable[[str], Awaitable[None]]
 
 
 class ServerState(StrEnum):
-    """Where a downstream connection is in its life."""
+    """The life-cycle state of a downstream connection."""
 
     STARTING = "starting"
     READY = "ready"
@@ -94,7 +94,7 @@ class ServerState(StrEnum):
 
 @dataclass(frozen=True)
 class ServerListing:
-    """What one downstream server offers, as the wire dicts it sent."""
+    """The tools, resources, templates and prompts of one downstream server, as the wire dicts it sent."""
 
     tools: tuple[dict[str, Any], ...] = ()
     resources: tuple[dict[str, Any], ...] = ()
@@ -168,7 +168,7 @@ class DownstreamConnection:
         Raises:
             DownstreamUnavailable: The server is not connected.
             DownstreamCrashed: The connection closed while waiting.
-            DownstreamTimeout: No answer within `read_timeout_seconds` (default: the server's call timeout).
+            DownstreamTimeout: No response within `read_timeout_seconds` (default: the server's call timeout).
             DownstreamRejected: The server answered with a JSON-RPC error.
             DownstreamProtocolError: The answer is not a valid result.
         """
@@ -390,7 +390,7 @@ async def _watched(
     """Wrap a transport so that the end of its read stream closes the session.
 
     The SDK fails requests in flight when a stdio server exits, but gives no
-    signal while the connection is idle; without one, a dead server would only
+    signal while the connection is idle. Without one, a dead server would only
     be noticed at the next call.
     """
     async with transport as (read_stream, write_stream):

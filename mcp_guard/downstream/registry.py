@@ -1,8 +1,8 @@
 """All downstream connections and the catalogue built from their listings.
 
 The registry starts one supervised connection per configured server, rebuilds
-the catalogue when any listing changes, and tells its listeners which kinds of
-list changed so the gateway can notify clients. Looking names up and routing
+the catalogue when any listing changes, and notifies its listeners of the kinds of
+list that changed so the gateway can notify clients. Looking names up and routing
 requests to the right connection also live here; deciding whether a request is
 allowed does not.
 """

@@ -1,4 +1,4 @@
-"""Who is calling: the client profile behind each request.
+"""Client identity: the client profile behind each request.
 
 Over stdio the client is the profile the gateway was started with. Over HTTP a
 client proves who it is with a bearer API key, which the gateway compares, as
@@ -25,6 +25,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_REQUEST
 
 from mcp_guard.config.models import GatewayConfig
+from mcp_guard.config.rules import API_KEY_HASH
+from mcp_guard.errors import ConfigError
 
 log = structlog.get_logger(module=__name__)
 
@@ -66,9 +68,7 @@ class ClientDirectory:
         for name, client in config.clients.items():
             hashes = list(client.api_key_hashes)
             if client.api_key_hashes_from:
-                hashes += [
-                    h.strip() for h in environ.get(client.api_key_hashes_from, "").split(",") if h.strip()
-                ]
+                hashes += _hashes_from(environ, client.api_key_hashes_from, name)
             self._key_hashes += [(bytes.fromhex(h.removeprefix(HASH_PREFIX)), name) for h in hashes]
 
     @property
@@ -91,6 +91,22 @@ class ClientDirectory:
         return found
 
 
+def _hashes_from(environ: Mapping[str, str], variable: str, client: str) -> list[str]:
+    """Read comma-separated key hashes from an environment variable, rejecting malformed ones."""
+    hashes = [entry.strip() for entry in environ.get(variable, "").split(",") if entry.strip()]
+    for index, entry in enumerate(hashes):
+        # The message never repeats the value: a malformed entry may be a key pasted by mistake.
+        if not API_KEY_HASH.match(entry):
+            raise ConfigError(
+                "environment",
+                [
+                    f"${variable} (API key hashes of client {client!r}): entry {index} is not written as "
+                    "'sha256:<64 lowercase hex digits>'; store hashes made by `mcp-guard keys new`"
+                ],
+            )
+    return hashes
+
+
 class ApiKeyVerifier:
     """The SDK token verifier: accepts a bearer token that is the API key of a configured client."""
 
@@ -98,7 +114,7 @@ class ApiKeyVerifier:
         self._directory = directory
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        """Return an access token naming the client, or None (the SDK then answers 401)."""
+        """Return an access token naming the client, or None (the SDK then responds with 401)."""
         name = self._directory.client_for_key(token)
         if name is None:
             log.warning("authentication_failed", reason="unknown API key")

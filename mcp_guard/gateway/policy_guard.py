@@ -2,7 +2,7 @@
 
 The guard answers two questions. Which tools may this client see? Only those
 whose definition matches its approved pin and that some active rule grants. And
-what happens to this call? The pure `PolicyEngine` decides; this module keeps
+what happens to this call? The pure `PolicyEngine` decides. This module keeps
 the state the engine needs (pins, first use of time-limited rules, a clock that
 never runs backwards), validates arguments against the pinned input schema, and
 carries the decision out. Deciding runs before the audit stage, so the intent
@@ -119,7 +119,7 @@ class PolicyGuard:
     # The call path
 
     async def decide(self, call: ToolCall, next_handler: Handler) -> ToolResult:
-        """Stage: decide the call and record the decision on it; refusing is left to `enforce`."""
+        """Stage: decide the call and record the decision on it, leaving rejection to `enforce`."""
         tool = call.tool
         if not self.pinned(tool):
             call.decision, call.rule = "deny", None
@@ -144,18 +144,18 @@ class PolicyGuard:
         return await next_handler(call)
 
     async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:
-        """Stage: refuse what the decision does not allow, check arguments, then let the call on."""
+        """Stage: reject what the decision does not allow, check the arguments, then pass the call on."""
         decision = call.policy
         if call.decision == "deny" or decision is None or isinstance(decision, Deny):
-            return self._refuse(call, call.detail or "no rule allows this call")
+            return self._reject(call, call.detail or "no rule allows this call")
         if isinstance(decision, RequireApproval):
             # NOTE: the approval flow is not built yet, so calls that need a person's approval are
-            # refused, which is the fail-closed reading of "approve".
+            # rejected, which is the fail-closed reading of "approve".
             reason = f"rule {decision.rule!r} requires a person's approval, which is not available yet"
-            return self._refuse(call, reason)
+            return self._reject(call, reason)
         problem = self._argument_problem(call.tool, call.arguments)
         if problem is not None:
-            return self._refuse(call, problem)
+            return self._reject(call, problem)
         if decision.starts_rule is not None:
             await self._usage.record_first_use(call.client, decision.starts_rule, self._usage.clock.now())
         await self._usage.save_high_water()
@@ -163,7 +163,7 @@ class PolicyGuard:
             await _notify(call, decision.rule)
         return await next_handler(call)
 
-    def _refuse(self, call: ToolCall, reason: str) -> ToolResult:
+    def _reject(self, call: ToolCall, reason: str) -> ToolResult:
         call.outcome, call.detail = "denied", reason
         log.info(
             "tool_call_denied",

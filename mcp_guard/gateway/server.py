@@ -10,6 +10,7 @@ stages. Only this package imports the MCP server API.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,7 +22,7 @@ from mcp.server.caching import CACHEABLE_METHODS, CacheableMethod, CacheHint
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -54,10 +55,10 @@ _CACHEABLE = cast("frozenset[CacheableMethod]", CACHEABLE_METHODS)
 
 
 class GatewayServer(Server[Any]):
-    """A lowlevel `Server` that tells handshake-era clients their lists can change.
+    """A lowlevel `Server` that announces list changes to handshake-era clients.
 
     The streamable HTTP session manager builds initialization options without
-    arguments, so the default has to change here for HTTP clients to be told.
+    arguments, so the default has to change here for HTTP clients to learn of changes.
     """
 
     def create_initialization_options(
@@ -74,7 +75,7 @@ class GatewayServer(Server[Any]):
 
 
 class Gateway:
-    """Answers each MCP method from the catalogue and the downstream connections."""
+    """The handlers of every MCP method, backed by the catalogue and the downstream connections."""
 
     def __init__(
         self,
@@ -131,14 +132,14 @@ class Gateway:
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
-        """Answer tools/list with the tools the caller may call, as its era can carry them."""
+        """Return the tools/list result: the tools the caller may call, as its era can carry them."""
         tools = self.visible_tools(self.client_of(ctx), ctx.protocol_version)
         return self._page("tools", [tool.definition for tool in tools], params)
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> ToolResult:
-        """Answer tools/call by passing the call through the pipeline.
+        """Pass a tools/call request through the call pipeline and return its result.
 
         A name the caller may not see gets the same error as a name that does not exist.
         """
@@ -227,7 +228,7 @@ class Gateway:
     async def get_prompt(
         self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
     ) -> dict[str, Any]:
-        """Answer prompts/get from the server that owns the prompt."""
+        """Forward prompts/get to the server that owns the prompt."""
         prompt = self.catalog.prompts.get(params.name)
         if prompt is None or prompt.server not in self.visible_servers(self.client_of(ctx)):
             raise _mcp_error(NotFoundError("prompt", params.name))
@@ -256,7 +257,7 @@ class Gateway:
     async def read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> dict[str, Any]:
-        """Answer resources/read from the server that owns the URI."""
+        """Forward resources/read to the server that owns the URI."""
         catalog = self.catalog
         owner = catalog.resource_for_uri(params.uri)
         if owner is None or owner[0] not in self.visible_servers(self.client_of(ctx)):
@@ -268,7 +269,7 @@ class Gateway:
     async def complete(
         self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
     ) -> dict[str, Any]:
-        """Answer completion/complete by asking the server that owns the prompt or template."""
+        """Forward completion/complete to the server that owns the prompt or template."""
         ref = params.ref
         server: str | None = None
         if isinstance(ref, types.PromptReference):
@@ -333,9 +334,10 @@ class Guards:
 def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConfig) -> Handler:
     """Chain the guards in front of `forward`, in the one order they apply.
 
-    The policy decides first (a pure computation), then the audit stage
-    records the intent, so denials, failures, timeouts and cancellations are
-    all recorded; then the decision is enforced and the call forwarded.
+    The policy decides first, because the intent row records the decision.
+    The audit stage comes next, so denials, failures, timeouts and
+    cancellations are all recorded. Then the decision is enforced and the call
+    forwarded.
     """
     stages: list[Stage] = []
     if guards.policy is not None:
@@ -350,7 +352,7 @@ def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConf
 
 
 def build_server(gateway: Gateway) -> GatewayServer:
-    """Create the SDK server that answers clients with `gateway`."""
+    """Create the SDK server whose handlers are the methods of `gateway`."""
     server = GatewayServer(
         gateway.config.gateway.name,
         version=__version__,
@@ -438,9 +440,13 @@ def _log_relay(ctx: ServerRequestContext[Any]) -> Callable[[str], Awaitable[None
 
     async def send(message: str) -> None:
         try:
-            await session.send_log_message(
-                "warning", message, logger="mcp-guard", related_request_id=request_id
-            )
+            # Log messages to the client are deprecated from 2026-07-28 on, but are still delivered
+            # to clients that opt in; the warning says nothing an operator can act on.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await session.send_log_message(
+                    "warning", message, logger="mcp-guard", related_request_id=request_id
+                )
         except Exception as exc:  # contained: a client that cannot take the message still gets its result
             log.info("notification_not_delivered", error=type(exc).__name__)
 
