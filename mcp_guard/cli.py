@@ -134,20 +134,25 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
         return 2
     if args.transport == "http" and anonymous is None and not directory.has_credentials:
         print(
-            "Refusing to serve HTTP: no client in the policy file has api_key_hashes, so no request "
-            "could prove who sent it. Create a key with `mcp-guard keys new` and add its hash to a "
-            "client, or set gateway.http.allow_unauthenticated_as to serve everyone as one client.",
+            "Refusing to serve HTTP: no client in the policy file has api_key_hashes and there is no "
+            "[gateway.oauth] table, so no request could prove who sent it. Create a key with "
+            "`mcp-guard keys new` and add its hash to a client, configure [gateway.oauth], or set "
+            "gateway.http.allow_unauthenticated_as to serve everyone as one client.",
             file=sys.stderr,
         )
         return 2
     if args.transport == "stdio":
         anyio.run(lambda: serve_stdio(config, client=client))
     else:
-        anyio.run(
-            lambda: serve_http(
-                config, client=client, host=args.host, port=args.port, port_file=args.port_file
+        try:
+            anyio.run(
+                lambda: serve_http(
+                    config, client=client, host=args.host, port=args.port, port_file=args.port_file
+                )
             )
-        )
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
     return 0
 
 

@@ -115,8 +115,12 @@ async def run_audit_command(
     except AuditUnavailable as exc:
         print(f"The audit trail cannot be used: {exc.reason}.", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader stopped early (`audit export | head`), which is not an error of the trail.
+        return EXIT_FAILED
     except OSError as exc:
-        print(f"Cannot write {exc.filename}: {exc.strerror}.", file=sys.stderr)
+        target = exc.filename if exc.filename is not None else "the output"
+        print(f"Cannot write {target}: {exc.strerror}.", file=sys.stderr)
         return EXIT_FAILED
     except (AuditCorrupted, ConfigError) as exc:
         print(str(exc), file=sys.stderr)

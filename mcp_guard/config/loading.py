@@ -27,6 +27,7 @@ from mcp_guard.config.models import (
     HttpServerConfig,
     StdioServerConfig,
 )
+from mcp_guard.config.oauth import check_oauth_subjects
 from mcp_guard.config.rules import check_references
 from mcp_guard.errors import ConfigError
 
@@ -73,6 +74,7 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
     problems = check_references(config.rules, config.clients, config.servers.keys())
+    problems += check_oauth_subjects(config.gateway.oauth, config.clients)
     default = config.gateway.default_client
     if default is not None and default not in config.clients:
         problems.append(f"gateway.default_client: client {default!r} is not defined; add [clients.{default}]")
@@ -88,6 +90,11 @@ def parse_config(
         problems.append(
             "gateway.http.allow_unauthenticated_as: it has no effect while a client has API keys "
             f"({', '.join(keyed)}); remove it, or remove the keys"
+        )
+    if anonymous is not None and config.gateway.oauth is not None:
+        problems.append(
+            "gateway.http.allow_unauthenticated_as: it has no effect while [gateway.oauth] is configured; "
+            "remove one of them"
         )
     problems += _redaction_problems(config)
     problems += _missing_env_references(config, os.environ if environ is None else environ)
@@ -176,6 +183,11 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         servers[server_id] = server
     state_dir = str((base / config.gateway.state_dir).resolve())
     gateway = config.gateway.model_copy(update={"state_dir": state_dir})
+    if gateway.oauth is not None:
+        jwks_file = str((base / gateway.oauth.jwks_file).resolve())
+        gateway = gateway.model_copy(
+            update={"oauth": gateway.oauth.model_copy(update={"jwks_file": jwks_file})}
+        )
     return config.model_copy(update={"servers": servers, "gateway": gateway})
 
 

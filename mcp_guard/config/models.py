@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mcp_guard.config.oauth import OAuthSettings
 from mcp_guard.config.rules import ClientConfig, RuleList
 
 DEFAULT_HTTP_PORT = 8765
@@ -216,6 +217,9 @@ class GatewaySettings(_Frozen):
     """Client profile a stdio gateway serves when `mcp-guard run` gets no `--client`."""
 
     http: HttpSettings = HttpSettings()
+
+    oauth: OAuthSettings | None = None
+    """Accept OAuth access tokens (JWTs) over HTTP, verified offline with keys from a JWKS file."""
 
 
 class AuditSettings(_Frozen):

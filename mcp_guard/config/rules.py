@@ -83,6 +83,10 @@ class ClientConfig(_Frozen):
     api_key_hashes_from: Annotated[str, Field(pattern=ENV_VAR_PATTERN)] | None = None
     """Environment variable that contains more key hashes, separated by commas."""
 
+    # OpenID Connect Core 1.0 §2 limits `sub` to 255 ASCII characters.
+    oauth_subjects: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
+    """`sub` claims of OAuth access tokens that authenticate as this client (see `[gateway.oauth]`)."""
+
     @field_validator("api_key_hashes")
     @classmethod
     def _hashes_well_formed(cls, hashes: list[str]) -> list[str]:

@@ -50,7 +50,14 @@ class AuditStage:
                 audited = await stack.enter_async_context(AuditedCall(self._store, intent))
             except AuditUnavailable as exc:
                 return await self._unaudited(call, next_handler, exc)
-            result = await next_handler(call)
+            try:
+                result = await next_handler(call)
+            except Exception:
+                # A stage that set the outcome before raising (a downstream JSON-RPC error) knows
+                # better than the recorder's guess from the exception type.
+                if call.outcome is not None:
+                    audited.finish(call.outcome, detail=call.detail)
+                raise
             audited.finish(
                 call.outcome or ("tool_error" if result.get("isError") else "succeeded"),
                 preview=result_preview(result),

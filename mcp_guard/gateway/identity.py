@@ -64,6 +64,7 @@ class ClientDirectory:
             name: ClientIdentity(name, client.organisation, tuple(client.groups))
             for name, client in config.clients.items()
         }
+        self._accepts_oauth = config.gateway.oauth is not None
         self._key_hashes: list[tuple[bytes, str]] = []
         for name, client in config.clients.items():
             hashes = list(client.api_key_hashes)
@@ -74,7 +75,7 @@ class ClientDirectory:
     @property
     def has_credentials(self) -> bool:
         """Whether any client can authenticate over HTTP."""
-        return bool(self._key_hashes)
+        return bool(self._key_hashes) or self._accepts_oauth
 
     def get(self, name: str) -> ClientIdentity:
         """Return the client called `name`; a name missing from the policy file is a client with no rules."""

@@ -27,6 +27,7 @@ from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.gateway.identity import ApiKeyVerifier
+from mcp_guard.gateway.oauth import CombinedVerifier, JwtVerifier
 from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
 from mcp_guard.gateway.stdio import gateway_stdio
@@ -129,9 +130,12 @@ async def serve_http(
     http = config.gateway.http
     host = host or http.host
     port = http.port if port is None else port
+    # Read the JWKS before anything starts, so a bad file stops the gateway with a ConfigError.
+    oauth = config.gateway.oauth
+    jwts = JwtVerifier(oauth, config.clients) if oauth is not None else None
     async with running_gateway(config, client=client) as (gateway, server):
         app = server.streamable_http_app(
-            **_auth_options(gateway),
+            **_auth_options(gateway, jwts),
             streamable_http_path=http.path,
             host=host,
             transport_security=TransportSecuritySettings(
@@ -162,7 +166,7 @@ async def serve_http(
     log.info("gateway_stopped", transport="http")
 
 
-def _auth_options(gateway: Gateway) -> dict[str, Any]:
+def _auth_options(gateway: Gateway, jwts: JwtVerifier | None) -> dict[str, Any]:
     """Return the SDK options that make every HTTP request prove which client sent it."""
     if not gateway.directory.has_credentials:
         # The command line refuses this case unless `allow_unauthenticated_as` names a client.
@@ -170,7 +174,9 @@ def _auth_options(gateway: Gateway) -> dict[str, Any]:
     # No OAuth endpoints are served, so the issuer only fills a required field.
     return {
         "auth": AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
-        "token_verifier": ApiKeyVerifier(gateway.directory),
+        "token_verifier": (
+            ApiKeyVerifier(gateway.directory) if jwts is None else CombinedVerifier(gateway.directory, jwts)
+        ),
     }
 
 

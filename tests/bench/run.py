@@ -16,9 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
+from audit_rate import measure_audit_rate, render_audit_rates
 from measure import Measurement, Settings, measure_case
 from report import check_targets, machine_description, render_generated, render_results, write_document
 from targets import ROOT, BenchmarkError, Case, cases, stop_descendants, tail
+
+from mcp_guard.log import configure_logging
 
 MODES = ("legacy", "2026-07-28")
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
@@ -68,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_seconds = time.perf_counter() - started
 
     results = render_results(measurements, check_targets(measurements, chosen), chosen, settings)
+    if not args.case:
+        print("measuring the audit trail's write rate", file=sys.stderr)
+        configure_logging("warning")
+        rates = [anyio.run(measure_audit_rate, power_safe) for power_safe in (False, True)]
+        results += "\n\n" + render_audit_rates(rates)
     print(results)
     print(f"run time: {run_seconds:.0f} s")
     if args.output is not None:
