@@ -30,6 +30,19 @@ NODE_BIN = ROOT / "tests" / "node" / "node_modules" / ".bin"
 MODERN = "2026-07-28"
 LEGACY = "legacy"
 ERAS = (LEGACY, MODERN)
+# A raw 2025-11-25 initialize request and the headers streamable HTTP requires, for tests that
+# speak HTTP without the SDK client. The clientInfo name is only ever self-reported.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "alice", "version": "1"},
+    },
+}
+HTTP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 # Bounds how long a test waits for a child process to start listening or to exit.
 PROCESS_WAIT_SECONDS = 20.0
 

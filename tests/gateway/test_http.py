@@ -10,6 +10,8 @@ from fixtures.fixture_server import big_text
 from mcp import Client
 from support import (
     ERAS,
+    HTTP_HEADERS,
+    INITIALIZE,
     LEGACY,
     MODERN,
     fixture_server,
@@ -20,18 +22,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize("mode", ERAS)
@@ -55,9 +45,9 @@ async def test_foreign_host_header_rejected(tmp_path: Path) -> None:
     with http_gateway(policy, tmp_path) as (_process, url):
         async with httpx2.AsyncClient() as http:
             foreign = await http.post(
-                url, json=INITIALIZE, headers={**HEADERS, "Host": "attacker.example:80"}
+                url, json=INITIALIZE, headers={**HTTP_HEADERS, "Host": "attacker.example:80"}
             )
-            local = await http.post(url, json=INITIALIZE, headers=HEADERS)
+            local = await http.post(url, json=INITIALIZE, headers=HTTP_HEADERS)
 
     assert foreign.status_code == 421
     assert local.status_code == 200
@@ -71,7 +61,7 @@ async def test_oversized_body_rejected(tmp_path: Path) -> None:
 
     with http_gateway(policy, tmp_path) as (process, url):
         async with httpx2.AsyncClient() as http:
-            response = await http.post(url, json=oversized, headers=HEADERS)
+            response = await http.post(url, json=oversized, headers=HTTP_HEADERS)
         still_running = process.poll() is None
 
     assert response.status_code == 413

@@ -11,7 +11,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from support import fixture_server, http_gateway, read_records, write_policy
+from support import HTTP_HEADERS, INITIALIZE, fixture_server, http_gateway, read_records, write_policy
 
 from mcp_guard.config import load_config
 from mcp_guard.gateway.identity import hash_api_key
@@ -23,17 +23,6 @@ pytestmark = pytest.mark.anyio
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 KEY_A = "mcpg_test-key-for-client-a"
 KEY_B = "mcpg_test-key-for-client-b"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def keyed_policy(tmp_path: Path, record: Path) -> Path:
@@ -66,10 +55,12 @@ async def test_http_requires_valid_key(tmp_path: Path) -> None:
 
     with http_gateway(policy, tmp_path) as (_process, url):
         async with httpx2.AsyncClient() as http:
-            missing = await http.post(url, json=INITIALIZE, headers=HEADERS)
-            wrong = await http.post(url, json=INITIALIZE, headers={**HEADERS, "Authorization": "Bearer nope"})
+            missing = await http.post(url, json=INITIALIZE, headers=HTTP_HEADERS)
+            wrong = await http.post(
+                url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": "Bearer nope"}
+            )
             right = await http.post(
-                url, json=INITIALIZE, headers={**HEADERS, "Authorization": f"Bearer {KEY_A}"}
+                url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": f"Bearer {KEY_A}"}
             )
 
     assert missing.status_code == 401

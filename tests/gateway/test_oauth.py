@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from support import fixture_server, http_gateway, write_policy
+from support import HTTP_HEADERS, INITIALIZE, fixture_server, http_gateway, write_policy
 
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.config.oauth import OAuthSettings
@@ -42,17 +42,6 @@ CLIENTS = {
     "bob": ClientConfig(oauth_subjects=["user-bob"]),
     "carol": ClientConfig(api_key_hashes=[hash_api_key(API_KEY)]),
 }
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "alice", "version": "1"},
-    },
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -480,11 +469,11 @@ async def test_http_gateway_accepts_oauth_token(
 
     with http_gateway(policy, tmp_path) as (_process, url):
         async with httpx2.AsyncClient() as http:
-            missing = await http.post(url, json=INITIALIZE, headers=HEADERS)
-            rejected = await http.post(url, json=INITIALIZE, headers={**HEADERS, **forged})
-            accepted = await http.post(url, json=INITIALIZE, headers={**HEADERS, **alice})
+            missing = await http.post(url, json=INITIALIZE, headers=HTTP_HEADERS)
+            rejected = await http.post(url, json=INITIALIZE, headers={**HTTP_HEADERS, **forged})
+            accepted = await http.post(url, json=INITIALIZE, headers={**HTTP_HEADERS, **alice})
             api_key = await http.post(
-                url, json=INITIALIZE, headers={**HEADERS, "Authorization": f"Bearer {API_KEY}"}
+                url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": f"Bearer {API_KEY}"}
             )
         async with (
             httpx2.AsyncClient(headers=alice) as http_alice,
