@@ -134,7 +134,7 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
         return 2
     if args.transport == "http" and anonymous is None and not directory.has_credentials:
         print(
-            "Refusing to serve HTTP: no client in the policy file has api_key_hashes and there is no "
+            "Not serving HTTP: no client in the policy file has api_key_hashes and there is no "
             "[gateway.oauth] table, so no request could prove who sent it. Create a key with "
             "`mcp-guard keys new` and add its hash to a client, configure [gateway.oauth], or set "
             "gateway.http.allow_unauthenticated_as to serve everyone as one client.",
@@ -157,7 +157,10 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
-    print(f"{args.config}: valid, {len(config.servers)} servers configured")
+    count = len(config.servers)
+    print(f"{args.config}: valid, {count} {'server' if count == 1 else 'servers'} configured")
+    stdio_client = config.gateway.default_client or DEFAULT_CLIENT
+    print(f"stdio client: {stdio_client} (mcp-guard run --client NAME serves another)")
     print(f"state directory: {Path(config.gateway.state_dir)}")
     if args.offline:
         return 0
@@ -209,7 +212,7 @@ def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
                 first_use={},
             )
         ]
-        print(f"\nclient {client} sees {len(visible)} tools:")
+        print(f"\nclient {client} sees {len(visible)} {'tool' if len(visible) == 1 else 'tools'}:")
         for name in visible:
             print(f"  {name}")
     print(

@@ -112,6 +112,14 @@ STEPS = (
         "tool error",
         "Denied by mcp-guard",
     ),
+    # git_commit exists downstream, but no rule grants it, so the gateway hides it.
+    Step(
+        "call a tool no rule grants",
+        "git__git_commit",
+        REPO_ARGUMENTS | {"message": "x"},
+        "protocol error",
+        "Unknown tool",
+    ),
     # mcp-server-git has no push tool, so the gateway exports none.
     Step("call an unknown tool", "git__git_push", REPO_ARGUMENTS, "protocol error", "Unknown tool"),
 )

@@ -108,7 +108,9 @@ async def run_audit_command(
         return EXIT_FAILED
     try:
         store = SqliteAuditStore.in_state_dir(
-            state_dir, key_env_var=key_env_var or args.key_env, read_only=command != "prune"
+            state_dir,
+            key_env_var=key_env_var or args.key_env or DEFAULT_KEY_ENV_VAR,
+            read_only=command != "prune",
         )
         async with store:
             return await _dispatch(store, args, out)
@@ -256,9 +258,10 @@ def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since",
         type=_utc_time,
-        help="only calls received at or after this ISO 8601 time, UTC unless an offset is given",
+        help="only calls received at or after this time: ISO 8601 (UTC unless an offset is given) "
+        "or a duration ago (1h, 7d)",
     )
-    parser.add_argument("--until", type=_utc_time, help="only calls received before this ISO 8601 time")
+    parser.add_argument("--until", type=_utc_time, help="only calls received before this time (as --since)")
     parser.add_argument("--text", help="only calls with this text in any field (ASCII case-insensitive)")
 
 
@@ -274,11 +277,14 @@ def _open_owner_only(path: Path) -> TextIO:
 
 
 def _utc_time(text: str) -> str:
+    """Parse an ISO 8601 time, or a duration such as `1h` meaning that long ago."""
+    if _DURATION.fullmatch(text.strip()):
+        return canonical_utc(datetime.now(UTC) - parse_duration(text))
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: use ISO 8601, e.g. 2025-11-25T09:00Z"
+            f"invalid time {text!r}: use ISO 8601 (2025-11-25T09:00Z) or a duration ago (1h, 7d)"
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)

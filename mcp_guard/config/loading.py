@@ -49,7 +49,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(file), ["the file does not exist; check the path"]) from None
+        raise ConfigError(
+            str(file),
+            ["the file does not exist; name the policy file with --config FILE or $MCP_GUARD_CONFIG"],
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(file), [f"the file cannot be read: {exc}"]) from None
     try:

@@ -442,5 +442,10 @@ def _describe_failure(exc: BaseException) -> str:
         return "; ".join(exc.problems)
     if isinstance(exc, MCPError):
         return f"{exc.error.message} (code {exc.error.code})"
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        return (
+            f"command not found: {exc.filename!r}; give its absolute path, or a path relative to the "
+            "server's cwd, because only the safe base PATH is searched"
+        )
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"

@@ -107,7 +107,7 @@ async def serve_stdio(config: GatewayConfig, *, client: str) -> None:
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
-        log.info("gateway_started", transport="stdio", servers=len(config.servers))
+        log.info("gateway_started", transport="stdio", servers=len(config.servers), client=client)
         async with gateway_stdio() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
         tasks.cancel_scope.cancel()

@@ -23,7 +23,7 @@ from mcp_guard.policy.definitions import (
 )
 
 # Hex digits of a hash shown in `pins list`; `review` shows whole hashes.
-SHORT_HASH_DIGITS = 12
+SHORT_HASH_DIGITS = 16
 # Controls, format characters, surrogates, private use, unassigned code points and the
 # line and paragraph separators are escaped.
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -68,8 +68,8 @@ def review_block(record: PinRecord) -> str:
     lines.extend(escape_text(line) for line in diff.splitlines())
     lines.extend(escape_text(line) for line in _description_diff(record).splitlines())
     command = f"{shlex.quote(escape_text(record.server))} {shlex.quote(escape_text(record.tool))}"
-    lines.append(f"Approve: mcp-guard pins approve {command} --hash {record.pending_hash}")
-    lines.append(f"Reject:  mcp-guard pins reject {command}")
+    lines.append(f"Approve: mcp-guard pins --config POLICY approve {command} --hash {record.pending_hash}")
+    lines.append(f"Reject:  mcp-guard pins --config POLICY reject {command}")
     return "\n".join(lines)
 
 

@@ -96,7 +96,9 @@ async def test_review_shows_diff_and_findings(state_dir: Path, make_tool: ToolFa
     assert "Injection findings in the pending definition" in output
     assert "imitates prompt markup" in output
     assert "~/.ssh" in output
-    assert f"mcp-guard pins approve files read_file --hash {definition_hash(changed)}" in output
+    assert (
+        f"mcp-guard pins --config POLICY approve files read_file --hash {definition_hash(changed)}" in output
+    )
     assert "1 definition is waiting for review." in output
 
 

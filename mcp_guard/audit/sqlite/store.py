@@ -119,7 +119,8 @@ class SqliteAuditStore:
         try:
             key = files.load_audit_key(paths.key, key_env_var, create=not read_only)
         except FileNotFoundError:
-            raise AuditUnavailable(f"no audit key at {paths.key} and ${key_env_var} is not set") from None
+            variable = f" and ${key_env_var} is not set" if key_env_var else ""
+            raise AuditUnavailable(f"no audit key at {paths.key}{variable}") from None
         except (OSError, ValueError) as exc:
             raise AuditUnavailable(f"cannot load the audit key from {paths.key}: {_describe(exc)}") from None
         return cls(paths.database, key, paths.head, redactor, read_only=read_only, power_safe=power_safe)
