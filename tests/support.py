@@ -75,8 +75,8 @@ def write_policy(
 ) -> Path:
     """Write a policy file into `folder` and return its path.
 
-    Without `rules`, one rule lets every client call every tool, so tests of the core see everything;
-    without `clients`, one client named "default" exists, and HTTP requests without keys act as it.
+    Without `rules`, one rule lets every client call every tool, so tests of the core see everything.
+    Without `clients`, one client named "default" exists, and HTTP requests without keys act as it.
     """
     settings: dict[str, Any] = {"state_dir": str(folder / "state"), **(gateway or {})}
     if clients is None:

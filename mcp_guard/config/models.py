@@ -171,7 +171,7 @@ ServerConfig = Annotated[
 
 
 class HttpSettings(_Frozen):
-    """Where and how the gateway serves streamable HTTP (`mcp-guard run --transport http`)."""
+    """Settings of the streamable HTTP endpoint (`mcp-guard run --transport http`)."""
 
     host: str = "127.0.0.1"
     """Address to bind. The default accepts connections from this machine only."""
@@ -230,7 +230,7 @@ class AuditSettings(_Frozen):
     the gateway without it."""
 
     on_failure: Literal["deny", "proceed"] = "deny"
-    """What to do with a call whose audit record cannot be written: deny it, or run it unaudited."""
+    """The fate of a call whose audit record cannot be written: denied, or run unaudited."""
 
     key_env: str = "MCP_GUARD_AUDIT_KEY"
     """Environment variable that may hold the hash-chain key as hex; otherwise a key file in the state directory."""
@@ -269,7 +269,7 @@ class GatewayConfig(_Frozen):
     clients: dict[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)], ClientConfig] = {}
     """Client profiles by name: who may call, in which groups and organisation, with which API keys."""
     rules: RuleList = []
-    """Which client may call which tool, with which decision and argument constraints, in file order."""
+    """The rules granting clients tools, with decisions and argument constraints, in file order."""
     servers: dict[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)], ServerConfig] = {}
     """Downstream servers by id, in the order they are listed."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -195,7 +196,8 @@ async def test_argument_tricks_denied(policy: Path, record: Path, root: Path) ->
     assert "Denied by mcp-guard" in newline
     assert "Denied by mcp-guard" in trailing
     assert "Denied by mcp-guard" in dash
-    assert "config" in nested and "Denied by mcp-guard" in nested
+    assert "config" in nested
+    assert "Denied by mcp-guard" in nested
     assert denied_rule.startswith("Unknown tool")
     assert not ok.is_error
     assert [event["tool"] for event in calls_received(record)] == ["execute_sql"]
@@ -207,8 +209,8 @@ async def test_oversized_arguments_clean_error(policy: Path, record: Path, tmp_p
     huge = '"' + "x" * (50 * 1024 * 1024) + '"'
 
     async with raw_gateway(policy) as session:
-        # The SDK's stdio reader cannot parse a message nested this deep and drops it without an
-        # answer, since it cannot read its id; what matters is that nothing is forwarded.
+        # The SDK's stdio reader cannot parse a message nested this deep and drops it without a
+        # response, since it cannot read its id. What matters is that nothing is forwarded.
         nested_reply = await session.request(f'"name":"alpha__search","arguments":{{"query":{deep}}}', 5)
         huge_reply = await session.request(f'"name":"alpha__echo","arguments":{{"text":{huge}}}')
         ok_reply = await session.request('"name":"alpha__echo","arguments":{"text":"still up"}')
@@ -245,7 +247,7 @@ class RawSession:
         await self._process.stdin.send(text.encode() + b"\n")
 
     async def request(self, call_params: str, seconds: float = 60) -> dict[str, Any] | None:
-        """Send a tools/call with these params; return its answer, or None if none came in time."""
+        """Send a tools/call with these params and return its response, or None if none came in time."""
         self._next_id += 1
         await self.send(
             f'{{"jsonrpc":"2.0","id":{self._next_id},"method":"tools/call","params":{{{call_params}}}}}'
@@ -373,3 +375,52 @@ async def test_filesystem_server_fenced(tmp_path: Path, root: Path) -> None:
     assert notes.content[0].text == "notes"
     assert "notes.txt" in listing.content[0].text
     assert not (root / "x").exists()
+
+
+async def test_notify_approve_and_new_tools(tmp_path: Path, record: Path) -> None:
+    rules = [
+        {
+            "name": "echo tells the client",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["echo", "add_tool"],
+            "decision": "notify",
+            "write": True,
+        },
+        {
+            "name": "sql needs a person",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["execute_sql"],
+            "decision": "approve",
+            "write": True,
+        },
+        {
+            "name": "anything else added later",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["fresh"],
+            "decision": "auto",
+            "write": True,
+        },
+    ]
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)}, rules=rules)
+    messages: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        messages.append(str(params.data))
+
+    async with stdio_gateway(policy, logging_callback=on_log) as client:
+        echoed = await client.call_tool("alpha__echo", {"text": "noted"})
+        approval = await rejected(client, "alpha__execute_sql", {"query": "SELECT a"})
+        await client.call_tool("alpha__add_tool", {"name": "fresh"})
+        await anyio.sleep(1)  # time for list_changed to reach the gateway and the pins to be checked
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        fresh = await rejected(client, "alpha__fresh", {"text": "x"})
+
+    assert echoed.content[0].text == "noted"
+    assert any("echo tells the client" in message for message in messages)
+    assert "requires a person's approval" in approval
+    assert "alpha__fresh" not in names  # a new tool of a known server waits for review
+    assert fresh.startswith("Unknown tool")
+    assert [event["tool"] for event in calls_received(record)] == ["echo", "add_tool"]
