@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mcp_guard.config.rules import ClientConfig
 
 # JWS `alg` values (RFC 7518 §3, RFC 8037) that PyJWT verifies with a public key. Shared-secret (HS*)
-# algorithms are left out, because whoever can verify such a token can also sign one.
+# algorithms are left out, because any party that can verify such a token can also sign one.
 ASYMMETRIC_ALGORITHMS = (
     "RS256",
     "RS384",

@@ -169,7 +169,7 @@ class DownstreamConnection:
             DownstreamUnavailable: The server is not connected.
             DownstreamCrashed: The connection closed while waiting.
             DownstreamTimeout: No response within `read_timeout_seconds` (default: the server's call timeout).
-            DownstreamRejected: The server answered with a JSON-RPC error.
+            DownstreamRejected: The server responded with a JSON-RPC error.
             DownstreamProtocolError: The answer is not a valid result.
         """
         session = self._session

@@ -53,8 +53,8 @@ class AuditStage:
             try:
                 result = await next_handler(call)
             except Exception:
-                # A stage that set the outcome before raising (a downstream JSON-RPC error) knows
-                # better than the recorder's guess from the exception type.
+                # A stage that set the outcome before raising (a downstream JSON-RPC error) is more
+                # precise than the recorder's guess from the exception type.
                 if call.outcome is not None:
                     audited.finish(call.outcome, detail=call.detail)
                 raise

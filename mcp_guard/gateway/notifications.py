@@ -4,7 +4,7 @@
 streams, which the SDK serves from a subscription bus. Handshake-era clients
 receive `notifications/*/list_changed` on their connection, and the SDK keeps
 no list of those connections, so a middleware records each one the first
-time it sends a request and forgets it when the connection closes.
+time it sends a request and drops it when the connection closes.
 """
 
 from __future__ import annotations

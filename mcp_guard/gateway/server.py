@@ -441,7 +441,7 @@ def _log_relay(ctx: ServerRequestContext[Any]) -> Callable[[str], Awaitable[None
     async def send(message: str) -> None:
         try:
             # Log messages to the client are deprecated from 2026-07-28 on, but are still delivered
-            # to clients that opt in; the warning says nothing an operator can act on.
+            # to clients that opt in; the warning gives an operator nothing to act on.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MCPDeprecationWarning)
                 await session.send_log_message(

@@ -1,4 +1,4 @@
-"""The gateway in front of servers and clients nobody on this team wrote."""
+"""The gateway in front of published servers and clients that this project did not write."""
 
 from __future__ import annotations
 

@@ -95,8 +95,8 @@ async def configure_writer(
     """Set WAL mode, the fsync level, the lock wait and zeroing of deleted content.
 
     In WAL mode, `synchronous = NORMAL` keeps every committed transaction across a crash of
-    the process (the WAL is written before the commit returns) and loses only the last ones
-    on a power cut; `FULL` also fsyncs the WAL on each commit.
+    the process, because the WAL is written before the commit returns. A power cut can lose
+    the last ones. `FULL` also fsyncs the WAL on each commit.
     """
     await db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
