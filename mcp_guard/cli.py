@@ -25,8 +25,10 @@ from mcp_guard.downstream.catalog import Catalog
 from mcp_guard.errors import ConfigError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
+from mcp_guard.pinning import PinStore
 from mcp_guard.pinning.cli import add_pins_commands, run_pins_command
 from mcp_guard.pinning.display import escape_text
+from mcp_guard.pinning.store import DATABASE_NAME as PIN_DATABASE
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
 
@@ -180,7 +182,7 @@ async def _check_servers(config: GatewayConfig) -> int:
                     continue
                 print(f"\n[{server_id}] ready, protocol {status['protocol']}, {status['tools']} tools")
                 _print_findings(registry.connection(server_id).listing.tools)
-            _print_clients(config, registry.catalog)
+            await _print_clients(config, registry.catalog)
     return 1 if failed else 0
 
 
@@ -191,17 +193,18 @@ def _print_findings(tools: Sequence[Mapping[str, Any]]) -> None:
             print(f"  WARNING {escape_text(str(tool.get('name')))}: {escape_text(finding)}")
 
 
-def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
-    """Print, for each client, the exported tools its rules let it see now."""
+async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
+    """Print, for each client, the exported tools its rules let it see now, and which are withheld."""
     engine = PolicyEngine(config.rules, config.clients, config.servers)
     now = datetime.now(UTC)
+    pin_status = await _pin_statuses(config, catalog)
     if not config.clients:
         print(
             "\nNo clients are defined, so every tool is hidden from everyone. Add [clients.NAME] and rules."
         )
     for client in config.clients:
         visible = [
-            tool.exported
+            tool
             for tool in catalog.tools.values()
             if engine.visible(
                 client,
@@ -213,9 +216,24 @@ def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
             )
         ]
         print(f"\nclient {client} sees {len(visible)} {'tool' if len(visible) == 1 else 'tools'}:")
-        for name in visible:
-            print(f"  {name}")
-    print(
-        "\nAt run time a tool whose definition changed since it was approved is withheld as well "
-        "(mcp-guard pins review)."
-    )
+        for tool in visible:
+            status = pin_status.get((tool.server, tool.name), "approved")
+            note = (
+                ""
+                if status == "approved"
+                else f"  (withheld: {status} definition, see mcp-guard pins review)"
+            )
+            print(f"  {tool.exported}{note}")
+
+
+async def _pin_statuses(config: GatewayConfig, catalog: Catalog) -> dict[tuple[str, str], str]:
+    """Return the pin status of each tool, if the gateway has pinned definitions before."""
+    state_dir = Path(config.gateway.state_dir)
+    if not (state_dir / PIN_DATABASE).exists():
+        print("\nNo tool definitions are pinned yet: the gateway trusts each server's tools on first sight.")
+        return {}
+    statuses: dict[tuple[str, str], str] = {}
+    async with PinStore.in_state_dir(state_dir) as pins:
+        for tool in catalog.tools.values():
+            statuses[(tool.server, tool.name)] = await pins.status(tool.server, tool.name, tool.digest)
+    return statuses

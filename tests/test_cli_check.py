@@ -1,0 +1,57 @@
+"""`mcp-guard check`: what each client would see, including tools withheld for review."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from support import ROOT, fixture_server, stdio_gateway, write_policy
+
+pytestmark = pytest.mark.anyio
+
+RULES = [
+    {
+        "name": "agent echoes",
+        "clients": ["agent"],
+        "server": "alpha",
+        "tools": ["echo", "filler_000"],
+        "decision": "auto",
+        "write": True,
+    }
+]
+
+
+async def test_check_lists_tools_per_client(tmp_path: Path) -> None:
+    clients = {"agent": {}, "other": {}}
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients=clients)
+
+    output = await run_check(policy)
+
+    assert "client agent sees 1 tool:\n  alpha__echo\n" in output
+    assert "client other sees 0 tools:" in output
+    assert "No tool definitions are pinned yet" in output
+
+
+async def test_check_marks_withheld_tools(tmp_path: Path) -> None:
+    clients = {"agent": {}}
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients=clients)
+    async with stdio_gateway(policy) as client:  # the first start pins alpha's tools
+        await client.list_tools()
+    grown = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha", "--filler-tools", "1")}, rules=RULES, clients=clients
+    )
+
+    output = await run_check(grown)
+
+    assert "  alpha__echo\n" in output
+    assert "  alpha__filler_000  (withheld: new definition" in output
+
+
+async def run_check(policy: Path) -> str:
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "check", str(policy)], cwd=ROOT, check=False
+    )
+    assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+    return completed.stdout.decode()
