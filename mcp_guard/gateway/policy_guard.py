@@ -37,6 +37,10 @@ MAX_ARGUMENT_DEPTH = 64
 MAX_ARGUMENT_VALUES = 100_000
 # How often the gateway looks for pin approvals made with `mcp-guard pins approve`.
 PIN_POLL_SECONDS = 2.0
+# Longest sleep between looks at time-limited rules; a window that first calls open is seen this late.
+WINDOW_POLL_SECONDS = 30.0
+# Clients are told a little after a window's edge, so the edge is behind them when they list again.
+WINDOW_MARGIN_SECONDS = 0.05
 
 
 class PolicyGuard:
@@ -115,6 +119,26 @@ class PolicyGuard:
                 version = current
                 if await self.observe(registry):
                     await on_change()
+
+    async def watch_windows(self, clients: Iterable[str], on_change: Callable[[], Awaitable[None]]) -> None:
+        """Tell clients their tool lists changed whenever a time-limited rule starts or ends."""
+        while True:
+            now = self._usage.clock.now()
+            changes = [
+                change
+                for client in clients
+                if (change := self._engine.next_change(client, now, self._usage.first_uses(client)))
+                is not None
+            ]
+            if not changes:
+                # A first call can start a new window, so look again now and then.
+                await anyio.sleep(WINDOW_POLL_SECONDS)
+                continue
+            wait = (min(changes) - now).total_seconds()
+            await anyio.sleep(min(max(wait, 0.0) + WINDOW_MARGIN_SECONDS, WINDOW_POLL_SECONDS))
+            if self._usage.clock.now() >= min(changes):
+                log.info("rule_window_changed", at=min(changes).isoformat())
+                await on_change()
 
     # The call path
 

@@ -77,7 +77,8 @@ async def running_gateway(
         await stack.enter_async_context(registry.running())
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
-        tasks.start_soon(policy.watch_pins, registry, gateway.pins_changed)
+        tasks.start_soon(policy.watch_pins, registry, gateway.tools_changed)
+        tasks.start_soon(policy.watch_windows, {*config.clients, client}, gateway.tools_changed)
         yield gateway, build_server(gateway)
 
 

@@ -190,8 +190,8 @@ class Gateway:
         if "tools" in kinds and self.guards.policy is not None:
             await self.guards.policy.observe(self.registry)
 
-    async def pins_changed(self) -> None:
-        """Tell clients their tool lists changed after an operator approved or rejected a pin."""
+    async def tools_changed(self) -> None:
+        """Tell clients their tool lists changed: a pin was approved or rejected, or a rule's window moved."""
         await self.notifier.publish(frozenset({"tools"}))
 
     async def _forward_call(self, call: ToolCall) -> ToolResult:

@@ -6,12 +6,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from support import HTTP_HEADERS, INITIALIZE, fixture_server, http_gateway, read_records, write_policy
+from support import (
+    HTTP_HEADERS,
+    INITIALIZE,
+    fixture_server,
+    http_gateway,
+    read_records,
+    stdio_gateway,
+    write_policy,
+)
 
 from mcp_guard.config import load_config
 from mcp_guard.gateway.identity import hash_api_key
@@ -170,3 +179,42 @@ async def test_not_after_not_revived(tmp_path: Path) -> None:
     assert not before.is_error
     assert after.is_error
     assert back.is_error
+
+
+async def test_window_end_announced(tmp_path: Path) -> None:
+    ends = datetime.now(UTC) + timedelta(seconds=3)
+    rules = [
+        {
+            "name": "echo briefly",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["echo"],
+            "decision": "auto",
+            "write": True,
+            "not_after": ends,
+        },
+        {
+            "name": "whoami always",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["whoami"],
+            "decision": "auto",
+            "write": True,
+        },
+    ]
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=rules)
+    changed = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with stdio_gateway(policy, message_handler=on_message) as client:
+        before = {tool.name for tool in (await client.list_tools()).tools}
+        with anyio.fail_after(15):
+            await changed.wait()
+        after = {tool.name for tool in (await client.list_tools()).tools}
+
+    assert before == {"alpha__echo", "alpha__whoami"}
+    assert after == {"alpha__whoami"}
+    assert datetime.now(UTC) >= ends
