@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -51,6 +52,8 @@ INSTRUCTIONS = (
 )
 # The catalogue is filtered per client, so list results must never be shared between clients.
 _PRIVATE = CacheHint(ttl_ms=0, scope="private")
+# The rule recorded for prompts, resources and completions, which follow server-level visibility.
+SERVER_VISIBILITY_RULE = "(a tool of this server is visible to the client)"
 _CACHEABLE = cast("frozenset[CacheableMethod]", CACHEABLE_METHODS)
 
 
@@ -292,6 +295,48 @@ class Gateway:
         return shape_plain_result(await self._request(server, request, ctx))
 
     async def _request(
+        self, server: str, request: types.ClientRequest, ctx: ServerRequestContext[Any]
+    ) -> dict[str, Any]:
+        """Forward a prompts/get, resources/read or completion/complete request, with an audit record.
+
+        These requests are allowed by server-level visibility; argument constraints of rules do
+        not apply to them, but each is recorded like a tool call, under `<method> <name or URI>`.
+        """
+        audit = self.guards.audit
+        if audit is None:
+            return await self._send(server, request, ctx)
+        client = self.client_of(ctx)
+        params = (
+            request.params.model_dump(by_alias=True, mode="json", exclude_none=True) if request.params else {}
+        )
+        target = params.get("name") or params.get("uri") or (params.get("ref") or {}).get("name") or ""
+        intent = CallIntent(
+            call_id=new_call_id(),
+            client=client.name,
+            organisation=client.organisation,
+            session=_session_id(ctx),
+            protocol_era=ctx.protocol_version,
+            server=server,
+            tool=f"{request.method} {target}"[:200],
+            arguments=params,
+            decision="auto",
+            rule=SERVER_VISIBILITY_RULE,
+        )
+        async with AsyncExitStack() as stack:
+            try:
+                audited = await stack.enter_async_context(AuditedCall(audit, intent))
+            except AuditUnavailable as exc:
+                if self.config.audit.on_failure == "proceed":
+                    log.warning("request_not_audited", method=request.method, reason=exc.reason)
+                    return await self._send(server, request, ctx)
+                log.error("request_denied_audit_unavailable", method=request.method, reason=exc.reason)
+                raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+            result = await self._send(server, request, ctx)
+            audited.finish("succeeded", result_bytes=len(str(result)))
+            return result
+        raise AssertionError("unreachable: the block above always returns or raises")
+
+    async def _send(
         self, server: str, request: types.ClientRequest, ctx: ServerRequestContext[Any]
     ) -> dict[str, Any]:
         try:

@@ -112,9 +112,12 @@ class ArgumentFences:
     def _missing_violation(
         self, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None
     ) -> str | None:
-        present = {_matchable_key(key) for key in arguments}
         for key, fence in self.by_key.items():
-            if key in present:
+            # Presence is decided by the exact names the server reads (its schema's property names,
+            # else the policy's spelling): a key that only normalises to the name, such as "TEXT"
+            # for "text", leaves the server's own argument missing and its default in force.
+            names = _schema_names(input_schema, key) or [fence.name]
+            if any(name in arguments for name in names):
                 continue
             if fence.required:
                 return f"arguments.{fence.name} is missing, and the policy requires it."
@@ -163,8 +166,10 @@ class ArgumentFences:
 def _matchable_key(key: object) -> str | None:
     if not isinstance(key, str):
         return None
-    # Counting first keeps a huge key cheap: str.count is fast for every string kind.
-    if len(key) - key.count("_") - key.count("-") > MAX_MATCHABLE_KEY_CHARS:
+    # Counting first keeps a huge key cheap: str.count is fast for every string kind. Characters that
+    # NFKC turns into '_' or '-' are not counted here, so a long key is normalised in full (bounded by
+    # the request size) rather than passed over: passing it over could let it slip past a fence.
+    if len(key) - key.count("_") - key.count("-") > MAX_MATCHABLE_KEY_CHARS and key.isascii():
         return None
     # Stripping before normalising only lets NFKC compose characters that an underscore separated,
     # which makes more keys match, never fewer.
@@ -317,6 +322,14 @@ def _path_under(roots: Sequence[str], base: str | None, resolve: PathResolver) -
         return check_path_under(value, roots, base, resolve)
 
     return check
+
+
+def _schema_names(input_schema: Mapping[str, Any] | None, key: str) -> list[str]:
+    """Return the schema's property names that normalise to `key`."""
+    properties = (input_schema or {}).get("properties")
+    if not isinstance(properties, Mapping):
+        return []
+    return [name for name in properties if isinstance(name, str) and argument_key(name) == key]
 
 
 def _schema_default(input_schema: Mapping[str, Any] | None, key: str) -> tuple[str, Any]:

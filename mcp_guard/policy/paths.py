@@ -69,7 +69,8 @@ def check_path_under(value: str, roots: Sequence[str], base: str | None, resolve
     if any(_is_within(resolved, root) for root in resolved_roots):
         return None
     allowed = ", ".join(json.dumps(root) for root in roots)
-    return f"resolves to {_shorten(resolved)}, which is outside the allowed folders ({allowed})"
+    # The resolved path is not shown: it would tell the caller where symlinks point on this host.
+    return f"is outside the allowed folders ({allowed}) once links and '..' are resolved"
 
 
 def _syntax_problem(value: str, base: str | None) -> str | None:

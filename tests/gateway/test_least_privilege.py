@@ -424,3 +424,21 @@ async def test_notify_approve_and_new_tools(tmp_path: Path, record: Path) -> Non
     assert "alpha__fresh" not in names  # a new tool of a known server waits for review
     assert fresh.startswith("Unknown tool")
     assert [event["tool"] for event in calls_received(record)] == ["echo", "add_tool"]
+
+
+async def test_prompts_and_resources_audited(tmp_path: Path, record: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
+
+    async with stdio_gateway(policy) as client:
+        await client.read_resource("fixture://alpha/readme")
+        await client.get_prompt("alpha__greet", {"name": "Ada"})
+    export = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "audit", "--config", str(policy), "export"], cwd=ROOT, check=False
+    )
+    rows = [json.loads(line) for line in export.stdout.decode().splitlines() if line.strip()]
+
+    tools = [row["intent"]["tool"] for row in rows]
+    assert export.returncode == 0, export.stderr.decode()
+    assert "resources/read fixture://alpha/readme" in tools
+    assert "prompts/get greet" in tools
+    assert all(row["outcome"]["outcome"] == "succeeded" for row in rows)

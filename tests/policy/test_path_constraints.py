@@ -122,7 +122,7 @@ def test_symlink_escaping_root_denied(tree: Tree) -> None:
     decision = decide_path([str(tree.root)], f"{tree.root}/escape/secret.txt")
 
     assert decision.kind == "deny"
-    assert f'resolves to "{tree.outside}/secret.txt"' in getattr(decision, "reason", "")
+    assert "is outside the allowed folders" in getattr(decision, "reason", "")
     assert not allowed(tree, f"{tree.root}/escape_file")
     assert not allowed(tree, f"{tree.root}/escape")
 
