@@ -74,12 +74,20 @@ class Fence:
                 return _sentence(location, value, phrase)
         return None
 
-    def _array_violation(self, value: Sequence[Any], location: str) -> str | None:
+    def _array_violation(self, value: Sequence[Any], location: str, depth: int = 0) -> str | None:
+        if depth > MAX_DEPTH:
+            return _sentence(location, value, f"nests arrays more than {MAX_DEPTH} levels deep")
         if self.max_items is not None and len(value) > self.max_items:
             return _sentence(location, value, f"has more than the maximum of {self.max_items:,} items")
         if len(value) > MAX_NODES:
             return _sentence(location, value, f"has more than the {MAX_NODES:,} items the gateway checks")
         for index, element in enumerate(value):
+            if isinstance(element, list | tuple):
+                # Arrays inside the array are held to the same limits, so nesting cannot hide items.
+                problem = self._array_violation(element, f"{location}[{index}]", depth + 1)
+                if problem is not None:
+                    return problem
+                continue
             for check in self.checks:
                 phrase = check(element)
                 if phrase is not None:

@@ -350,3 +350,15 @@ def test_fifty_megabyte_key_checked_fast() -> None:
     assert time.perf_counter() - started < 4.0
     assert "is outside the allowed folders" in reason_of(padded)
     assert unrelated.kind == "auto"
+
+
+def test_max_items_nested_arrays() -> None:
+    constraints = {"args": {"max_items": 2, "no_leading_dash": True}}
+
+    nested = decide_with(constraints, {"args": [["a", "b", "c"]]})
+    dashed = decide_with(constraints, {"args": [["ok", "--output=/tmp/x"]]})
+    fine = decide_with(constraints, {"args": [["a", "b"], "c"]})
+
+    assert nested.kind == "deny"
+    assert dashed.kind == "deny"
+    assert fine.kind == "auto"
