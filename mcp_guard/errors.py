@@ -4,7 +4,7 @@ Each error carries the values it is about as attributes and formats its own
 message: what failed, on which value, and what to do next. Errors from
 dependencies (the MCP client, aiosqlite, e2b) are translated into these at the
 one module that talks to that dependency, so the rest of the gateway handles a
-single tree. `gateway/errors.py` turns any of them into what the MCP client sees.
+single tree. `_mcp_error` in `gateway/server.py` turns any of them into the error the MCP client receives.
 
     GuardError
     ├── ConfigError               the policy file is invalid; nothing starts
@@ -12,8 +12,8 @@ single tree. `gateway/errors.py` turns any of them into what the MCP client sees
     │   ├── DownstreamUnavailable     not connected (starting, restarting, failed to start)
     │   ├── DownstreamCrashed         the connection closed while a request was in flight
     │   ├── DownstreamTimeout         no response within the configured time
-    │   ├── DownstreamRejected        the server answered with a JSON-RPC error (passed on as is)
-    │   └── DownstreamProtocolError   the server answered with an invalid or unsupported result
+    │   ├── DownstreamRejected        the server responded with a JSON-RPC error (passed on as is)
+    │   └── DownstreamProtocolError   the server responded with an invalid or unsupported result
     ├── NotFoundError             no exported tool, prompt or resource has that name or URI
     └── AuditError                the audit trail cannot be written or read
         ├── AuditUnavailable          the store cannot be written, so calls are denied
@@ -82,22 +82,22 @@ class DownstreamCrashed(DownstreamError):
 
 
 class DownstreamTimeout(DownstreamError):
-    """The downstream server did not answer within the configured time."""
+    """The downstream server did not respond within the configured time."""
 
     def __init__(self, server: str, seconds: float) -> None:
         self.seconds = seconds
         super().__init__(
             server,
-            f"Server {server!r} did not answer within {seconds:g} s. "
+            f"Server {server!r} did not respond within {seconds:g} s. "
             f"Retry, or raise servers.{server}.call_timeout_seconds in the policy file.",
         )
 
 
 class DownstreamRejected(DownstreamError):
-    """The downstream server answered the request with a JSON-RPC error.
+    """The downstream server responded to the request with a JSON-RPC error.
 
     The gateway passes the code and message on unchanged: they are the
-    server's answer to the client, not the gateway's.
+    server's response to the client, not the gateway's.
 
     Attributes:
         code: The JSON-RPC error code.
@@ -113,7 +113,7 @@ class DownstreamRejected(DownstreamError):
 
 
 class DownstreamProtocolError(DownstreamError):
-    """The downstream server answered with something the gateway cannot pass on."""
+    """The downstream server responded with something the gateway cannot pass on."""
 
     def __init__(self, server: str, detail: str) -> None:
         self.detail = detail

@@ -18,7 +18,7 @@ from structlog.typing import Processor
 
 LEVELS = ("debug", "info", "warning", "error")
 # Library loggers are noisy at INFO (one line per HTTP request, per session); the gateway's
-# own events say what happened.
+# own events record what happened.
 LIBRARY_LEVEL = logging.WARNING
 
 
@@ -58,7 +58,7 @@ def configure_logging(level: str = "info", extra_processors: Sequence[Processor]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, LIBRARY_LEVEL))
-    # uvicorn installs its own handlers unless told not to; route them to the root instead.
+    # uvicorn installs its own handlers unless configured otherwise, so route them to the root instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -30,7 +30,7 @@ class ToolCall:
     """One tools/call request on its way through the gateway."""
 
     client: str
-    """Who is calling: the profile of a stdio gateway, the authenticated client over HTTP."""
+    """The calling client: the profile of a stdio gateway, or the authenticated client over HTTP."""
     session: str | None
     """The connection or MCP session the call arrived on, if the transport has one."""
     protocol_version: str
@@ -41,13 +41,13 @@ class ToolCall:
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
     decision: Decision = "auto"
-    """What the policy decided; set by the policy stage before the call is audited."""
+    """The policy decision, set by the policy stage before the call is audited."""
     rule: str | None = None
     """The policy rule behind `decision`."""
     outcome: OutcomeKind | None = None
     """Set by a stage that ends the call for a reason the result alone does not show (denied, rate limited)."""
     detail: str | None = None
-    """Why the call ended as it did, for the audit trail."""
+    """The reason the call ended as it did, for the audit trail."""
     policy: PolicyDecision | None = None
     """The full policy decision, with the rule a call may start."""
     notify: Callable[[str], Awaitable[None]] | None = None
@@ -78,5 +78,5 @@ async def _call_stage(stage: Stage, next_handler: Handler, call: ToolCall) -> To
 
 
 def tool_error(message: str) -> ToolResult:
-    """Build a tool result that tells the model the call failed and why."""
+    """Build a tool result that reports the failure, and its reason, to the model."""
     return {"content": [{"type": "text", "text": message}], "isError": True}

@@ -37,9 +37,10 @@ MAX_ARGUMENT_DEPTH = 64
 MAX_ARGUMENT_VALUES = 100_000
 # How often the gateway looks for pin approvals made with `mcp-guard pins approve`.
 PIN_POLL_SECONDS = 2.0
-# Longest sleep between looks at time-limited rules; a window that first calls open is seen this late.
+# Maximum sleep between checks of time-limited rules, so a window that a first call opens is seen
+# at most this late.
 WINDOW_POLL_SECONDS = 30.0
-# Clients are told a little after a window's edge, so the edge is behind them when they list again.
+# Clients are notified a little after a window's edge, so the edge is past when they list again.
 WINDOW_MARGIN_SECONDS = 0.05
 
 

@@ -3,7 +3,7 @@
 A downstream result arrives as the wire dict its server sent, shaped for the
 era the gateway spoke to that server. Before it goes up it loses the
 downstream's protocol bookkeeping (result type, cache hints, identity stamp),
-has any rewritten resource URIs mapped to the ones the client knows, and is
+has any rewritten resource URIs mapped to the ones the client was given, and is
 adapted to the client's era. Everything else passes through untouched, so
 content bytes, annotations and custom `_meta` keys arrive as the server sent them.
 """
@@ -20,7 +20,7 @@ _ENVELOPE_KEYS = ("resultType", "ttlMs", "cacheScope", "_meta")
 
 
 def is_input_required(result: dict[str, Any]) -> bool:
-    """Tell whether a downstream result asks the client for more input (2026-07-28 MRTR)."""
+    """Return whether a downstream result requests more input from the client (2026-07-28 MRTR)."""
     return result.get("resultType") == "input_required"
 
 
@@ -42,7 +42,7 @@ def shape_tool_result(
 
 
 def shape_read_result(result: dict[str, Any], server: str, catalog: Catalog) -> dict[str, Any]:
-    """Return a downstream resources/read result with the URIs the client knows."""
+    """Return a downstream resources/read result with the URIs the client was given."""
     shaped = _without_envelope(result)
     contents = shaped.get("contents")
     if catalog.uri_rewrites and isinstance(contents, list):

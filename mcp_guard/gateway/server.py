@@ -299,8 +299,8 @@ class Gateway:
     ) -> dict[str, Any]:
         """Forward a prompts/get, resources/read or completion/complete request, with an audit record.
 
-        These requests are allowed by server-level visibility; argument constraints of rules do
-        not apply to them, but each is recorded like a tool call, under `<method> <name or URI>`.
+        These requests are allowed by server-level visibility, and argument constraints of rules do
+        not apply to them. Each is recorded like a tool call, under `<method> <name or URI>`.
         """
         audit = self.guards.audit
         if audit is None:

@@ -21,7 +21,7 @@ async def test_cancel_reaches_only_running_server(tmp_path: Path, mode: str) -> 
     )
 
     async with stdio_gateway(policy, mode) as client, anyio.create_task_group() as tasks:
-        # A 2026-07-28 client sends without a handshake, so wait until the gateway answers.
+        # A 2026-07-28 client sends without a handshake, so wait until the gateway responds.
         await client.list_tools()
         beta_results = []
 
