@@ -223,6 +223,8 @@ class PolicyGuard:
                 Draft202012Validator.check_schema(schema)
                 self._validators[tool.digest] = Draft202012Validator(schema)
             except SchemaError:
+                # NOTE: such a tool's calls are forwarded without schema validation; the rules'
+                # argument constraints still apply.
                 log.warning("input_schema_invalid", server=tool.server, tool=tool.name)
                 self._validators[tool.digest] = None
         return self._validators[tool.digest]

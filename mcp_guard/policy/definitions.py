@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 HASH_PREFIX = "sha256:"
+# NOTE: a tool's `_meta` and `icons` are re-exported but not pinned, so a server can change them
+# without a review.
 HASHED_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 # The longest description of the published filesystem and everything servers (2026.8.31) and
 # git and time servers (2026.10.19) is 457 characters. 2000 leaves room for richer servers and
