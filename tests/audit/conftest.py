@@ -17,16 +17,6 @@ OutcomeFactory = Callable[..., CallOutcome]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
 def paths(state_dir: Path) -> AuditPaths:
     return AuditPaths.in_state_dir(state_dir)
 

@@ -14,16 +14,6 @@ ToolFactory = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
 async def store(state_dir: Path) -> AsyncIterator[PinStore]:
     async with PinStore.in_state_dir(state_dir) as opened:
         yield opened
