@@ -20,8 +20,11 @@ from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 
 log = structlog.get_logger(module=__name__)
 
-# The outcome row keeps this much of the result's text; the store redacts it before storing.
-PREVIEW_CHARS = 500
+# How much of the result's text is handed to the store, which redacts it and only then cuts it to
+# its own, shorter preview length. Cutting here first could split a secret so that its redaction
+# pattern no longer matches. The margin exceeds the longest secret the patterns cover (a PEM
+# private key block of a few KiB), so a secret cut at this point starts beyond the stored preview.
+PREVIEW_SOURCE_CHARS = 16 * 1024
 
 
 class AuditStage:
@@ -76,10 +79,10 @@ class AuditStage:
 
 
 def result_preview(result: ToolResult) -> str:
-    """Return the start of a result's text, for the outcome row."""
+    """Return the start of a result's text, for the store to redact and shorten."""
     for block in result.get("content") or []:
         if isinstance(block, dict) and isinstance(block.get("text"), str):
-            return str(block["text"])[:PREVIEW_CHARS]
+            return str(block["text"])[:PREVIEW_SOURCE_CHARS]
     return ""
 
 

@@ -565,3 +565,17 @@ async def test_verify_detects_edited_row(tmp_path: Path) -> None:
     assert broken.returncode == 2
     assert isinstance(result, ChainBroken)
     assert result.row_id == edited.intent_row_id
+
+
+async def test_secret_at_preview_edge_redacted(tmp_path: Path) -> None:
+    # A result whose secret straddles the stored preview length must be redacted before it is cut,
+    # or the cut leaves a prefix that no redaction pattern matches.
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+    text = "x" * 490 + " " + FAKE_AWS_KEY_ID
+
+    async with stdio_gateway(policy) as client:
+        echoed = await client.call_tool("alpha__echo", {"text": text})
+    stored = state_files(tmp_path / "state")
+
+    assert echoed.content[0].text == text
+    assert FAKE_AWS_KEY_ID[:8].encode() not in stored
