@@ -1,8 +1,8 @@
 """The catalogue: every downstream tool, prompt and resource under its exported name.
 
-A `Catalog` is an immutable snapshot built from the servers' listings; the
+A `Catalog` is an immutable snapshot built from the servers' listings. The
 registry swaps in a new one whenever a listing changes, so a request always
-sees one consistent view. The catalogue owns the explicit maps from exported
+reads one consistent view. The catalogue owns the explicit maps from exported
 names and URIs back to (server, downstream name) and the per-era shapes of the
 tool list: a tool whose definition one protocol era cannot carry is dropped
 for that era only, with a warning, and never breaks the whole list.
@@ -27,7 +27,7 @@ log = structlog.get_logger(module=__name__)
 
 LEGACY_ERA = "2025-11-25"
 MODERN_ERA = "2026-07-28"
-# Keys under this prefix in `_meta` belong to the protocol; a downstream's values (its
+# Keys under this prefix in `_meta` belong to the protocol. A downstream's values (its
 # serverInfo stamp, for one) must not reach the client as if the gateway had sent them.
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 # Scheme of the URIs given to resources whose URI two servers share.

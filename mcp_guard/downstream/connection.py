@@ -170,7 +170,7 @@ class DownstreamConnection:
             DownstreamCrashed: The connection closed while waiting.
             DownstreamTimeout: No response within `read_timeout_seconds` (default: the server's call timeout).
             DownstreamRejected: The server responded with a JSON-RPC error.
-            DownstreamProtocolError: The answer is not a valid result.
+            DownstreamProtocolError: The response is not a valid result.
         """
         session = self._session
         if session is None or self.state is not ServerState.READY:

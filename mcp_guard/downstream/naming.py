@@ -1,11 +1,11 @@
 """Exported names: how a downstream tool or prompt name becomes a client-safe name.
 
 A name is exported as `<prefix>__<name>`. Every exported name matches
-`^[A-Za-z0-9_-]{1,max}$`: characters outside that set are mapped to `_`, and a
-name that had to be mapped, is too long, or would collide with another gets a
-short hash of its server and original name, so the result is deterministic and
-unique. The mapping is kept as an explicit table in both directions; nothing
-ever splits an exported name on the separator.
+`^[A-Za-z0-9_-]{1,max}$`. Characters outside that set are mapped to `_`. A name
+that had to be mapped or is too long gets a short hash of its server and
+original name, and so do two unchanged names that would collide, so the result
+is deterministic and unique. The mapping is kept as an explicit table, and no
+code splits an exported name on the separator.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def export_names(
         if mapped != name or len(candidate) > max_length:
             needs_hash.add(key)
 
-    # A name that needed no change keeps its plain form unless another such name wants the same
-    # one; then both get a hash, so neither shadows the other whatever the listing order.
+    # A name that needed no change keeps its plain form unless another such name has the same one.
+    # Then both get a hash, so neither shadows the other whatever the listing order.
     owners: dict[str, list[NameKey]] = defaultdict(list)
     for key, candidate in candidates.items():
         if key not in needs_hash:

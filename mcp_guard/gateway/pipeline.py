@@ -61,11 +61,8 @@ Stage = Callable[[ToolCall, Handler], Awaitable[ToolResult]]
 def build_call_pipeline(forward: Handler, stages: Sequence[Stage] = ()) -> Handler:
     """Chain `stages` (outermost first) in front of `forward`.
 
-    The gateway's order, once every guard exists, is: audit, identity, pinning
-    and policy, rate limits, approval, forward. Audit is outermost so denials,
-    limit hits, timeouts and cancellations are all recorded; policy comes
-    before rate limits so a denied call spends no budget; limits come before
-    approval so nobody is asked about a call the limiter would refuse.
+    `assemble_call_pipeline` in `server.py` chooses the gateway's stages and
+    their order. This function only chains them.
     """
     handler = forward
     for stage in reversed(stages):

@@ -26,7 +26,6 @@ from mcp_guard.errors import GuardError
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
-from mcp_guard.policy.definitions import definition_hash
 from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
@@ -95,7 +94,8 @@ class PolicyGuard:
                 # Fail closed: without the pin store no tool of this server counts as approved.
                 log.error("pins_unavailable", server=server_id, error=str(exc))
                 continue
-            digests = {tool["name"]: tool_digest for tool, tool_digest in _digests(tools)}
+            # The catalogue hashed each definition when it was built, so reuse those hashes.
+            digests = {t.name: t.digest for t in registry.catalog.tools.values() if t.server == server_id}
             for name, status in report.statuses.items():
                 if status == "approved" and name in digests:
                     approved[(server_id, name)] = digests[name]
@@ -246,12 +246,6 @@ def _size_problem(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
     return None
-
-
-def _digests(tools: Iterable[Mapping[str, Any]]) -> Iterable[tuple[Mapping[str, Any], str]]:
-    for tool in tools:
-        if isinstance(tool.get("name"), str):
-            yield tool, definition_hash(tool)
 
 
 async def _notify(call: ToolCall, rule: str) -> None:

@@ -128,9 +128,8 @@ class Gateway:
         """Return the servers whose prompts and resources `client` may use: those with a tool it can see."""
         if self.guards.policy is None:
             return set(self.registry.connections)
-        return {tool.server for tool in self.visible_tools(client, LEGACY_ERA)} | {
-            tool.server for tool in self.visible_tools(client, MODERN_ERA)
-        }
+        policy = self.guards.policy
+        return {tool.server for tool in self.catalog.tools.values() if policy.visible(client.name, tool)}
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -486,7 +485,7 @@ def _log_relay(ctx: ServerRequestContext[Any]) -> Callable[[str], Awaitable[None
     async def send(message: str) -> None:
         try:
             # Log messages to the client are deprecated from 2026-07-28 on, but are still delivered
-            # to clients that opt in; the warning gives an operator nothing to act on.
+            # to clients that opt in. The warning gives an operator nothing to act on.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MCPDeprecationWarning)
                 await session.send_log_message(

@@ -121,8 +121,8 @@ class ArgumentFences:
         self, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None
     ) -> str | None:
         for key, fence in self.by_key.items():
-            # Presence is decided by the exact names the server reads (its schema's property names,
-            # else the policy's spelling): a key that only normalises to the name, such as "TEXT"
+            # Presence is decided by the exact names the server reads: its schema's property names,
+            # else the policy's spelling. A key that only normalises to the name, such as "TEXT"
             # for "text", leaves the server's own argument missing and its default in force.
             names = _schema_names(input_schema, key) or [fence.name]
             if any(name in arguments for name in names):

@@ -2,7 +2,7 @@
 
 A `Decision` is a union of frozen dataclasses distinguished by their `kind` field,
 so callers branch with `match decision.kind` or `isinstance` and a type checker
-sees every case. What the gateway does with each kind (forward, notify, ask a
+can verify that every case is handled. What the gateway does with each kind (forward, notify, ask a
 person, reject) is left to the call pipeline.
 """
 

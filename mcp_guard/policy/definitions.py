@@ -27,8 +27,8 @@ HASH_PREFIX = "sha256:"
 # NOTE: a tool's `_meta` and `icons` are re-exported but not pinned, so a server can change them
 # without a review.
 HASHED_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
-# The longest description of the published filesystem and everything servers (2026.8.31) and
-# git and time servers (2026.10.19) is 457 characters. 2000 leaves room for richer servers and
+# The maximum description length measured on the published filesystem and everything servers
+# (2026.8.31) and the git and time servers (2026.10.19) was 457 characters. 2000 leaves room for richer servers and
 # still bounds how much text one tool puts in front of the model.
 DEFAULT_MAX_DESCRIPTION_LENGTH = 2000
 MAX_TITLE_LENGTH = 200
