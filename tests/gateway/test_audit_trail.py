@@ -579,3 +579,17 @@ async def test_secret_at_preview_edge_redacted(tmp_path: Path) -> None:
 
     assert echoed.content[0].text == text
     assert FAKE_AWS_KEY_ID[:8].encode() not in stored
+
+
+async def test_retention_applied_at_start(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, audit={"max_rows": 2})
+
+    for text in ("one", "two", "three"):
+        async with stdio_gateway(policy) as client:
+            await client.call_tool("alpha__echo", {"text": text})
+    kept = await read_trail(tmp_path / "state")
+    verify = await audit_command(policy, "verify")
+
+    assert len(kept) <= 2
+    assert [call.intent.arguments for call in kept][-1] == {"text": "three"}
+    assert verify.returncode == 0, verify.stderr.decode()

@@ -252,10 +252,14 @@ class RawSession:
         await self.send(
             f'{{"jsonrpc":"2.0","id":{self._next_id},"method":"tools/call","params":{{{call_params}}}}}'
         )
+        return await self.read_reply(self._next_id, seconds)
+
+    async def read_reply(self, request_id: int, seconds: float = 60) -> dict[str, Any] | None:
+        """Return the response to `request_id`, or None if none came in time."""
         with anyio.move_on_after(seconds):
             while True:
                 message = await self._read_message()
-                if message.get("id") == self._next_id:
+                if message.get("id") == request_id:
                     return message
         return None
 
@@ -442,3 +446,19 @@ async def test_prompts_and_resources_audited(tmp_path: Path, record: Path) -> No
     assert "resources/read fixture://alpha/readme" in tools
     assert "prompts/get greet" in tools
     assert all(row["outcome"]["outcome"] == "succeeded" for row in rows)
+
+
+async def test_schema_and_unknown_methods_rejected(policy: Path, record: Path) -> None:
+    async with raw_gateway(policy) as session:
+        wrong_type = await session.request('"name":"alpha__search","arguments":{"query":5}')
+        await session.send(
+            '{"jsonrpc":"2.0","id":99,"method":"tools/delete","params":{"name":"alpha__echo"}}'
+        )
+        unknown_method = await session.read_reply(99)
+
+    assert wrong_type is not None
+    assert wrong_type["result"]["isError"] is True
+    assert "invalid arguments" in wrong_type["result"]["content"][0]["text"]
+    assert unknown_method is not None
+    assert unknown_method["error"]["code"] == -32601
+    assert calls_received(record) == []
