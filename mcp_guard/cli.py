@@ -1,7 +1,8 @@
 """The `mcp-guard` command line.
 
 `run` serves the gateway (stdio by default, where stdout belongs to the
-protocol); `check` validates a policy file and shows what clients would see.
+protocol); `check` validates a policy file and shows what clients would see;
+`audit`, `pins` and `limits` read and manage the gateway's state.
 Every command writes its logs to stderr.
 """
 
@@ -31,6 +32,7 @@ from mcp_guard.pinning.display import escape_text
 from mcp_guard.pinning.store import DATABASE_NAME as PIN_DATABASE
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
+from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
 
 DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "pins":
         return anyio.run(run_pins_command, args, state_dir)
+    if args.command == "limits":
+        return anyio.run(run_limits_command, config, args)
     return _check(config, args)
 
 
@@ -93,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(commands.choices["audit"])
     add_pins_commands(commands)
     _add_config_argument(commands.choices["pins"])
+    add_limits_command(commands)
+    _add_config_argument(commands.choices["limits"])
 
     keys = commands.add_parser("keys", help="create an API key for a client that connects over HTTP")
     keys.add_argument(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from mcp_guard.audit.redaction import Redactor
+from mcp_guard.config.limits import check_limit_references
 from mcp_guard.config.models import (
     ENV_REFERENCE,
     GatewayConfig,
@@ -78,6 +79,7 @@ def parse_config(
         raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
     problems = check_references(config.rules, config.clients, config.servers.keys())
     problems += check_oauth_subjects(config.gateway.oauth, config.clients)
+    problems += check_limit_references(config.limits, config.clients, config.servers.keys())
     default = config.gateway.default_client
     if default is not None and default not in config.clients:
         problems.append(f"gateway.default_client: client {default!r} is not defined; add [clients.{default}]")
@@ -141,6 +143,12 @@ def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -
                         f"servers.{server_id}.{field}.{name}: environment variable {variable} is not set; "
                         "export it before starting mcp-guard"
                     )
+    password = config.limits.redis_password_from
+    if config.limits.store == "redis" and password is not None and password not in environ:
+        problems.append(
+            f"limits.redis_password_from: environment variable {password} is not set; "
+            "export it before starting mcp-guard"
+        )
     return problems
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mcp_guard.config.limits import LimitsSettings
 from mcp_guard.config.oauth import OAuthSettings
 from mcp_guard.config.rules import ClientConfig, RuleList
 
@@ -272,6 +273,8 @@ class GatewayConfig(_Frozen):
     """The rules granting clients tools, with decisions and argument constraints, in file order."""
     servers: dict[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)], ServerConfig] = {}
     """Downstream servers by id, in the order they are listed."""
+    limits: LimitsSettings = LimitsSettings()
+    """Rate limits, tool costs and where their counts are kept."""
 
     @model_validator(mode="after")
     def _prefixes_unique(self) -> GatewayConfig:

@@ -391,23 +391,23 @@ def check_references(
             if client != WILDCARD and client not in clients:
                 problems.append(
                     f"{where}.clients[{position}]: rule {rule.name!r} names client {client!r}, which is not "
-                    f"defined; add [clients.{client}] or fix the name{_suggestion(client, clients)}"
+                    f"defined; add [clients.{client}] or fix the name{suggestion(client, clients)}"
                 )
         for position, group in enumerate(rule.groups):
             if group not in groups:
                 problems.append(
                     f"{where}.groups[{position}]: rule {rule.name!r} names group {group!r}, but no client is "
-                    f"in it; add it to a client's groups or fix the name{_suggestion(group, groups)}"
+                    f"in it; add it to a client's groups or fix the name{suggestion(group, groups)}"
                 )
         if rule.server != WILDCARD and rule.server not in server_ids:
             problems.append(
                 f"{where}.server: rule {rule.name!r} names server {rule.server!r}, which is not configured; "
-                f'add [servers.{rule.server}], use "*" or fix the name{_suggestion(rule.server, server_ids)}'
+                f'add [servers.{rule.server}], use "*" or fix the name{suggestion(rule.server, server_ids)}'
             )
     return problems
 
 
-def _suggestion(name: str, known: Collection[str]) -> str:
+def suggestion(name: str, known: Collection[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     if close:
         return f" (did you mean {close[0]!r}?)"

@@ -37,6 +37,8 @@ class ToolCall:
     tool: ExportedTool
     arguments: dict[str, Any]
     organisation: str | None = None
+    anonymous: bool = False
+    """The caller did not authenticate: an HTTP caller mapped to `allow_unauthenticated_as`."""
     progress: ProgressCallback | None = None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)

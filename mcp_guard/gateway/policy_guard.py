@@ -173,19 +173,28 @@ class PolicyGuard:
         decision = call.policy
         if call.decision == "deny" or decision is None or isinstance(decision, Deny):
             return self._reject(call, call.detail or "no rule allows this call")
-        if isinstance(decision, RequireApproval):
-            # NOTE: the approval flow is not built yet, so calls that need a person's approval are
-            # rejected, which is the fail-closed reading of "approve".
-            reason = f"rule {decision.rule!r} requires a person's approval, which is not available yet"
-            return self._reject(call, reason)
         problem = self._argument_problem(call.tool, call.arguments)
         if problem is not None:
             return self._reject(call, problem)
+        if isinstance(decision, RequireApproval):
+            # The approval stage, after the rate limits, decides whether the call runs.
+            return await next_handler(call)
         if decision.starts_rule is not None:
             await self._usage.record_first_use(call.client, decision.starts_rule, self._usage.clock.now())
         await self._usage.save_high_water()
         if isinstance(decision, Allow) and decision.kind == "notify":
             await _notify(call, decision.rule)
+        return await next_handler(call)
+
+    async def refuse_unapproved(self, call: ToolCall, next_handler: Handler) -> ToolResult:
+        """Stage: refuse calls that need a person's approval.
+
+        NOTE: the approval flow is not built yet, so such calls are refused, which is the
+        fail-closed reading of "approve".
+        """
+        if isinstance(call.policy, RequireApproval):
+            reason = f"rule {call.policy.rule!r} requires a person's approval, which is not available yet"
+            return self._reject(call, reason)
         return await next_handler(call)
 
     def _reject(self, call: ToolCall, reason: str) -> ToolResult:

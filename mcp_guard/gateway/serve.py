@@ -27,13 +27,15 @@ from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.gateway.identity import ApiKeyVerifier
+from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.oauth import CombinedVerifier, JwtVerifier
 from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
 from mcp_guard.gateway.stdio import gateway_stdio
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import PolicyEngine
-from mcp_guard.state.clock import HighWaterClock
+from mcp_guard.ratelimit import Limiter, open_limit_store
+from mcp_guard.state.clock import HighWaterClock, SteadyClock
 from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
@@ -54,6 +56,7 @@ async def running_gateway(
     client: str,
     environ: Mapping[str, str] | None = None,
     clock: HighWaterClock | None = None,
+    limit_clock: SteadyClock | None = None,
 ) -> AsyncIterator[tuple[Gateway, GatewayServer]]:
     """Open the state, start the downstream connections, and yield a gateway and its SDK server.
 
@@ -70,10 +73,16 @@ async def running_gateway(
             log.warning("audit_disabled", hint="no call is recorded; set audit.enabled = true")
         pins = await stack.enter_async_context(PinStore.in_state_dir(state_dir))
         usage = await stack.enter_async_context(UsageStore(state_dir / USAGE_FILE, clock or HighWaterClock()))
+        limit_clock = limit_clock or SteadyClock()
+        limit_store = await stack.enter_async_context(
+            open_limit_store(config.limits, state_dir, clock=limit_clock, environ=environ)
+        )
+        limits = LimitStage(Limiter(config.limits, config.clients, limit_store), config, limit_clock)
         engine = PolicyEngine(config.rules, config.clients, config.servers)
         policy = PolicyGuard(config, engine, pins, usage)
         registry = DownstreamRegistry(config, environ=environ)
-        gateway = Gateway(config, registry, client=client, guards=Guards(audit=audit, policy=policy))
+        guards = Guards(audit=audit, policy=policy, limits=limits)
+        gateway = Gateway(config, registry, client=client, guards=guards)
         await stack.enter_async_context(registry.running())
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)

@@ -10,6 +10,7 @@ stages. Only this package imports the MCP server API.
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -35,6 +36,7 @@ from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import AuditUnavailable, DownstreamError, DownstreamRejected, GuardError, NotFoundError
 from mcp_guard.gateway.auditing import AuditStage
 from mcp_guard.gateway.identity import ClientDirectory, ClientIdentity, http_client_name
+from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.notifications import ChangeNotifier
 from mcp_guard.gateway.pipeline import Handler, Stage, ToolCall, ToolResult, build_call_pipeline, tool_error
 from mcp_guard.gateway.policy_guard import PolicyGuard
@@ -95,6 +97,8 @@ class Gateway:
         self.guards = guards or Guards()
         self.directory = directory or ClientDirectory(config)
         self.notifier = ChangeNotifier()
+        # A stdio gateway serves one connection, its only session.
+        self.stdio_session = f"stdio-{uuid.uuid4().hex}"
         self.call_pipeline = assemble_call_pipeline(self._forward_call, self.guards, config)
         if self.guards.policy is not None:
             registry.add_listener(self._observe_pins)
@@ -110,9 +114,18 @@ class Gateway:
         if ctx.request is None:
             return self.directory.get(self.client)
         unauthenticated = self.config.gateway.http.allow_unauthenticated_as
-        if unauthenticated is not None and not self.directory.has_credentials:
+        if unauthenticated is not None and self.is_unauthenticated(ctx):
             return self.directory.get(unauthenticated)
         return self.directory.get(http_client_name(ctx))
+
+    def is_unauthenticated(self, ctx: ServerRequestContext[Any]) -> bool:
+        """Return whether a request came over HTTP from a caller that did not authenticate."""
+        http = self.config.gateway.http
+        return (
+            ctx.request is not None
+            and http.allow_unauthenticated_as is not None
+            and not self.directory.has_credentials
+        )
 
     def visible_tools(self, client: ClientIdentity, version: str) -> list[ExportedTool]:
         """Return the tools `client` may see, as its protocol era can carry them."""
@@ -153,7 +166,8 @@ class Gateway:
         call = ToolCall(
             client=client.name,
             organisation=client.organisation,
-            session=_session_id(ctx),
+            anonymous=self.is_unauthenticated(ctx),
+            session=_session_id(ctx) or self.stdio_session,
             protocol_version=ctx.protocol_version,
             tool=tool,
             arguments=dict(params.arguments or {}),
@@ -373,15 +387,18 @@ class Guards:
 
     audit: AuditStore | None = None
     policy: PolicyGuard | None = None
+    limits: LimitStage | None = None
 
 
 def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConfig) -> Handler:
     """Chain the guards in front of `forward`, in the one order they apply.
 
     The policy decides first, because the intent row records the decision.
-    The audit stage comes next, so denials, failures, timeouts and
-    cancellations are all recorded. Then the decision is enforced and the call
-    forwarded.
+    The audit stage comes next, so denials, limit refusals, failures, timeouts
+    and cancellations are all recorded. Then the decision is enforced, so a
+    denied call spends no rate-limit budget; the limits are taken before
+    approval, so no person is asked about a call the limits would refuse; and
+    the call is forwarded.
     """
     stages: list[Stage] = []
     if guards.policy is not None:
@@ -391,7 +408,11 @@ def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConf
         stages.append(AuditStage(guards.audit, proceed_without_audit=config.audit.on_failure == "proceed"))
     if guards.policy is not None:
         stages.append(guards.policy.enforce)
-    # NOTE: rate limits and human approval are not built yet; they go here, in that order.
+    if guards.limits is not None:
+        stages.append(guards.limits)
+    if guards.policy is not None:
+        # NOTE: human approval is not built yet; until it is, this stage refuses calls that need it.
+        stages.append(guards.policy.refuse_unapproved)
     return build_call_pipeline(forward, stages)
 
 

@@ -9,6 +9,7 @@ does not reset it either.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -56,3 +57,30 @@ class ManualClock:
     def now(self) -> datetime:
         """Return the time last set."""
         return self.current
+
+
+class SteadyClock:
+    """Seconds since the epoch, advancing with the monotonic clock, for rate limits.
+
+    It reads the wall clock once, at start, and then adds the monotonic clock's
+    progress, so stepping the system clock (by an operator, NTP or an
+    attacker) neither resets a window nor locks a client out. `start_at_least`
+    moves it forward to a time the store has already seen, so a restart after
+    the wall clock went back does not reopen windows either.
+    """
+
+    def __init__(
+        self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._monotonic = monotonic
+        self._base = wall()
+        self._started = monotonic()
+
+    def __call__(self) -> float:
+        return self._base + (self._monotonic() - self._started)
+
+    def start_at_least(self, mark: float) -> None:
+        """Move the clock forward so it reads at least `mark` now; never move it back."""
+        lag = mark - self()
+        if lag > 0:
+            self._base += lag

@@ -1,0 +1,258 @@
+"""A limit store in Redis, for several gateway replicas that share their limits.
+
+Each call's checks and charges run in one Lua script, which Redis runs
+atomically, so replicas cannot both take the last unit. A window is a hash of
+slice -> units and a concurrency limit a sorted set of lease ids scored by
+their expiry; every key expires on its own once its window has passed, so
+Redis holds only the keys active in the last window.
+
+Calls decided at the same moment are sent together in one pipeline, one
+script run each, so a busy gateway pays one round trip for many decisions.
+A lost connection fails the decisions in flight with `LimitStoreUnavailable`;
+the next decision connects again. No redis exception leaves this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from mcp_guard.ratelimit.batching import DecisionBatcher
+from mcp_guard.ratelimit.store import (
+    SLICES,
+    Charge,
+    Grant,
+    LeaseCharge,
+    LimitStoreUnavailable,
+    Rejection,
+    WindowCharge,
+    new_lease_id,
+    oldest_counted,
+)
+
+# Seconds to wait for Redis before a decision fails (and, by default, the call is rejected).
+SOCKET_TIMEOUT_SECONDS = 1.0
+
+# How long the time mark outlives the last charge. It is longer than any window.
+CLOCK_KEY_TTL_MS = 40 * 86_400 * 1000
+
+# KEYS: the clock key, then one key per charge.
+# ARGV: now, lease id, slices per window, then four values per charge (kind "w" for a window or "l"
+# for a lease, limit, period or lease seconds, units), and last the clock key's TTL.
+# Returns {1, slice, slice, ...} (slice -1 for a lease) or {0, index, used, retry_after}.
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+local lease = ARGV[2]
+local slices = tonumber(ARGV[3])
+local count = #KEYS - 1
+for i = 1, count do
+  local key = KEYS[i + 1]
+  local base = 3 + (i - 1) * 4
+  local kind = ARGV[base + 1]
+  local limit = tonumber(ARGV[base + 2])
+  local span = tonumber(ARGV[base + 3])
+  local units = tonumber(ARGV[base + 4])
+  if kind == 'w' then
+    local width = span / slices
+    local oldest = math.floor((now - span) / width)
+    local fields = redis.call('HGETALL', key)
+    local used = 0
+    local live = {}
+    for j = 1, #fields, 2 do
+      local slice = tonumber(fields[j])
+      local value = tonumber(fields[j + 1])
+      if slice < oldest then
+        redis.call('HDEL', key, fields[j])
+      else
+        used = used + value
+        live[#live + 1] = {slice, value}
+      end
+    end
+    if used + units > limit then
+      table.sort(live, function(a, b) return a[1] < b[1] end)
+      local remaining = used
+      local retry = span
+      for _, entry in ipairs(live) do
+        remaining = remaining - entry[2]
+        if remaining + units <= limit then
+          retry = (entry[1] + 1) * width + span - now
+          break
+        end
+      end
+      return {0, i - 1, tostring(used), tostring(retry)}
+    end
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+    local used = redis.call('ZCARD', key)
+    if used + 1 > limit then
+      return {0, i - 1, tostring(used), '1'}
+    end
+  end
+end
+local taken = {1}
+for i = 1, count do
+  local key = KEYS[i + 1]
+  local base = 3 + (i - 1) * 4
+  local span = tonumber(ARGV[base + 3])
+  if ARGV[base + 1] == 'w' then
+    local width = span / slices
+    local slice = string.format('%d', math.floor(now / width))
+    redis.call('HINCRBYFLOAT', key, slice, ARGV[base + 4])
+    redis.call('PEXPIRE', key, string.format('%d', math.ceil((span + width) * 1000) + 1000))
+    taken[#taken + 1] = slice
+  else
+    redis.call('ZADD', key, string.format('%.6f', now + span), lease)
+    redis.call('PEXPIRE', key, string.format('%d', math.ceil(span * 1000) + 1000))
+    taken[#taken + 1] = -1
+  end
+end
+local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
+if now > mark then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4 + count * 4])
+end
+return taken
+"""
+
+# Adds ARGV[2] units to slice ARGV[1] of KEYS[1], unless the window has expired meanwhile.
+_SETTLE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"""
+
+# Sums the slices of KEYS[1] from ARGV[1] on.
+_WINDOW_USAGE = """
+local fields = redis.call('HGETALL', KEYS[1])
+local used = 0
+for j = 1, #fields, 2 do
+  if tonumber(fields[j]) >= tonumber(ARGV[1]) then
+    used = used + tonumber(fields[j + 1])
+  end
+end
+return tostring(used)
+"""
+
+
+class RedisLimitStore:
+    """Sliding windows and leases in Redis, shared by every gateway that uses the same key prefix."""
+
+    def __init__(self, url: str, *, key_prefix: str, password: str | None = None) -> None:
+        self.description = f"Redis at {url}"
+        self._prefix = key_prefix
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            # One retry on a fresh connection covers a pooled connection that Redis closed while idle.
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+        self._acquire_script = self._client.register_script(_ACQUIRE)
+        self._settle_script = self._client.register_script(_SETTLE)
+        self._usage_script = self._client.register_script(_WINDOW_USAGE)
+        self._batcher: DecisionBatcher[tuple[list[str], list[str]], list[Any]] = DecisionBatcher(
+            self._send_batch
+        )
+
+    async def acquire(self, charges: Sequence[Charge], now: float) -> Grant | Rejection:
+        """Take every charge, or none of them, in one script run."""
+        lease = new_lease_id()
+        keys = [self._key("clock")] + [self._key(charge.key) for charge in charges]
+        args: list[str] = [repr(float(now)), lease, str(SLICES)]
+        for charge in charges:
+            if isinstance(charge, WindowCharge):
+                args += [
+                    "w",
+                    repr(float(charge.limit)),
+                    repr(float(charge.period)),
+                    repr(float(charge.units)),
+                ]
+            else:
+                args += ["l", str(charge.limit), repr(float(charge.lease_seconds)), "1"]
+        args.append(str(CLOCK_KEY_TTL_MS))
+        reply = await self._batcher.submit((keys, args))
+        if int(reply[0]) == 0:
+            return Rejection(index=int(reply[1]), used=float(reply[2]), retry_after=max(float(reply[3]), 0.0))
+        slices = tuple(None if int(value) < 0 else int(value) for value in reply[1:])
+        return Grant(charges=tuple(charges), slices=slices, lease=lease)
+
+    async def settle(self, grant: Grant, index: int, delta: float) -> None:
+        """Add `delta` units to the slice charge `index` went into, if the window still contains it."""
+        charge, slice_index = grant.charges[index], grant.slices[index]
+        if isinstance(charge, WindowCharge) and slice_index is not None and delta:
+            await self._call(
+                self._settle_script, [self._key(charge.key)], [str(slice_index), repr(float(delta))]
+            )
+
+    async def release(self, grant: Grant) -> None:
+        """Remove the leases of `grant`."""
+        keys = [self._key(charge.key) for charge in grant.charges if isinstance(charge, LeaseCharge)]
+        try:
+            for key in keys:
+                await self._client.zrem(key, grant.lease)
+        except RedisError as exc:
+            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
+
+    async def usage(self, charges: Sequence[Charge], now: float) -> list[float]:
+        """Return the units or slots in use under each charge's key."""
+        used: list[float] = []
+        try:
+            for charge in charges:
+                key = self._key(charge.key)
+                if isinstance(charge, WindowCharge):
+                    oldest = oldest_counted(now, charge.period)
+                    used.append(float(await self._usage_script(keys=[key], args=[str(oldest)])))
+                else:
+                    used.append(float(await self._client.zcount(key, f"({now!r}", "+inf")))
+        except RedisError as exc:
+            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
+        return used
+
+    async def time_mark(self) -> float | None:
+        """Return the latest time any replica took a charge at."""
+        try:
+            value = await self._client.get(self._key("clock"))
+        except RedisError as exc:
+            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
+        return None if value is None else float(value)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._batcher.drain()
+        await self._client.aclose()
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}:{name}"
+
+    async def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except RedisError as exc:
+            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
+
+    async def _send_batch(self, batch: Sequence[tuple[list[str], list[str]]]) -> list[Any]:
+        """Run one acquire script per decision, all in one pipeline."""
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in batch:
+                    await self._acquire_script(keys=keys, args=args, client=pipe)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
+        return [
+            LimitStoreUnavailable(self.description, _reason(reply)) if isinstance(reply, Exception) else reply
+            for reply in replies
+        ]
+
+
+def _reason(exc: Exception) -> str:
+    """Describe a Redis error in one short line; the URL never contains a password, so neither does this."""
+    text = str(exc).splitlines()[0].rstrip(". ") if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__

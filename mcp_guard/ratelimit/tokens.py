@@ -1,0 +1,106 @@
+"""The token estimate behind token limits, and cutting a result down to a token budget.
+
+The estimate is deterministic and needs no tokenizer: one token per four bytes
+of UTF-8, rounded up. Arguments are measured as compact JSON
+(`{"path":"/tmp"}`). A result is measured as the text of its text blocks, the
+base64 data of its images and audio, the text or blob of its embedded
+resources, the JSON of its other blocks, and the compact JSON of its
+`structuredContent`. Real
+tokenizers give English prose about four bytes per token, so the estimate is
+of the right size for text and errs high for code, numbers and base64.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+BYTES_PER_TOKEN = 4
+TRUNCATION_MARKER = "[mcp-guard: result cut to about {budget} of its {size} estimated tokens ({reason})]"
+
+
+def tokens_of_bytes(size: int) -> int:
+    """Return the estimated tokens of `size` bytes of text."""
+    return -(-size // BYTES_PER_TOKEN)
+
+
+def argument_tokens(arguments: dict[str, Any]) -> int:
+    """Return the estimated tokens of a call's arguments."""
+    return tokens_of_bytes(len(_compact(arguments)))
+
+
+def result_tokens(result: dict[str, Any]) -> int:
+    """Return the estimated tokens of a tools/call result."""
+    size = sum(_block_bytes(block) for block in result.get("content") or [])
+    if "structuredContent" in result:
+        size += len(_compact(result["structuredContent"]))
+    return tokens_of_bytes(size)
+
+
+def truncate_result(
+    result: dict[str, Any], max_tokens: int, *, reason: str, output_schema: bool
+) -> dict[str, Any]:
+    """Return `result` cut to about `max_tokens` estimated tokens, or `result` itself if it fits.
+
+    Text is cut at a character boundary. Blocks that do not fit whole (images,
+    audio, resources) are dropped. `structuredContent` is kept only whole, so the
+    client never receives a broken structure. A text block at the end says what
+    was cut. When the tool declares an output schema, a result without its
+    structured content would break the schema's promise, so such a result is
+    returned as a tool error.
+    """
+    size = result_tokens(result)
+    if size <= max_tokens:
+        return result
+    budget = max_tokens * BYTES_PER_TOKEN
+    cut = {key: value for key, value in result.items() if key not in ("content", "structuredContent")}
+    kept: list[Any] = []
+    dropped = 0
+    for block in result.get("content") or []:
+        needed = _block_bytes(block)
+        if needed <= budget:
+            kept.append(block)
+            budget -= needed
+        elif isinstance(block, dict) and block.get("type") == "text" and budget > 0:
+            kept.append({**block, "text": _cut_utf8(str(block.get("text", "")), budget)})
+            budget = 0
+        else:
+            dropped += 1
+    notes = []
+    if dropped:
+        notes.append(f"{dropped} content block{'s' if dropped != 1 else ''} dropped")
+    if "structuredContent" in result:
+        structured = _compact(result["structuredContent"])
+        if len(structured) <= budget:
+            cut["structuredContent"] = result["structuredContent"]
+        else:
+            notes.append("structured content dropped")
+            if output_schema:
+                cut["isError"] = True
+    marker = TRUNCATION_MARKER.format(budget=max_tokens, size=size, reason="; ".join([reason, *notes]))
+    cut["content"] = [*kept, {"type": "text", "text": marker}]
+    return cut
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def _block_bytes(block: Any) -> int:
+    if not isinstance(block, dict):
+        return len(_compact(block))
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return len(block["text"].encode())
+    if kind in ("image", "audio") and isinstance(block.get("data"), str):
+        return len(block["data"])
+    resource = block.get("resource")
+    if kind == "resource" and isinstance(resource, dict):
+        payload = resource.get("text", resource.get("blob", ""))
+        return len(payload.encode()) if isinstance(payload, str) else len(_compact(resource))
+    return len(_compact(block))
+
+
+def _cut_utf8(text: str, budget: int) -> str:
+    """Return the longest start of `text` whose UTF-8 encoding fits in `budget` bytes."""
+    return text.encode()[:budget].decode(errors="ignore")
