@@ -42,6 +42,8 @@ GIT_REPO = WORK_DIR / "repo"
 FILES_DIR = WORK_DIR / "files"
 OUTSIDE_FILE = WORK_DIR / "outside.txt"
 LOG_FILE = WORK_DIR / "gateway.log"
+# The rate-limit counts of the previous run, deleted so that a second run within a minute starts afresh.
+LIMIT_COUNTS = WORK_DIR / "state" / "limits.sqlite3"
 
 # Bounds the whole session, from starting the gateway to the last result. A whole run took
 # 2 to 3 s on the build machine (`time python -m mcp_guard.demo`), most of it starting servers.
@@ -101,6 +103,9 @@ HELLO_PATH = str(FILES_DIR / "hello.txt")
 STEPS = (
     Step("git status", "git__git_status", REPO_ARGUMENTS, "ok", "README.md"),
     Step("git log", "git__git_log", REPO_ARGUMENTS, "ok", "Add the greeting script"),
+    # The policy allows two git_log calls per minute, so the third in a row is rate limited.
+    Step("git log again", "git__git_log", REPO_ARGUMENTS, "ok", "Add a README"),
+    Step("git log a third time", "git__git_log", REPO_ARGUMENTS, "tool error", "Rate limited by mcp-guard"),
     Step("list the scratch folder", "files__list_directory", {"path": str(FILES_DIR)}, "ok", "notes.txt"),
     Step("read a file", "files__read_text_file", {"path": str(FILES_DIR / "notes.txt")}, "ok", "ship"),
     Step("write a file", "files__write_file", {"path": HELLO_PATH, "content": WRITTEN_TEXT}, "ok", "hello"),
@@ -174,6 +179,8 @@ def prepare_workspace() -> None:
     """Create the throwaway repository, the scratch folder and a file outside it, afresh."""
     for path in (GIT_REPO, FILES_DIR):
         shutil.rmtree(path, ignore_errors=True)
+    for suffix in ("", "-wal", "-shm"):
+        LIMIT_COUNTS.with_name(LIMIT_COUNTS.name + suffix).unlink(missing_ok=True)
     GIT_REPO.mkdir(parents=True)
     FILES_DIR.mkdir()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 from audit_rate import measure_audit_rate, render_audit_rates
+from limits_rate import measure_decision_rates, render_decision_rates
 from measure import Measurement, Settings, measure_case
 from report import check_targets, machine_description, render_generated, render_results, write_document
 from targets import ROOT, BenchmarkError, Case, cases, stop_descendants, tail
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("warning")
         rates = [anyio.run(measure_audit_rate, power_safe) for power_safe in (False, True)]
         results += "\n\n" + render_audit_rates(rates)
+        print("measuring the rate-limit stores' decision rates", file=sys.stderr)
+        results += "\n\n" + render_decision_rates(anyio.run(measure_decision_rates))
     print(results)
     print(f"run time: {run_seconds:.0f} s")
     if args.output is not None:

@@ -176,6 +176,7 @@ def cases() -> list[Case]:
         Case("direct-stdio", "client → fixture (stdio)", None, _direct_stdio),
         Case("gateway-stdio", "client → gateway (stdio) → fixture (stdio)", "direct-stdio", _gateway_stdio),
         Case("bare-stdio", "as gateway-stdio, audit trail off", "direct-stdio", _bare_stdio),
+        Case("limits-stdio", "as gateway-stdio, with SQLite rate limits", "direct-stdio", _limits_stdio),
         Case("direct-http", "client → fixture (HTTP)", None, _direct_http),
         Case("gateway-http", "client → gateway (HTTP) → fixture (stdio)", "direct-http", _gateway_http),
         Case(
@@ -202,6 +203,13 @@ def _gateway_stdio(workdir: Path) -> Iterator[Target]:
 def _bare_stdio(workdir: Path) -> Iterator[Target]:
     server = {"command": sys.executable, "args": fixture_command()[1:]}
     policy = write_policy(workdir, server, audit=False)
+    yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
+
+
+@contextmanager
+def _limits_stdio(workdir: Path) -> Iterator[Target]:
+    server = {"command": sys.executable, "args": fixture_command()[1:]}
+    policy = write_policy(workdir, server, limits=True)
     yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
 
 
@@ -243,7 +251,12 @@ def gateway_command(policy: Path) -> list[str]:
 
 
 def write_policy(
-    workdir: Path, server: dict[str, object], *, api_key: str | None = None, audit: bool = True
+    workdir: Path,
+    server: dict[str, object],
+    *,
+    api_key: str | None = None,
+    audit: bool = True,
+    limits: bool = False,
 ) -> Path:
     """Write a policy file with `server` as the fixture's `[servers]` table; return its path.
 
@@ -251,6 +264,8 @@ def write_policy(
         api_key: If given, the policy defines the client `BENCH_CLIENT` with this key, so an HTTP
             gateway accepts requests that send it as a bearer token.
         audit: Whether the gateway keeps its audit trail; off measures the gateway without it.
+        limits: Whether every call passes a rate limit of four dimensions, counted in the default
+            SQLite store, with limits high enough never to refuse a call of the benchmark.
     """
     # One rule lets every client call `echo`, and every other setting keeps its default.
     allow_echo = {
@@ -268,6 +283,10 @@ def write_policy(
     }
     if not audit:
         policy["audit"] = {"enabled": False}
+    if limits:
+        many = 10**9
+        dimensions = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "concurrent_calls")
+        policy["limits"] = {"rules": [{"name": "benchmark", **dict.fromkeys(dimensions, many)}]}
     if api_key is not None:
         key_hash = "sha256:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()
         policy["clients"] = {BENCH_CLIENT: {"api_key_hashes": [key_hash]}}
