@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
 from mcp_guard.config.rules import (
     ENV_VAR_PATTERN,
@@ -21,12 +21,13 @@ from mcp_guard.config.rules import (
     WILDCARD,
     ClientConfig,
     GroupName,
+    audience_problems,
     suggestion,
 )
 
 LimitScope = Literal["client", "organisation", "global"]
-PositiveInt = Annotated[int, Field(gt=0, le=10**12)]
-Money = Annotated[float, Field(ge=0, le=10**9)]
+PositiveInt = Annotated[StrictInt, Field(gt=0, le=10**12)]
+Money = Annotated[StrictInt | StrictFloat, Field(ge=0, le=10**9)]
 # Names of the dimensions a limit entry may set, in the order they are checked and reported.
 DIMENSIONS = (
     "requests_per_minute",
@@ -140,6 +141,14 @@ class ToolCostConfig(_Frozen):
     per_second: Money = 0.0
     """Cost of each second the call takes, reserved for the server's call timeout and settled after."""
 
+    @model_validator(mode="after")
+    def _sets_a_cost(self) -> ToolCostConfig:
+        if self.per_call == 0 and self.per_second == 0:
+            raise ValueError(
+                "this cost entry sets neither per_call nor per_second; set one, or remove the entry"
+            )
+        return self
+
 
 class LimitsSettings(_Frozen):
     """The `[limits]` section: where counts are kept, what happens when that store fails, and the limits."""
@@ -195,22 +204,10 @@ def check_limit_references(
     limits: LimitsSettings, clients: Mapping[str, ClientConfig], server_ids: Collection[str]
 ) -> list[str]:
     """Return one problem line for each client, group or server a limit or cost names that is not defined."""
-    groups = {group for client in clients.values() for group in client.groups}
     problems: list[str] = []
     for index, rule in enumerate(limits.rules):
         where = f"limits.rules[{index}]"
-        for position, client in enumerate(rule.clients):
-            if client != WILDCARD and client not in clients:
-                problems.append(
-                    f"{where}.clients[{position}]: limit {rule.name!r} names client {client!r}, which is not "
-                    f"defined; add [clients.{client}] or fix the name{suggestion(client, clients)}"
-                )
-        for position, group in enumerate(rule.groups):
-            if group not in groups:
-                problems.append(
-                    f"{where}.groups[{position}]: limit {rule.name!r} names group {group!r}, but no client "
-                    f"is in it; add it to a client's groups or fix the name{suggestion(group, groups)}"
-                )
+        problems += audience_problems(where, f"limit {rule.name!r}", rule.clients, rule.groups, clients)
         problems += _server_problem(f"{where}.server", rule.server, server_ids)
     for index, cost in enumerate(limits.costs):
         problems += _server_problem(f"limits.costs[{index}].server", cost.server, server_ids)

@@ -15,7 +15,8 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -243,18 +244,47 @@ def _unknown_key(loc: Sequence[int | str], location: str) -> str:
 
 
 def _known_keys(parent: Sequence[int | str]) -> list[str]:
-    model: type[BaseModel] = GatewayConfig
+    """Return the keys of the table at `parent`, following fields, list entries and table values."""
+    current: Any = GatewayConfig
     for item in parent:
         if item in ("stdio", "http"):
-            model = StdioServerConfig if item == "stdio" else HttpServerConfig
+            current = StdioServerConfig if item == "stdio" else HttpServerConfig
             continue
-        field = model.model_fields.get(str(item))
-        if field is None:
-            continue
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-    return list(model.model_fields)
+        model = _model_in(current)
+        if model is not None and isinstance(item, str) and item in model.model_fields:
+            current = model.model_fields[item].annotation
+        else:
+            current = _element_type(current)  # a list index or a table's key
+    model = _model_in(current)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """Return the model `annotation` names, looking through Annotated and unions but not containers."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Annotated, Union, UnionType):
+        for argument in get_args(annotation):
+            model = _model_in(argument)
+            if model is not None:
+                return model
+    return None
+
+
+def _element_type(annotation: Any) -> Any:
+    """Return the type of the entries of a list or the values of a dict that `annotation` names."""
+    origin = get_origin(annotation)
+    if origin in (Annotated, Union, UnionType):
+        for argument in get_args(annotation):
+            element = _element_type(argument)
+            if element is not None:
+                return element
+        return None
+    if origin is list:
+        return get_args(annotation)[0]
+    if origin is dict:
+        return get_args(annotation)[1]
+    return None
 
 
 def _pattern_hint(location: str, pattern: str) -> str:

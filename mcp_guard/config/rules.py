@@ -383,26 +383,39 @@ def check_references(
 
     Each line starts with the key path (`rules[2].clients[0]`), names the value and suggests a fix.
     """
-    groups = {group for client in clients.values() for group in client.groups}
     problems: list[str] = []
     for index, rule in enumerate(rules):
         where = f"rules[{index}]"
-        for position, client in enumerate(rule.clients):
-            if client != WILDCARD and client not in clients:
-                problems.append(
-                    f"{where}.clients[{position}]: rule {rule.name!r} names client {client!r}, which is not "
-                    f"defined; add [clients.{client}] or fix the name{suggestion(client, clients)}"
-                )
-        for position, group in enumerate(rule.groups):
-            if group not in groups:
-                problems.append(
-                    f"{where}.groups[{position}]: rule {rule.name!r} names group {group!r}, but no client is "
-                    f"in it; add it to a client's groups or fix the name{suggestion(group, groups)}"
-                )
+        problems += audience_problems(where, f"rule {rule.name!r}", rule.clients, rule.groups, clients)
         if rule.server != WILDCARD and rule.server not in server_ids:
             problems.append(
                 f"{where}.server: rule {rule.name!r} names server {rule.server!r}, which is not configured; "
                 f'add [servers.{rule.server}], use "*" or fix the name{suggestion(rule.server, server_ids)}'
+            )
+    return problems
+
+
+def audience_problems(
+    where: str,
+    what: str,
+    named_clients: Sequence[str],
+    named_groups: Sequence[str],
+    clients: Mapping[str, ClientConfig],
+) -> list[str]:
+    """Return one problem line for each client or group that `what` (at key path `where`) names in vain."""
+    groups = {group for client in clients.values() for group in client.groups}
+    problems: list[str] = []
+    for position, client in enumerate(named_clients):
+        if client != WILDCARD and client not in clients:
+            problems.append(
+                f"{where}.clients[{position}]: {what} names client {client!r}, which is not "
+                f"defined; add [clients.{client}] or fix the name{suggestion(client, clients)}"
+            )
+    for position, group in enumerate(named_groups):
+        if group not in groups:
+            problems.append(
+                f"{where}.groups[{position}]: {what} names group {group!r}, but no client is "
+                f"in it; add it to a client's groups or fix the name{suggestion(group, groups)}"
             )
     return problems
 

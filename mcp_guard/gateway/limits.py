@@ -16,13 +16,19 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from mcp_guard.config.models import GatewayConfig
+from mcp_guard.config.models import DEFAULT_CALL_TIMEOUT_SECONDS, GatewayConfig
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
+from mcp_guard.gateway.results import is_input_required
 from mcp_guard.ratelimit.limiter import Admission, CallFacts, Limiter, LimitExceeded
 from mcp_guard.ratelimit.store import LimitStoreUnavailable
 from mcp_guard.ratelimit.tokens import argument_tokens, result_tokens, truncate_result
 
 log = structlog.get_logger(module=__name__)
+
+STORE_UNAVAILABLE = (
+    "Rejected by mcp-guard: the rate-limit store cannot be reached, so calls are rejected until it is back. "
+    "The gateway's log has the details."
+)
 
 
 class LimitStage:
@@ -36,18 +42,7 @@ class LimitStage:
 
     async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Reject the call if it does not fit its limits; otherwise run it and settle its costs."""
-        server = self._config.servers.get(call.tool.server)
-        facts = CallFacts(
-            client=call.client,
-            organisation=call.organisation,
-            server=call.tool.server,
-            tool=call.tool.name,
-            session=call.session,
-            anonymous=call.anonymous,
-            needs_approval=call.decision == "approve",
-            input_tokens=argument_tokens(call.arguments),
-            timeout_seconds=server.call_timeout_seconds if server is not None else 60.0,
-        )
+        facts = self._facts(call)
         plan = self.limiter.plan(facts)
         if isinstance(plan, LimitExceeded):
             return self._reject(call, plan)
@@ -61,15 +56,16 @@ class LimitStage:
                 if not self._fail_open:
                     log.error("limits_unavailable_call_rejected", call_id=call.call_id, reason=exc.reason)
                     call.outcome, call.detail = "rate_limited", str(exc)
-                    return tool_error(f"Rejected by mcp-guard: {exc} Calls are rejected until it is back.")
+                    # The store's address and the error stay in the log and the audit trail.
+                    return tool_error(STORE_UNAVAILABLE)
                 log.warning("limits_unavailable_call_allowed", call_id=call.call_id, reason=exc.reason)
         if isinstance(admission, LimitExceeded):
             return self._reject(call, admission)
-        started = time.monotonic()
         output_tokens = 0
         try:
             result = await next_handler(call)
-            if plan.output_cap is not None:
+            # An input-required result carries the approval question, which must reach the client whole.
+            if plan.output_cap is not None and not is_input_required(result):
                 cap, limit = plan.output_cap
                 result = truncate_result(
                     result,
@@ -82,10 +78,51 @@ class LimitStage:
         finally:
             if admission is not None:
                 with anyio.CancelScope(shield=True):
+                    # Seconds of the forwarded call only: a wait for a person's approval costs nothing.
+                    seconds = time.monotonic() - call.forwarded_at if call.forwarded_at is not None else 0.0
                     try:
-                        await self.limiter.finish(admission, output_tokens, time.monotonic() - started)
+                        await self.limiter.finish(admission, output_tokens, seconds, self._clock())
                     except LimitStoreUnavailable as exc:
                         log.warning("limits_not_settled", call_id=call.call_id, reason=exc.reason)
+
+    def _facts(self, call: ToolCall) -> CallFacts:
+        server = self._config.servers.get(call.tool.server)
+        call_timeout = server.call_timeout_seconds if server is not None else DEFAULT_CALL_TIMEOUT_SECONDS
+        needs_approval = call.decision == "approve"
+        return CallFacts(
+            client=call.client,
+            organisation=call.organisation,
+            server=call.tool.server,
+            tool=call.tool.name,
+            session=call.session,
+            anonymous=call.anonymous,
+            needs_approval=needs_approval,
+            input_tokens=argument_tokens(call.arguments),
+            # A call that waits for a person holds its concurrent slot while it waits.
+            timeout_seconds=call_timeout + (self._config.approval.timeout_seconds if needs_approval else 0.0),
+        )
+
+    async def charge_approval(self, call: ToolCall) -> ToolResult | None:
+        """Take one request from the caller's `approvals_per_hour` limits, or return the rejection.
+
+        The approval stage calls it just before it asks a person, so that only real questions count.
+        """
+        plan = self.limiter.approval_plan(self._facts(call))
+        if not plan.meters:
+            return None
+        try:
+            with anyio.CancelScope(shield=True):
+                admission = await self.limiter.admit(plan, self._clock())
+        except LimitStoreUnavailable as exc:
+            if self._fail_open:
+                log.warning("limits_unavailable_call_allowed", call_id=call.call_id, reason=exc.reason)
+                return None
+            log.error("limits_unavailable_call_rejected", call_id=call.call_id, reason=exc.reason)
+            call.outcome, call.detail = "rate_limited", str(exc)
+            return tool_error(STORE_UNAVAILABLE)
+        if isinstance(admission, LimitExceeded):
+            return self._reject(call, admission)
+        return None
 
     def _reject(self, call: ToolCall, rejection: LimitExceeded) -> ToolResult:
         call.outcome = "rate_limited"

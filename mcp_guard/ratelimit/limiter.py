@@ -28,8 +28,9 @@ from mcp_guard.ratelimit.store import Charge, Grant, LeaseCharge, LimitStore, Re
 MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
-# A session's calls are counted over this window; a session that lasts longer starts afresh.
-SESSION_PERIOD = 30 * DAY
+# A session's calls are counted over this window, so a session that lasts longer than a day gets a
+# fresh count for calls older than that, and the stores forget a session a day after its last call.
+SESSION_PERIOD = DAY
 # A concurrent slot outlives the call's timeout by this much before it expires on its own.
 LEASE_MARGIN_SECONDS = 60.0
 # The limit name under which unauthenticated HTTP callers share one bucket.
@@ -71,6 +72,7 @@ class CallFacts:
     anonymous: bool = False
     """The caller did not authenticate and was mapped to `allow_unauthenticated_as`."""
     needs_approval: bool = False
+    """The policy decided that a person must approve the call."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,21 @@ class Limiter:
                     return rejection
         return plan
 
+    def approval_plan(self, facts: CallFacts) -> Plan:
+        """List the `approvals_per_hour` charges of a call about to ask a person for approval.
+
+        They are taken only when someone is really asked: a call that finds an existing grant,
+        or that joins an identical request already waiting, asks nobody.
+        """
+        rules = self.rules_for(facts.client, self._groups.get(facts.client, ()), facts.server, facts.tool)
+        plan = Plan(facts=facts, meters=[])
+        for rule in rules:
+            if rule.approvals_per_hour is not None:
+                key = self._key(rule, "approvals_per_hour", facts)
+                charge = WindowCharge(key=key, limit=rule.approvals_per_hour, period=HOUR, units=1)
+                plan.meters.append(Meter(rule.name, "approvals_per_hour", rule.per, charge))
+        return plan
+
     def standing_meters(self, client: str, organisation: str | None) -> list[Meter]:
         """Return the counted dimensions of every limit that applies to `client`, for `mcp-guard limits`.
 
@@ -194,7 +211,7 @@ class Limiter:
             return _exceeded(plan.meters[outcome.index], outcome)
         return Admission(plan=plan, grant=outcome)
 
-    async def finish(self, admission: Admission, output_tokens: int, seconds: float) -> None:
+    async def finish(self, admission: Admission, output_tokens: int, seconds: float, now: float) -> None:
         """Settle the tokens and cost that were reserved against what the call used, and free its slot."""
         if admission.settled:
             return
@@ -207,10 +224,10 @@ class Limiter:
                 used: float
                 if meter.dimension == "tokens_per_minute":
                     used = plan.facts.input_tokens + output_tokens
-                    await self.store.settle(admission.grant, index, used - meter.charge.units)
+                    await self.store.settle(admission.grant, index, used - meter.charge.units, now)
                 elif meter.dimension == "cost_per_hour" and plan.cost is not None:
                     used = plan.cost.per_call + plan.cost.per_second * seconds
-                    await self.store.settle(admission.grant, index, used - meter.charge.units)
+                    await self.store.settle(admission.grant, index, used - meter.charge.units, now)
         finally:
             await self.store.release(admission.grant)
 
@@ -242,8 +259,8 @@ class Limiter:
             if facts.session is None:
                 return None  # a 2026-07-28 HTTP request belongs to no session
             key += ":" + hashlib.sha256(facts.session.encode()).hexdigest()[:24]
-        elif dimension == "approvals_per_hour" and not facts.needs_approval:
-            return None
+        elif dimension == "approvals_per_hour":
+            return None  # charged by `approval_plan`, only when a person is about to be asked
         elif dimension == "tokens_per_minute":
             if facts.input_tokens > value:
                 return _never_fits(rule, dimension, facts.input_tokens, value, "tokens")
@@ -287,11 +304,14 @@ def _names_client(rule: LimitRuleConfig, client: str, groups: Collection[str]) -
 def _never_fits(
     rule: LimitRuleConfig, dimension: str, needed: float, limit: float, unit: str
 ) -> LimitExceeded:
+    fix = (
+        "send a smaller call" if unit == "tokens" else "ask the operator to raise the limit or lower the cost"
+    )
     return LimitExceeded(
         rule.name,
         dimension,
         f"Rejected by mcp-guard: this call alone needs {_number(needed)} {unit}, more than the whole limit "
-        f"{rule.name!r} ({_number(limit)} {_WHAT[dimension]}); it can never be admitted, so send a smaller call.",
+        f"{rule.name!r} allows ({_number(limit)} {_WHAT[dimension]}), so it can never run; {fix}.",
         None,
     )
 
@@ -300,23 +320,23 @@ def _exceeded(meter: Meter, rejection: Rejection) -> LimitExceeded:
     """Word a rejection; usage is shown only where it is the caller's own."""
     charge = meter.charge
     what = _WHAT.get(meter.dimension, meter.dimension)
-    own = meter.per == "client" or meter.dimension == "calls_per_session"
     whose = {"client": "your", "organisation": "your organisation's", "global": "the gateway's"}[meter.per]
-    usage = (
-        f"{_number(rejection.used)} of {_number(charge.limit)} {what} used"
-        if own
-        else f"{_number(charge.limit)} {what}"
-    )
+    if meter.dimension == "calls_per_session":
+        whose = "this session's"
+    usage = f"{whose} limit is {_number(charge.limit)} {what}"
+    if meter.per == "client" or meter.dimension == "calls_per_session":
+        usage += f", {_number(rejection.used)} used"
+    if isinstance(charge, WindowCharge) and charge.units != 1:
+        usage += f", this call needs {_number(charge.units)}"
+    retry: float | None = None
     if isinstance(charge, LeaseCharge):
-        retry: float | None = None
         when = "retry when one of the calls in flight has finished"
     elif meter.dimension == "calls_per_session":
-        retry = None
-        whose, when = "this session's", "this session may make no more calls"
+        when = "this session may make no more calls"
     else:
         retry = math.ceil(rejection.retry_after)
         when = f"retry in {retry} s"
-    message = f"Rate limited by mcp-guard: limit {meter.limit!r} ({whose} {usage}) is reached; {when}."
+    message = f"Rate limited by mcp-guard: this call would exceed limit {meter.limit!r} ({usage}); {when}."
     return LimitExceeded(meter.limit, meter.dimension, message, retry)
 
 

@@ -19,6 +19,7 @@ from mcp_guard.ratelimit.store import (
     LeaseCharge,
     Rejection,
     WindowCharge,
+    fits,
     new_lease_id,
     oldest_counted,
     slice_of,
@@ -84,13 +85,20 @@ class MemoryLimitStore:
         self._sweep(now)
         return Grant(charges=tuple(charges), slices=tuple(slices), lease=lease)
 
-    async def settle(self, grant: Grant, index: int, delta: float) -> None:
-        """Add `delta` units to the slice charge `index` went into, if the window still contains it."""
+    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
+        """Give back unused units from the charge's slice, or add extra ones at `now`."""
         charge = grant.charges[index]
         slice_index = grant.slices[index]
-        if not isinstance(charge, WindowCharge) or slice_index is None:
+        if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
             return
-        window = self._windows.get(charge.period, {}).get(charge.key)
+        windows = self._windows.setdefault(charge.period, {})
+        window = windows.get(charge.key)
+        if delta > 0:
+            window = windows.pop(charge.key, None) or _Window()
+            window.expire(oldest_counted(now, charge.period))
+            window.add(slice_of(now, charge.period), delta)
+            windows[charge.key] = window
+            return
         if window is None:
             return
         for entry in window.slices:
@@ -130,11 +138,11 @@ class MemoryLimitStore:
             if window is None:
                 return window_rejection(index, charge, (), now)
             window.expire(oldest_counted(now, charge.period))
-            if window.total + charge.units <= charge.limit:
+            if fits(window.total, charge.units, charge.limit):
                 return None
             return window_rejection(index, charge, ((int(s), u) for s, u in window.slices), now)
         used = self._used(charge, now)
-        if used + 1 <= charge.limit:
+        if fits(used, 1, charge.limit):
             return None
         return Rejection(index=index, used=used, retry_after=1.0)
 

@@ -14,6 +14,7 @@ the next decision connects again. No redis exception leaves this module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ from mcp_guard.ratelimit.store import (
     WindowCharge,
     new_lease_id,
     oldest_counted,
+    slice_of,
+    slice_seconds,
 )
 
 # Seconds to wait for Redis before a decision fails (and, by default, the call is rejected).
@@ -50,6 +53,9 @@ local now = tonumber(ARGV[1])
 local lease = ARGV[2]
 local slices = tonumber(ARGV[3])
 local count = #KEYS - 1
+local function fits(used, units, limit)
+  return used + units <= limit * (1 + 1e-9) + 1e-9
+end
 for i = 1, count do
   local key = KEYS[i + 1]
   local base = 3 + (i - 1) * 4
@@ -73,13 +79,13 @@ for i = 1, count do
         live[#live + 1] = {slice, value}
       end
     end
-    if used + units > limit then
+    if not fits(used, units, limit) then
       table.sort(live, function(a, b) return a[1] < b[1] end)
       local remaining = used
       local retry = span
       for _, entry in ipairs(live) do
         remaining = remaining - entry[2]
-        if remaining + units <= limit then
+        if fits(remaining, units, limit) then
           retry = (entry[1] + 1) * width + span - now
           break
         end
@@ -89,7 +95,7 @@ for i = 1, count do
   else
     redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
     local used = redis.call('ZCARD', key)
-    if used + 1 > limit then
+    if not fits(used, 1, limit) then
       return {0, i - 1, tostring(used), '1'}
     end
   end
@@ -107,7 +113,10 @@ for i = 1, count do
     taken[#taken + 1] = slice
   else
     redis.call('ZADD', key, string.format('%.6f', now + span), lease)
-    redis.call('PEXPIRE', key, string.format('%d', math.ceil(span * 1000) + 1000))
+    -- The set lives as long as its longest lease, so a short call never cuts a long call's slot.
+    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    local keep = math.max(tonumber(last[2]) - now, span)
+    redis.call('PEXPIRE', key, string.format('%d', math.ceil(keep * 1000) + 1000))
     taken[#taken + 1] = -1
   end
 end
@@ -118,10 +127,17 @@ end
 return taken
 """
 
-# Adds ARGV[2] units to slice ARGV[1] of KEYS[1], unless the window has expired meanwhile.
+# Gives back -ARGV[2] units from slice ARGV[1] of KEYS[1] (if the window still has it), or, for a
+# positive ARGV[2], adds them to the current slice ARGV[3] and keeps the key ARGV[4] ms more.
 _SETTLE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
+local delta = tonumber(ARGV[2])
+if delta < 0 then
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
+  end
+else
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return 0
 """
@@ -183,13 +199,14 @@ class RedisLimitStore:
         slices = tuple(None if int(value) < 0 else int(value) for value in reply[1:])
         return Grant(charges=tuple(charges), slices=slices, lease=lease)
 
-    async def settle(self, grant: Grant, index: int, delta: float) -> None:
-        """Add `delta` units to the slice charge `index` went into, if the window still contains it."""
+    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
+        """Give back unused units from the charge's slice, or add extra ones at `now`."""
         charge, slice_index = grant.charges[index], grant.slices[index]
-        if isinstance(charge, WindowCharge) and slice_index is not None and delta:
-            await self._call(
-                self._settle_script, [self._key(charge.key)], [str(slice_index), repr(float(delta))]
-            )
+        if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
+            return
+        keep_ms = math.ceil((charge.period + slice_seconds(charge.period)) * 1000) + 1000
+        args = [str(slice_index), repr(float(delta)), str(slice_of(now, charge.period)), str(keep_ms)]
+        await self._call(self._settle_script, [self._key(charge.key)], args)
 
     async def release(self, grant: Grant) -> None:
         """Remove the leases of `grant`."""

@@ -33,6 +33,7 @@ from mcp_guard.ratelimit.store import (
     LimitStoreUnavailable,
     Rejection,
     WindowCharge,
+    fits,
     new_lease_id,
     oldest_counted,
     slice_of,
@@ -90,11 +91,17 @@ class SqliteLimitStore:
         """Take every charge, or none of them, in one transaction."""
         return await self._batcher.submit((list(charges), now))
 
-    async def settle(self, grant: Grant, index: int, delta: float) -> None:
-        """Add `delta` units to the slice charge `index` went into, if that slice is still kept."""
+    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
+        """Give back unused units from the charge's slice, or add extra ones at `now`."""
         charge, slice_index = grant.charges[index], grant.slices[index]
-        if isinstance(charge, WindowCharge) and slice_index is not None and delta:
+        if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
+            return
+        if delta < 0:
             await self._run(self._write, _SETTLE, (delta, charge.key, slice_index))
+            return
+        now_slice = slice_of(now, charge.period)
+        expires = (now_slice + 1) * slice_seconds(charge.period) + charge.period
+        await self._run(self._write, _ADD, (charge.key, now_slice, delta, expires))
 
     async def release(self, grant: Grant) -> None:
         """Delete the leases of `grant`."""
@@ -201,7 +208,7 @@ class SqliteLimitStore:
             ).fetchall()
             return window_rejection(index, charge, rows, now)
         used = self._leases(db, charge.key, now)
-        if used + 1 <= charge.limit:
+        if fits(used, 1, charge.limit):
             return None
         return Rejection(index=index, used=used, retry_after=1.0)
 
@@ -233,7 +240,7 @@ class SqliteLimitStore:
 
 _ADD = (
     "INSERT INTO window_slice (key, slice, units, expires) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (key, slice) DO UPDATE SET units = units + excluded.units"
+    "ON CONFLICT (key, slice) DO UPDATE SET units = units + excluded.units, expires = excluded.expires"
 )
 _SETTLE = "UPDATE window_slice SET units = units + ? WHERE key = ? AND slice = ?"
 _MARK = "INSERT INTO clock (id, mark) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET mark = max(mark, excluded.mark)"

@@ -30,6 +30,14 @@ from mcp_guard.errors import GuardError
 SLICES = 60
 """Slices per window: the finer, the closer a rejection follows the exact window, the more state per key."""
 
+TOLERANCE = 1e-9
+"""Relative slack in comparisons, so that three calls costing 0.1 fit a limit of 0.3 despite float rounding."""
+
+
+def fits(used: float, units: float, limit: float) -> bool:
+    """Return whether `units` more fit under `limit` when `used` are taken."""
+    return used + units <= limit * (1 + TOLERANCE) + TOLERANCE
+
 
 @dataclass(frozen=True, slots=True)
 class WindowCharge:
@@ -107,8 +115,13 @@ class LimitStore(Protocol):
         """Take every charge, or none of them, atomically."""
         ...
 
-    async def settle(self, grant: Grant, index: int, delta: float) -> None:
-        """Add `delta` units (negative to give back) to the slice charge `index` of `grant` went into."""
+    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
+        """Correct charge `index` of `grant` by `delta` units once the call's real cost is known.
+
+        Units given back (a negative delta) leave the slice the charge went into. Units
+        used beyond the reservation are added at `now`, so they count for a whole window from
+        the moment they were used, however long the call took.
+        """
         ...
 
     async def release(self, grant: Grant) -> None:
@@ -152,14 +165,14 @@ def window_rejection(
     """
     slices = sorted(live)
     used = sum(units for _, units in slices)
-    if used + charge.units <= charge.limit:
+    if fits(used, charge.units, charge.limit):
         return None
     width = slice_seconds(charge.period)
     remaining = used
     retry = charge.period
     for slice_index, units in slices:
         remaining -= units
-        if remaining + charge.units <= charge.limit:
+        if fits(remaining, charge.units, charge.limit):
             # The slice stops being counted once `now - period` has moved past its end.
             retry = (slice_index + 1) * width + charge.period - now
             break

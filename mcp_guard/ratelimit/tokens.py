@@ -5,7 +5,7 @@ of UTF-8, rounded up. Arguments are measured as compact JSON
 (`{"path":"/tmp"}`). A result is measured as the text of its text blocks, the
 base64 data of its images and audio, the text or blob of its embedded
 resources, the JSON of its other blocks, and the compact JSON of its
-`structuredContent`. Real
+`structuredContent` and of any other member (such as `_meta`). Real
 tokenizers give English prose about four bytes per token, so the estimate is
 of the right size for text and errs high for code, numbers and base64.
 """
@@ -34,7 +34,17 @@ def result_tokens(result: dict[str, Any]) -> int:
     size = sum(_block_bytes(block) for block in result.get("content") or [])
     if "structuredContent" in result:
         size += len(_compact(result["structuredContent"]))
+    extra = _extra_members(result)
+    if extra:
+        size += len(_compact(extra))
     return tokens_of_bytes(size)
+
+
+def _extra_members(result: dict[str, Any]) -> dict[str, Any]:
+    """Return the members of a result other than its content, structure and error flag (`_meta`, say)."""
+    return {
+        key: value for key, value in result.items() if key not in ("content", "structuredContent", "isError")
+    }
 
 
 def truncate_result(
@@ -53,7 +63,17 @@ def truncate_result(
     if size <= max_tokens:
         return result
     budget = max_tokens * BYTES_PER_TOKEN
-    cut = {key: value for key, value in result.items() if key not in ("content", "structuredContent")}
+    cut: dict[str, Any] = {"isError": result["isError"]} if "isError" in result else {}
+    notes = []
+    extra = _extra_members(result)
+    if extra:
+        # Metadata goes first, as it is small when honest; too large, it is dropped whole.
+        needed = len(_compact(extra))
+        if needed <= budget:
+            cut.update(extra)
+            budget -= needed
+        else:
+            notes.append("metadata dropped")
     kept: list[Any] = []
     dropped = 0
     for block in result.get("content") or []:
@@ -61,12 +81,11 @@ def truncate_result(
         if needed <= budget:
             kept.append(block)
             budget -= needed
-        elif isinstance(block, dict) and block.get("type") == "text" and budget > 0:
-            kept.append({**block, "text": _cut_utf8(str(block.get("text", "")), budget)})
+        elif isinstance(block, dict) and isinstance(block.get("text"), str) and budget > 0:
+            kept.append({**block, "text": _cut_utf8(block["text"], budget)})
             budget = 0
         else:
             dropped += 1
-    notes = []
     if dropped:
         notes.append(f"{dropped} content block{'s' if dropped != 1 else ''} dropped")
     if "structuredContent" in result:

@@ -93,3 +93,29 @@ def test_missing_password_variable_named(tmp_path: Path) -> None:
         "limits.redis_password_from: environment variable REDIS_PASSWORD is not set; "
         "export it before starting mcp-guard"
     ]
+
+
+def test_misspelt_keys_in_entries_get_the_entrys_keys(tmp_path: Path) -> None:
+    text = (
+        '[[limits.rules]]\nname = "x"\nrequests_per_minut = 5\n'
+        '[[limits.costs]]\nserver = "files"\nper_cal = 1\n'
+        '[[rules]]\nname = "r"\nclients = ["alice"]\nserver = "files"\ntools = ["*"]\ndecision = "auto"\nwrtie = true\n'
+    )
+
+    problems = problems_of(text, tmp_path)
+
+    assert "limits.rules[0].requests_per_minut: unknown key; did you mean 'requests_per_minute'?" in problems
+    assert "limits.costs[0].per_cal: unknown key; did you mean 'per_call'?" in problems
+    assert "rules[0].wrtie: unknown key; did you mean 'write'?" in problems
+
+
+def test_limit_values_must_be_numbers(tmp_path: Path) -> None:
+    problems = problems_of('[[limits.rules]]\nname = "x"\nrequests_per_minute = "30"\n', tmp_path)
+
+    assert len(problems) == 1 and problems[0].startswith("limits.rules[0].requests_per_minute:")
+
+
+def test_cost_entry_without_a_cost_is_rejected(tmp_path: Path) -> None:
+    problems = problems_of('[[limits.costs]]\nserver = "files"\n', tmp_path)
+
+    assert len(problems) == 1 and "sets neither per_call nor per_second" in problems[0]

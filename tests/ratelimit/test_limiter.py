@@ -15,6 +15,7 @@ from mcp_guard.config.limits import LimitsSettings
 from mcp_guard.config.rules import ClientConfig
 from mcp_guard.ratelimit.limiter import Admission, CallFacts, Limiter, LimitExceeded, Plan
 from mcp_guard.ratelimit.memory import MemoryLimitStore
+from mcp_guard.ratelimit.store import WindowCharge
 from mcp_guard.state.clock import SteadyClock
 
 pytestmark = pytest.mark.anyio
@@ -122,7 +123,7 @@ async def test_call_over_whole_limit_rejected() -> None:
     lim = limiter({"name": "tokens", "tokens_per_minute": 1000})
     rejection = await call(lim, T0, input_tokens=1001)
     assert isinstance(rejection, LimitExceeded)
-    assert "can never be admitted" in rejection.message and rejection.retry_after is None
+    assert "can never run" in rejection.message and rejection.retry_after is None
     expensive = limiter(
         {"name": "budget", "cost_per_hour": 1.0},
         costs=[{"server": "files", "tools": ["read"], "per_call": 2.0}],
@@ -137,7 +138,7 @@ async def test_output_tokens_reserved_then_settled() -> None:
     assert plan.meters[0].charge.units == 500  # 100 in, 400 reserved for the result
     first = await lim.admit(plan, T0)
     assert isinstance(first, Admission)
-    await lim.finish(first, output_tokens=50, seconds=0.1)
+    await lim.finish(first, output_tokens=50, seconds=0.1, now=T0)
     store = lim.store
     assert await store.usage([plan.meters[0].charge], T0) == [150]
 
@@ -152,7 +153,7 @@ async def test_cost_reserved_then_settled() -> None:
     assert plan.meters[0].charge.units == pytest.approx(3.5)
     admission = await lim.admit(plan, T0)
     assert isinstance(admission, Admission)
-    await lim.finish(admission, output_tokens=0, seconds=2.0)
+    await lim.finish(admission, output_tokens=0, seconds=2.0, now=T0)
     assert await lim.store.usage([plan.meters[0].charge], T0) == [pytest.approx(0.7)]
 
 
@@ -162,7 +163,7 @@ async def test_concurrent_calls_capped_and_freed() -> None:
     assert isinstance(first, Admission) and isinstance(second, Admission)
     third = await call(lim, T0)
     assert isinstance(third, LimitExceeded) and "in flight" in third.message
-    await lim.finish(first, output_tokens=0, seconds=1)
+    await lim.finish(first, output_tokens=0, seconds=1, now=T0)
     assert isinstance(await call(lim, T0), Admission)
 
 
@@ -173,10 +174,12 @@ async def test_session_cap_per_session() -> None:
     assert await admitted(lim, T0, 5, session=None) == 5
 
 
-async def test_approvals_counted_only_when_needed() -> None:
+async def test_approvals_counted_only_when_asking() -> None:
     lim = limiter({"name": "fatigue", "approvals_per_hour": 2})
-    assert await admitted(lim, T0, 5, needs_approval=False) == 5
-    assert await admitted(lim, T0, 5, needs_approval=True) == 2
+    # A call that needs approval is not counted when it passes the limits: it may find a grant.
+    assert await admitted(lim, T0, 5, needs_approval=True) == 5
+    questions = [await lim.admit(lim.approval_plan(facts(needs_approval=True)), T0) for _ in range(3)]
+    assert [isinstance(outcome, Admission) for outcome in questions] == [True, True, False]
 
 
 async def test_unauthenticated_callers_share_bucket() -> None:
@@ -211,8 +214,26 @@ async def test_rejection_hides_others_usage() -> None:
     await admitted(lim, T0, 2, client="alice")
     own = await call(lim, T0, client="alice")
     assert isinstance(own, LimitExceeded)
-    assert "your 2 of 2 calls per minute used" in own.message and "retry in" in own.message
+    assert "would exceed limit 'mine' (your limit is 2 calls per minute, 2 used)" in own.message
+    assert "retry in" in own.message
     await admitted(lim, T0, 1, client="bob")
     shared = await call(lim, T0, client="carol")
     assert isinstance(shared, LimitExceeded) and shared.limit == "everyone"
-    assert "of 3" not in shared.message and "the gateway's 3 calls per minute" in shared.message
+    assert "used" not in shared.message
+    assert "(the gateway's limit is 3 calls per minute)" in shared.message
+
+
+async def test_exact_cost_limit_admits_every_fitting_call() -> None:
+    lim = limiter(
+        {"name": "budget", "cost_per_hour": 0.3},
+        costs=[{"server": "files", "per_call": 0.1}],
+    )
+    assert await admitted(lim, T0, 4) == 3  # 0.1 + 0.1 + 0.1 is 0.30000000000000004 in floats
+
+
+async def test_session_window_is_one_day() -> None:
+    lim = limiter({"name": "session", "calls_per_session": 2})
+    plan = lim.plan(facts(session="s"))
+    assert isinstance(plan, Plan)
+    charge = plan.meters[0].charge
+    assert isinstance(charge, WindowCharge) and charge.period == 86_400

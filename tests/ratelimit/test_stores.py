@@ -123,9 +123,30 @@ async def test_reservation_settled_to_real_cost(store: LimitStore) -> None:
     grant = await store.acquire([charge], T0)
     assert isinstance(grant, Grant)
     assert isinstance(await store.acquire([minute("tokens", 1000, 500)], T0 + 1), Rejection)
-    await store.settle(grant, 0, -450)  # the call used 150 tokens, not 600
+    await store.settle(grant, 0, -450, T0 + 1)  # the call used 150 tokens, not 600
     assert await store.usage([charge], T0 + 1) == [150]
     assert isinstance(await store.acquire([minute("tokens", 1000, 500)], T0 + 1), Grant)
+
+
+async def test_extra_usage_counts_from_the_end_of_a_long_call(store: LimitStore) -> None:
+    charge = minute("late", 100, 1)
+    grant = await store.acquire([charge], T0)
+    assert isinstance(grant, Grant)
+    # The call ran for 61 s and its result turned out to be 10,000 tokens.
+    await store.settle(grant, 0, 9_999, T0 + 61)
+    assert isinstance(await store.acquire([charge], T0 + 61.5), Rejection)
+    assert isinstance(await store.acquire([charge], T0 + 123), Grant)
+
+
+async def test_short_lease_leaves_long_lease_in_place(store: LimitStore) -> None:
+    long_slot = LeaseCharge(key="mixed", limit=2, lease_seconds=600)
+    short_slot = LeaseCharge(key="mixed", limit=2, lease_seconds=0.5)
+    assert isinstance(await store.acquire([long_slot], T0), Grant)
+    short = await store.acquire([short_slot], T0)
+    assert isinstance(short, Grant)
+    await store.release(short)
+    assert isinstance(await store.acquire([short_slot], T0 + 2), Grant)
+    assert isinstance(await store.acquire([short_slot], T0 + 2), Rejection)
 
 
 async def test_slots_freed_on_release_and_expiry(store: LimitStore) -> None:
@@ -215,6 +236,9 @@ async def test_redis_keys_expire_after_their_window() -> None:
         lease_ttl = await client.pttl(f"{prefix}:slot")
         assert 60_000 < window_ttl <= 62_000
         assert 30_000 < lease_ttl <= 31_000
+        # A later, shorter lease keeps the key alive as long as the longest lease in it.
+        await store.acquire([LeaseCharge("slot", 5, 1)], T0)
+        assert 30_000 < await client.pttl(f"{prefix}:slot") <= 31_000
     finally:
         await store.aclose()
         await client.aclose()

@@ -64,3 +64,12 @@ def test_cut_text_fits_budget(value: str, budget: int) -> None:
         assert value.startswith(kept)
         assert len(kept.encode()) <= budget * 4
     json.dumps(cut)  # whatever was cut, the result is still valid JSON
+
+
+def test_oversized_metadata_dropped() -> None:
+    result = {"content": [text("short")], "_meta": {"trace": "x" * 4000}, "isError": False}
+    cut = truncate_result(result, 20, reason="r", output_schema=False)
+    assert "_meta" not in cut
+    assert cut["content"][0] == text("short")
+    assert "metadata dropped" in cut["content"][-1]["text"]
+    assert result_tokens(result) > 1000
