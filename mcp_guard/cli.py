@@ -2,7 +2,7 @@
 
 `run` serves the gateway (stdio by default, where stdout belongs to the
 protocol); `check` validates a policy file and shows what clients would see;
-`audit`, `pins` and `limits` read and manage the gateway's state.
+`audit`, `pins`, `limits` and `approvals` read and manage the gateway's state.
 Every command writes its logs to stderr.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from mcp_guard import __version__
+from mcp_guard.approval.cli import add_approvals_commands, run_approvals_command
 from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(run_pins_command, args, state_dir)
     if args.command == "limits":
         return anyio.run(run_limits_command, config, args)
+    if args.command == "approvals":
+        return anyio.run(run_approvals_command, config, args)
     return _check(config, args)
 
 
@@ -99,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(commands.choices["pins"])
     add_limits_command(commands)
     _add_config_argument(commands.choices["limits"])
+    add_approvals_commands(commands)
+    _add_config_argument(commands.choices["approvals"])
 
     keys = commands.add_parser("keys", help="create an API key for a client that connects over HTTP")
     keys.add_argument(

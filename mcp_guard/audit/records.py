@@ -27,6 +27,7 @@ OutcomeKind = Literal[
     "tool_error",
     "denied",
     "rate_limited",
+    "approval_pending",
     "approval_declined",
     "approval_timed_out",
     "cancelled",

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mcp_guard.config.approval import ApprovalSettings
 from mcp_guard.config.limits import LimitsSettings
 from mcp_guard.config.oauth import OAuthSettings
 from mcp_guard.config.rules import ClientConfig, RuleList
@@ -275,6 +276,8 @@ class GatewayConfig(_Frozen):
     """Downstream servers by id, in the order they are listed."""
     limits: LimitsSettings = LimitsSettings()
     """Rate limits, tool costs and where their counts are kept."""
+    approval: ApprovalSettings = ApprovalSettings()
+    """How calls under `approve` rules reach a person, and how long they wait."""
 
     @model_validator(mode="after")
     def _prefixes_unique(self) -> GatewayConfig:

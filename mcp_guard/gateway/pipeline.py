@@ -24,6 +24,20 @@ from mcp_guard.policy.decisions import Decision as PolicyDecision
 ToolResult = dict[str, Any]
 """A tools/call result as a wire dict."""
 
+Elicit = Callable[[str, dict[str, Any], float], Awaitable[dict[str, Any]]]
+"""Asks the calling client's user a form question: (message, schema, timeout) -> the ElicitResult as a
+dict. Raises TimeoutError when no answer came within the timeout."""
+
+
+@dataclass(frozen=True)
+class InputRound:
+    """The MRTR fields of a 2026-07-28 tools/call request, as the client sent them and not yet verified."""
+
+    responses: dict[str, dict[str, Any]]
+    """The `inputResponses` entries as wire dicts, empty on a first call."""
+    state: str | None
+    """The `requestState` echoed from an earlier input-required result."""
+
 
 @dataclass
 class ToolCall:
@@ -42,6 +56,8 @@ class ToolCall:
     progress: ProgressCallback | None = None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
+    forwarded_at: float | None = None
+    """When the call was sent downstream (monotonic clock), for costs per second of the call itself."""
     decision: Decision = "auto"
     """The policy decision, set by the policy stage before the call is audited."""
     rule: str | None = None
@@ -54,6 +70,11 @@ class ToolCall:
     """The full policy decision, with the rule a call may start."""
     notify: Callable[[str], Awaitable[None]] | None = None
     """Sends a log message to the calling client, for rules that notify."""
+    elicit: Elicit | None = None
+    """Asks the calling client's user a form question; None when the client cannot be asked within the call."""
+    input_round: InputRound | None = None
+    """Set only for a 2026-07-28 request from a client that declared form elicitation, which may be
+    asked through an input-required result."""
 
 
 Handler = Callable[[ToolCall], Awaitable[ToolResult]]

@@ -23,9 +23,12 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 
+from mcp_guard.approval.page import ApprovalPage
+from mcp_guard.approval.store import ApprovalStore
 from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
+from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.identity import ApiKeyVerifier
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.oauth import CombinedVerifier, JwtVerifier
@@ -47,6 +50,8 @@ HTTP_SESSION_IDLE_SECONDS = 1800
 HTTP_SHUTDOWN_GRACE_SECONDS = 2
 HTTP_BACKLOG = 512
 USAGE_FILE = "state.sqlite3"
+# The approval page listens on the loopback interface only.
+PAGE_HOST = "127.0.0.1"
 
 
 @asynccontextmanager
@@ -81,23 +86,44 @@ async def running_gateway(
         engine = PolicyEngine(config.rules, config.clients, config.servers)
         policy = PolicyGuard(config, engine, pins, usage)
         registry = DownstreamRegistry(config, environ=environ)
-        guards = Guards(audit=audit, policy=policy, limits=limits)
+        approvals = await stack.enter_async_context(ApprovalStore.in_state_dir(state_dir))
+        page = ApprovalPage(approvals, config.approval) if config.approval.page_port is not None else None
+        approval = ApprovalStage(
+            approvals,
+            config,
+            _redactor(config),
+            still_current=lambda call: gateway.still_current(call),
+            charge_question=limits.charge_approval,
+            link_for=page.link_for if page is not None else None,
+        )
+        guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval)
         gateway = Gateway(config, registry, client=client, guards=guards)
         await stack.enter_async_context(registry.running())
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         tasks.start_soon(policy.watch_pins, registry, gateway.tools_changed)
         tasks.start_soon(policy.watch_windows, {*config.clients, client}, gateway.tools_changed)
+        if page is not None and config.approval.page_port is not None:
+            web = _approval_page_server(page, config.approval.page_port)
+            stack.callback(setattr, web, "should_exit", True)
+            tasks.start_soon(web.serve_page)
         yield gateway, build_server(gateway)
 
 
 def open_audit_store(config: GatewayConfig) -> SqliteAuditStore:
     """Build the audit store of the configured state directory."""
     settings = config.audit
-    redactor = Redactor(extra_keys=settings.redact_keys, extra_patterns=settings.redact_patterns)
     return SqliteAuditStore.in_state_dir(
-        Path(config.gateway.state_dir), redactor, key_env_var=settings.key_env, power_safe=settings.power_safe
+        Path(config.gateway.state_dir),
+        _redactor(config),
+        key_env_var=settings.key_env,
+        power_safe=settings.power_safe,
     )
+
+
+def _redactor(config: GatewayConfig) -> Redactor:
+    """Build the redactor of audit rows, which also redacts what a person is asked to approve."""
+    return Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
 
 
 async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
@@ -208,6 +234,15 @@ def _write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def _approval_page_server(page: ApprovalPage, port: int) -> _PageServer:
+    """Bind the approval page's port on 127.0.0.1 and build its server."""
+    sock = _listening_socket(PAGE_HOST, port)
+    bound_port = sock.getsockname()[1]
+    app = page.app(bound_port)
+    log.info("approval_page_started", url=f"http://{PAGE_HOST}:{bound_port}")
+    return _PageServer(uvicorn.Config(app, access_log=False, log_config=None, lifespan="off"), sock)
+
+
 class _QuietServer(uvicorn.Server):
     """A uvicorn server that leaves signals to the gateway.
 
@@ -218,6 +253,18 @@ class _QuietServer(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _PageServer(_QuietServer):
+    """The approval page's server, with the socket it serves on."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config)
+        self._sock = sock
+
+    async def serve_page(self) -> None:
+        """Serve until the gateway stops."""
+        await self.serve(sockets=[self._sock])
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, web: uvicorn.Server | None = None) -> None:

@@ -10,6 +10,7 @@ stages. Only this package imports the MCP server API.
 
 from __future__ import annotations
 
+import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,6 +26,7 @@ from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -34,11 +36,21 @@ from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.catalog import LEGACY_ERA, MODERN_ERA, Catalog, ExportedTool
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import AuditUnavailable, DownstreamError, DownstreamRejected, GuardError, NotFoundError
+from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.auditing import AuditStage
 from mcp_guard.gateway.identity import ClientDirectory, ClientIdentity, http_client_name
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.notifications import ChangeNotifier
-from mcp_guard.gateway.pipeline import Handler, Stage, ToolCall, ToolResult, build_call_pipeline, tool_error
+from mcp_guard.gateway.pipeline import (
+    Elicit,
+    Handler,
+    InputRound,
+    Stage,
+    ToolCall,
+    ToolResult,
+    build_call_pipeline,
+    tool_error,
+)
 from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.results import (
     is_input_required,
@@ -167,12 +179,14 @@ class Gateway:
             client=client.name,
             organisation=client.organisation,
             anonymous=self.is_unauthenticated(ctx),
-            session=_session_id(ctx) or self.stdio_session,
+            session=_session_id(ctx) if ctx.request is not None else self.stdio_session,
             protocol_version=ctx.protocol_version,
             tool=tool,
             arguments=dict(params.arguments or {}),
             progress=_progress_relay(ctx),
             notify=_log_relay(ctx),
+            elicit=_elicit_relay(ctx),
+            input_round=_input_round(ctx, params),
         )
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
         return await self.call_pipeline(call)
@@ -202,6 +216,13 @@ class Gateway:
         except AuditUnavailable as exc:
             log.error("audit_unavailable", reason=exc.reason)
 
+    def still_current(self, call: ToolCall) -> bool:
+        """Return whether the tool `call` was decided for is still exported with the same, approved definition."""
+        tool = self.catalog.tools.get(call.tool.exported)
+        if tool is None or tool.digest != call.tool.digest:
+            return False
+        return self.guards.policy is None or self.guards.policy.pinned(tool)
+
     async def _observe_pins(self, kinds: frozenset[str]) -> None:
         if "tools" in kinds and self.guards.policy is not None:
             await self.guards.policy.observe(self.registry)
@@ -212,6 +233,7 @@ class Gateway:
 
     async def _forward_call(self, call: ToolCall) -> ToolResult:
         connection = self.registry.connection(call.tool.server)
+        call.forwarded_at = time.monotonic()
         request = types.CallToolRequest(
             params=types.CallToolRequestParams(name=call.tool.name, arguments=call.arguments)
         )
@@ -388,6 +410,7 @@ class Guards:
     audit: AuditStore | None = None
     policy: PolicyGuard | None = None
     limits: LimitStage | None = None
+    approval: ApprovalStage | None = None
 
 
 def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConfig) -> Handler:
@@ -410,8 +433,10 @@ def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConf
         stages.append(guards.policy.enforce)
     if guards.limits is not None:
         stages.append(guards.limits)
-    if guards.policy is not None:
-        # NOTE: human approval is not built yet; until it is, this stage refuses calls that need it.
+    if guards.approval is not None:
+        stages.append(guards.approval)
+    elif guards.policy is not None:
+        # Without an approval stage, calls that need a person's approval are rejected (fail closed).
         stages.append(guards.policy.refuse_unapproved)
     return build_call_pipeline(forward, stages)
 
@@ -490,6 +515,13 @@ def _cursor_offset(cursor: str | None) -> int:
 
 
 def _session_id(ctx: ServerRequestContext[Any]) -> str | None:
+    """Return the MCP session of an HTTP request, which only a handshake-era request has.
+
+    The SDK checks the `Mcp-Session-Id` header only on handshake-era requests, so on a
+    2026-07-28 request it is whatever the client chose and is not used.
+    """
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return None
     request = ctx.request
     headers = getattr(request, "headers", None)
     if headers is not None:
@@ -516,6 +548,62 @@ def _log_relay(ctx: ServerRequestContext[Any]) -> Callable[[str], Awaitable[None
             log.info("notification_not_delivered", error=type(exc).__name__)
 
     return send
+
+
+def _elicit_relay(ctx: ServerRequestContext[Any]) -> Elicit | None:
+    """Return a callback that asks the caller's user a form question, or None if the caller cannot be asked.
+
+    Only a handshake-era client that declared form elicitation, on a connection that can carry a
+    request to it within this call, is asked. A 2026-07-28 client is asked through an
+    input-required result instead (see `_input_round`).
+    """
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or not _accepts_forms(ctx):
+        return None
+    session = ctx.session
+    if not session.can_send_request:
+        return None
+    request_id = ctx.request_id
+
+    async def ask(message: str, schema: dict[str, Any], wait_seconds: float) -> dict[str, Any]:
+        request = types.ElicitRequest(
+            params=types.ElicitRequestFormParams(message=message, requested_schema=schema)
+        )
+        try:
+            result = await session.send_request(
+                request,
+                types.ElicitResult,
+                request_read_timeout_seconds=wait_seconds,
+                metadata=ServerMessageMetadata(related_request_id=request_id),
+            )
+        except MCPError as exc:
+            if exc.error.code == types.REQUEST_TIMEOUT:
+                raise TimeoutError("no answer to the approval question") from None
+            raise
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    return ask
+
+
+def _input_round(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> InputRound | None:
+    """Return the MRTR fields of a call whose client can be asked through an input-required result, or None.
+
+    Only a 2026-07-28 request from a client that declared form elicitation qualifies. The SDK parses
+    `inputResponses` and `requestState` on handshake-era requests too, and there they are ignored.
+    """
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS or not _accepts_forms(ctx):
+        return None
+    responses = {
+        key: response.model_dump(by_alias=True, mode="json", exclude_none=True)
+        for key, response in (params.input_responses or {}).items()
+    }
+    return InputRound(responses=responses, state=params.request_state)
+
+
+def _accepts_forms(ctx: ServerRequestContext[Any]) -> bool:
+    """Return whether the request's client declared form elicitation. An empty `elicitation` means form only."""
+    capabilities = ctx.session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
 
 
 def _progress_relay(ctx: ServerRequestContext[Any]) -> Any:

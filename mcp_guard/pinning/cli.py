@@ -56,7 +56,7 @@ def add_pins_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         f"(at least {MIN_HASH_PREFIX_DIGITS} hex digits)",
     )
     approve.add_argument(
-        "--by", default=_operator_name(), help="name recorded as the approver (default: your user name)"
+        "--by", default=operator_name(), help="name recorded as the approver (default: your user name)"
     )
 
     reject = commands.add_parser("reject", help="reject a pending definition and keep the approved one")
@@ -190,7 +190,7 @@ def _name(record: PinRecord) -> str:
     return f"{display.escape_text(record.server)}/{display.escape_text(record.tool)}"
 
 
-def _operator_name() -> str:
+def operator_name() -> str:
     try:
         return getpass.getuser()
     except OSError:

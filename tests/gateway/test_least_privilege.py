@@ -424,7 +424,7 @@ async def test_notify_approve_and_new_tools(tmp_path: Path, record: Path) -> Non
 
     assert echoed.content[0].text == "noted"
     assert any("echo tells the client" in message for message in messages)
-    assert "requires a person's approval" in approval
+    assert "Approval pending: rule" in approval  # no elicitation: it waits for an out-of-band decision
     assert "alpha__fresh" not in names  # a new tool of a known server waits for review
     assert fresh.startswith("Unknown tool")
     assert [event["tool"] for event in calls_received(record)] == ["echo", "add_tool"]

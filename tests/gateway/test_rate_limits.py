@@ -26,6 +26,7 @@ import redis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from support import (
+    MODERN,
     PROCESS_WAIT_SECONDS,
     fixture_server,
     free_port,
@@ -92,7 +93,7 @@ async def test_limited_call_names_limit_and_retry(tmp_path: Path) -> None:
 
     assert [result.is_error for result in results] == [False, False, False, True]
     message = text_of(results[3])
-    assert "limit 'per-client'" in message and "your 3 of 3 calls per minute used" in message
+    assert "would exceed limit 'per-client' (your limit is 3 calls per minute, 3 used)" in message
     assert "retry in" in message
     trail = await read_trail(tmp_path / "state")
     assert [call.outcome.outcome for call in trail if call.outcome] == ["succeeded"] * 3 + ["rate_limited"]
@@ -244,8 +245,8 @@ async def test_lost_redis_fails_closed_then_recovers(tmp_path: Path) -> None:
 
     assert before.is_error is False
     assert during.is_error is True
-    assert f"The rate-limit store (Redis at {url}) cannot be used" in text_of(during)
-    assert "Calls are rejected until it is back" in text_of(during)
+    assert "the rate-limit store cannot be reached, so calls are rejected until it is back" in text_of(during)
+    assert url not in text_of(during)
     assert after.is_error is False
     trail = await read_trail(tmp_path / "state")
     assert [call.outcome.outcome for call in trail if call.outcome] == [
@@ -307,14 +308,22 @@ async def test_approval_requests_limited_first(tmp_path: Path) -> None:
     )
 
     async with stdio_gateway(policy) as client:
-        arguments = {"path": "/tmp/x", "content": "y"}
-        results = [await client.call_tool("alpha__write_file", arguments) for _ in range(3)]
+        first = await client.call_tool("alpha__write_file", {"path": "/tmp/x", "content": "1"})
+        # The same call again joins the request already waiting, so it asks nobody and counts nothing.
+        repeated = await client.call_tool("alpha__write_file", {"path": "/tmp/x", "content": "1"})
+        second = await client.call_tool("alpha__write_file", {"path": "/tmp/x", "content": "2"})
+        third = await client.call_tool("alpha__write_file", {"path": "/tmp/x", "content": "3"})
         echo = await client.call_tool("alpha__echo", {"text": "not an approval"})
+    listing = await anyio.run_process(
+        [*gateway_command(policy)[:3], "approvals", "--config", str(policy), "list"]
+    )
 
-    # Approval is not built yet, so the first two are rejected by the approval stage; the third never
-    # reaches it.
-    assert ["requires a person's approval" in text_of(result) for result in results] == [True, True, False]
-    assert "approval requests per hour" in text_of(results[2])
+    assert "Approval pending" in text_of(first)
+    assert "Approval pending" in text_of(repeated)
+    assert "Approval pending" in text_of(second)
+    assert "would exceed limit 'fatigue'" in text_of(third)
+    assert "approval requests per hour" in text_of(third)
+    assert listing.stdout.decode().count("  pending  ") == 2  # nobody is asked about the third
     assert echo.is_error is False
 
 
@@ -358,3 +367,28 @@ async def test_fifty_sessions_share_client_limit(tmp_path: Path) -> None:
 
     assert outcomes.count(False) == 20
     assert outcomes[:20] == [False] * 20
+
+
+async def test_session_cap_follows_real_sessions_only(tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha")},
+        rules=[ALLOW],
+        limits={"rules": [{"name": "per-session", "per": "global", "calls_per_session": 2}]},
+    )
+    legacy: list[bool] = []
+    modern: list[bool] = []
+
+    with http_gateway(policy, tmp_path) as (_process, url):
+        async with Client(url, mode="legacy") as client:
+            legacy += [(await client.call_tool("alpha__echo", {"text": "x"})).is_error for _ in range(3)]
+        for attempt in range(3):
+            # A 2026-07-28 request has no session, whatever Mcp-Session-Id header it sends.
+            headers = {"Mcp-Session-Id": f"chosen-by-the-client-{attempt}"}
+            async with httpx2.AsyncClient(headers=headers) as http:
+                transport = streamable_http_client(url, http_client=http)
+                async with Client(transport, mode=MODERN) as client:
+                    modern.append((await client.call_tool("alpha__echo", {"text": "y"})).is_error)
+
+    assert legacy == [False, False, True]
+    assert modern == [False, False, False]

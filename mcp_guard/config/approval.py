@@ -1,0 +1,42 @@
+"""Frozen model of the policy file's `[approval]` section: how calls under `approve` rules reach a person."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Some desktop clients end a tool call after about 60 seconds, so the default wait stays below that.
+DEFAULT_TIMEOUT_SECONDS = 45.0
+
+
+class ApprovalSettings(BaseModel):
+    """The `[approval]` section."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = DEFAULT_TIMEOUT_SECONDS
+    """How long a call waits for a person's answer to an in-call question before it is denied.
+    Keep it below the client's own tool-call timeout."""
+
+    grant_minutes: Annotated[list[Annotated[int, Field(gt=0, le=24 * 60)]], Field(max_length=4)] = [10]
+    """Durations offered besides "once": "approve this exact call for N minutes"."""
+
+    offer_session: bool = False
+    """Offer "approve this tool for the rest of this session", which then covers any arguments."""
+
+    pending_seconds: Annotated[float, Field(gt=0, le=7 * 86_400)] = 600.0
+    """How long a request waits for a decision made out of band (`mcp-guard approvals`)."""
+
+    max_pending_per_client: Annotated[int, Field(gt=0, le=1000)] = 5
+    """Requests a client may have waiting at once; more are denied without asking anyone."""
+
+    denials_before_cooldown: Annotated[int, Field(gt=0, le=100)] = 3
+    """Denials in a row after which the client's calls that need approval are denied without asking."""
+
+    cooldown_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    """How long that cool-down lasts, counted from the last denial."""
+
+    page_port: Annotated[int, Field(ge=0, le=65_535)] | None = None
+    """Port on 127.0.0.1 of the approval page, where a person approves waiting calls through one-time
+    links; 0 picks a free port. Without it, waiting calls are decided with `mcp-guard approvals`."""

@@ -1,0 +1,40 @@
+"""The `[approval]` section of a policy file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.config import GatewayConfig, load_config
+from mcp_guard.errors import ConfigError
+
+
+def load(tmp_path: Path, text: str) -> GatewayConfig:
+    path = tmp_path / "policy.toml"
+    path.write_text('[servers.files]\ncommand = "x"\n' + text)
+    return load_config(path, environ={})
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path, text)
+    return error.value.problems
+
+
+def test_defaults_keep_the_wait_below_a_minute(tmp_path: Path) -> None:
+    config = load(tmp_path, "")
+    assert config.approval.timeout_seconds < 60
+    assert config.approval.grant_minutes == [10]
+    assert config.approval.offer_session is False
+
+
+def test_misspelt_key_gets_a_suggestion(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "[approval]\ntimeout_second = 30\n")
+    assert problems == ["approval.timeout_second: unknown key; did you mean 'timeout_seconds'?"]
+
+
+def test_out_of_range_values_are_named(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "[approval]\ntimeout_seconds = 0\nmax_pending_per_client = 0\n")
+    assert any(problem.startswith("approval.timeout_seconds:") for problem in problems)
+    assert any(problem.startswith("approval.max_pending_per_client:") for problem in problems)

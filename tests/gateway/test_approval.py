@@ -1,0 +1,307 @@
+"""Human approval in a running gateway: form elicitation, out-of-band grants, floods and timeouts.
+
+The gateway is a real process over stdio in front of the fixture server, which
+records every call it receives, so each test can count how often the approved
+tool really ran. Responses to in-call questions come from the SDK client's
+elicitation callback, and out-of-band decisions from `mcp-guard approvals`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from support import (
+    MODERN,
+    fixture_server,
+    gateway_command,
+    read_records,
+    stdio_gateway,
+    write_policy,
+)
+from test_external_servers import run_ts_client
+
+from mcp_guard.audit import CallFilter, SqliteAuditStore
+
+pytestmark = pytest.mark.anyio
+
+ALLOW = {"name": "allow", "clients": ["*"], "server": "*", "tools": ["*"], "decision": "auto", "write": True}
+WRITES = {
+    "name": "writes need approval",
+    "clients": ["*"],
+    "server": "alpha",
+    "tools": ["write_file"],
+    "decision": "approve",
+    "write": True,
+}
+WRITE_A = {"path": "/tmp/a.txt", "content": "hello"}
+
+
+def approval_policy(folder: Path, record: Path, **approval: Any) -> Path:
+    return write_policy(
+        folder,
+        {"alpha": fixture_server("alpha", record=record)},
+        rules=[ALLOW, WRITES],
+        approval=approval,
+    )
+
+
+def writes(record: Path, tool: str = "write_file") -> list[dict[str, Any]]:
+    return [
+        event["arguments"]
+        for event in read_records(record)
+        if event["event"] == "call" and event["tool"] == tool
+    ]
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+class Human:
+    """An elicitation callback that gives scripted answers and keeps the questions it was asked."""
+
+    def __init__(self, *answers: types.ElicitResult, delay: float = 0.0) -> None:
+        self.answers = list(answers)
+        self.questions: list[types.ElicitRequestParams] = []
+        self.delay = delay
+
+    async def __call__(self, ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.questions.append(params)
+        await anyio.sleep(self.delay)
+        return self.answers.pop(0)
+
+
+def accept(decision: Any) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"decision": decision})
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (accept("approve once"), "ran"),
+        (types.ElicitResult(action="decline"), "approval_declined"),
+        (types.ElicitResult(action="cancel"), "approval_declined"),
+        (types.ElicitResult(action="accept", content={}), "approval_declined"),
+        (types.ElicitResult(action="accept", content={"decision": "yes please"}), "approval_declined"),
+        (
+            types.ElicitResult(action="accept", content={"decision": "approve once", "extra": True}),
+            "approval_declined",
+        ),
+        (accept("deny"), "approval_declined"),
+    ],
+)
+async def test_form_answer_decides_the_call(
+    tmp_path: Path, response: types.ElicitResult, expected: str
+) -> None:
+    record = tmp_path / "alpha.jsonl"
+    human = Human(response)
+
+    async with stdio_gateway(approval_policy(tmp_path, record), elicitation_callback=human) as client:
+        result = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert len(human.questions) == 1
+    question = human.questions[0].message
+    assert "Server: alpha" in question and "Tool: write_file" in question
+    assert 'path: "/tmp/a.txt"' in question and "Rule: writes need approval" in question
+    if expected == "ran":
+        assert result.is_error is False
+        assert writes(record) == [WRITE_A]
+    else:
+        assert result.is_error is True and "did not approve" in text_of(result)
+        assert writes(record) == []
+        trail = await read_outcomes(tmp_path / "state")
+        assert trail == ["approval_declined"]
+
+
+async def read_outcomes(state_dir: Path) -> list[str]:
+    async with SqliteAuditStore.in_state_dir(state_dir, read_only=True) as store:
+        calls = await store.search(CallFilter(), limit=100, oldest_first=True)
+    return [call.outcome.outcome for call in calls if call.outcome is not None]
+
+
+async def test_grant_for_minutes_covers_same_call_only(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    human = Human(accept("approve this exact call for 10 minutes"), types.ElicitResult(action="decline"))
+
+    async with stdio_gateway(approval_policy(tmp_path, record), elicitation_callback=human) as client:
+        first = await client.call_tool("alpha__write_file", {"path": "/tmp/a.txt", "content": "hello"})
+        reordered = await client.call_tool("alpha__write_file", {"content": "hello", "path": "/tmp/a.txt"})
+        other = await client.call_tool("alpha__write_file", {"path": "/tmp/b.txt", "content": "hello"})
+
+    assert first.is_error is False and reordered.is_error is False
+    assert other.is_error is True
+    assert len(human.questions) == 2  # the reordered call was covered, the changed path was asked again
+    assert writes(record) == [WRITE_A, {"content": "hello", "path": "/tmp/a.txt"}]
+
+
+async def test_unanswered_question_times_out(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    human = Human(accept("approve once"), delay=3.0)
+    policy = approval_policy(tmp_path, record, timeout_seconds=1)
+
+    async with stdio_gateway(policy, elicitation_callback=human) as client:
+        result = await client.call_tool("alpha__write_file", WRITE_A)
+        await anyio.sleep(3.0)  # the late response arrives meanwhile
+
+    assert result.is_error is True and "in time" in text_of(result)
+    assert writes(record) == []
+    assert await read_outcomes(tmp_path / "state") == ["approval_timed_out"]
+
+
+async def test_denials_in_a_row_start_a_cooldown(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    human = Human(*[types.ElicitResult(action="decline")] * 5)
+    policy = approval_policy(tmp_path, record, denials_before_cooldown=3, cooldown_seconds=300)
+
+    async with stdio_gateway(policy, elicitation_callback=human) as client:
+        results = [
+            await client.call_tool("alpha__write_file", {**WRITE_A, "content": str(i)}) for i in range(5)
+        ]
+
+    assert len(human.questions) == 3
+    assert "without asking" in text_of(results[3]) and "without asking" in text_of(results[4])
+    assert writes(record) == []
+
+
+async def approvals(policy: Path, *arguments: str) -> str:
+    completed = await anyio.run_process(
+        [*gateway_command(policy)[:3], "approvals", "--config", str(policy), *arguments]
+    )
+    return completed.stdout.decode()
+
+
+def request_id(result: Any) -> str:
+    found = re.search(r"mcp-guard approvals approve (\S+?)`", text_of(result))
+    assert found is not None, text_of(result)
+    return found.group(1)
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+async def test_client_without_elicitation_waits_for_the_command_line(tmp_path: Path, mode: str) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record)
+
+    async with stdio_gateway(policy, mode) as client:
+        pending = await client.call_tool("alpha__write_file", WRITE_A)
+        again = await client.call_tool("alpha__write_file", WRITE_A)
+        identifier = request_id(pending)
+        listing = await approvals(policy, "list")
+        await approvals(policy, "approve", identifier)
+        retried = await client.call_tool("alpha__write_file", WRITE_A)
+        once_more = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert pending.is_error is True and "Approval pending" in text_of(pending)
+    assert request_id(again) == identifier  # the identical waiting request is reused, not duplicated
+    assert identifier in listing and 'path: "/tmp/a.txt"' in listing
+    assert retried.is_error is False
+    assert once_more.is_error is True and "Approval pending" in text_of(once_more)  # the grant was for once
+    assert writes(record) == [WRITE_A]
+    outcomes = await read_outcomes(tmp_path / "state")
+    assert outcomes == ["approval_pending", "approval_pending", "succeeded", "approval_pending"]
+
+
+async def test_one_grant_runs_one_of_two_concurrent_calls(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record)
+    results: list[bool] = []
+
+    async with stdio_gateway(policy) as client:
+        await approvals(policy, "approve", request_id(await client.call_tool("alpha__write_file", WRITE_A)))
+
+        async def retry() -> None:
+            results.append((await client.call_tool("alpha__write_file", WRITE_A)).is_error)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(retry)
+            tasks.start_soon(retry)
+
+    assert sorted(results) == [False, True]
+    assert writes(record) == [WRITE_A]
+
+
+async def test_burst_asks_at_most_the_pending_cap(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record, max_pending_per_client=4)
+    results = []
+
+    async with stdio_gateway(policy) as client, anyio.create_task_group() as tasks:
+
+        async def one(index: int) -> None:
+            results.append(await client.call_tool("alpha__write_file", {**WRITE_A, "content": str(index)}))
+
+        for index in range(200):
+            tasks.start_soon(one, index)
+    listing = await approvals(policy, "list")
+
+    assert sum("Approval pending" in text_of(result) for result in results) == 4
+    assert sum("already has 4 approval requests waiting" in text_of(result) for result in results) == 196
+    assert listing.count("  pending  ") == 4
+
+
+async def test_changed_definition_voids_a_waiting_approval(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    echo_needs_approval = {**WRITES, "name": "echo needs approval", "tools": ["echo"]}
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha", record=record)}, rules=[ALLOW, echo_needs_approval]
+    )
+
+    async with stdio_gateway(policy) as client:
+        identifier = request_id(await client.call_tool("alpha__echo", {"text": "hi"}))
+        # The fixture changes echo's description, so its pinned definition no longer matches.
+        await client.call_tool("alpha__set_description", {"text": "Now also uploads the file."})
+        await approvals(policy, "approve", identifier)
+        await anyio.sleep(1.0)  # the gateway re-lists the changed tool
+        with pytest.raises(Exception, match="Unknown tool"):
+            await client.call_tool("alpha__echo", {"text": "hi"})
+
+    assert writes(record, "echo") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("response", "runs"),
+    [
+        ({"action": "accept", "content": {"decision": "approve once"}}, True),
+        ({"action": "decline"}, False),
+        ({"action": "accept", "content": {"approve": True}}, False),
+    ],
+)
+async def test_typescript_client_answers_the_form(
+    tmp_path: Path, response: dict[str, Any], runs: bool
+) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record)
+    script = {
+        "steps": [{"op": "call_tool", "name": "alpha__write_file", "arguments": WRITE_A}],
+        "elicitation": response,
+    }
+
+    output = await run_ts_client(tmp_path, script, *gateway_command(policy))
+
+    [result] = output["results"]
+    [question] = output["elicitations"]
+    assert "Tool: write_file" in question["message"]
+    assert question["requestedSchema"]["properties"]["decision"]["enum"][0] == "approve once"
+    assert result.get("isError", False) is not runs
+    assert writes(record) == ([WRITE_A] if runs else [])
+
+
+async def test_waiting_caller_receives_progress(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    human = Human(accept("approve once"), delay=6.0)
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async with stdio_gateway(approval_policy(tmp_path, record), elicitation_callback=human) as client:
+        result = await client.call_tool("alpha__write_file", WRITE_A, progress_callback=on_progress)
+
+    assert result.is_error is False
+    assert progress, "no progress notification arrived while the question was open"
+    assert progress[0][2] == "waiting for a person to approve the call"

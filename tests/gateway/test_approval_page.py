@@ -1,0 +1,120 @@
+"""The approval page on 127.0.0.1, opened by a person's browser (headless Chromium) and by plain HTTP.
+
+A client without elicitation gets a one-time link in its "approval pending"
+error. Pressing a button on that page decides the request; the client's retry
+then runs. The link works once, a guessed link shows nothing, opening the page
+decides nothing, and the page serves only requests addressed to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from support import ROOT, fixture_server, read_records, stdio_gateway, write_policy
+
+pytestmark = pytest.mark.anyio
+
+BROWSER_DRIVER = ROOT / "tests" / "node" / "approve_in_browser.mjs"
+PLAYWRIGHT = ROOT / "tests" / "node" / "node_modules" / "playwright-core"
+ALLOW = {"name": "allow", "clients": ["*"], "server": "*", "tools": ["*"], "decision": "auto", "write": True}
+WRITES = {**ALLOW, "name": "writes need approval", "tools": ["write_file"], "decision": "approve"}
+WRITE_A = {"path": "/tmp/a.txt", "content": "hello <b>world</b>"}
+
+
+def page_policy(folder: Path, record: Path) -> Path:
+    return write_policy(
+        folder,
+        {"alpha": fixture_server("alpha", record=record)},
+        rules=[ALLOW, WRITES],
+        approval={"page_port": 0},
+    )
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def link_in(result: Any) -> str:
+    found = re.search(r"http://127\.0\.0\.1:\d+/approve/[A-Za-z0-9_-]+", text_of(result))
+    assert found is not None, text_of(result)
+    return found.group(0)
+
+
+def writes(record: Path) -> list[dict[str, Any]]:
+    return [event["arguments"] for event in read_records(record) if event["event"] == "call"]
+
+
+async def open_in_browser(url: str, choice: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None or shutil.which("chromium") is None or not PLAYWRIGHT.exists():
+        pytest.fail("the page test needs node, Debian's chromium package and `make test`'s Node packages")
+    completed = await anyio.run_process([node, str(BROWSER_DRIVER), url, choice], cwd=ROOT, check=False)
+    output: dict[str, Any] = json.loads(completed.stdout)
+    assert "fatal" not in output, output
+    return output
+
+
+@pytest.mark.slow
+async def test_approving_in_the_browser_lets_the_retry_run(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+
+    async with stdio_gateway(page_policy(tmp_path, record)) as client:
+        pending = await client.call_tool("alpha__write_file", WRITE_A)
+        browser = await open_in_browser(link_in(pending), "approve once")
+        retried = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert "Approval pending" in text_of(pending)
+    assert browser["first"]["status"] == 200
+    assert "Tool\nwrite_file (called as alpha__write_file)" in browser["first"]["text"]
+    assert 'content: "hello <b>world</b>"' in browser["first"]["text"]  # shown as text, not markup
+    assert browser["after"]["title"] == "mcp-guard: Approved"
+    assert browser["again"]["status"] == 404  # the link worked once
+    assert browser["external_requests"] == []
+    assert retried.is_error is False
+    assert [call["content"] for call in writes(record)] == [WRITE_A["content"]]
+
+
+@pytest.mark.slow
+async def test_denying_in_the_browser_blocks_call(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+
+    async with stdio_gateway(page_policy(tmp_path, record)) as client:
+        pending = await client.call_tool("alpha__write_file", WRITE_A)
+        browser = await open_in_browser(link_in(pending), "deny")
+        retried = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert browser["after"]["title"] == "mcp-guard: Denied"
+    assert retried.is_error is True
+    assert writes(record) == []
+
+
+async def test_page_rejects_bad_requests(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+
+    async with stdio_gateway(page_policy(tmp_path, record)) as client:
+        link = link_in(await client.call_tool("alpha__write_file", WRITE_A))
+        base = link.rsplit("/approve/", 1)[0]
+        async with httpx2.AsyncClient() as http:
+            opened = await http.get(link)
+            guessed = await http.get(f"{base}/approve/{'A' * 43}")
+            foreign = await http.get(link, headers={"Host": "attacker.example:80"})
+            nonsense = await http.post(link, data={"decision": "approve forever"})
+            still_open = await http.get(link)
+        retried = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert opened.status_code == 200
+    assert "default-src 'none'" in opened.headers["content-security-policy"]
+    assert opened.headers["x-frame-options"] == "DENY"
+    assert guessed.status_code == 404
+    assert foreign.status_code == 400
+    assert nonsense.status_code == 400
+    assert still_open.status_code == 200  # neither opening nor a stray post decided anything
+    assert "Approval pending" in text_of(retried)
+    assert writes(record) == []
