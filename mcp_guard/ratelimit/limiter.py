@@ -217,19 +217,18 @@ class Limiter:
             return
         admission.settled = True
         plan = admission.plan
-        try:
-            for index, meter in enumerate(plan.meters):
-                if not isinstance(meter.charge, WindowCharge):
-                    continue
-                used: float
-                if meter.dimension == "tokens_per_minute":
-                    used = plan.facts.input_tokens + output_tokens
-                    await self.store.settle(admission.grant, index, used - meter.charge.units, now)
-                elif meter.dimension == "cost_per_hour" and plan.cost is not None:
-                    used = plan.cost.per_call + plan.cost.per_second * seconds
-                    await self.store.settle(admission.grant, index, used - meter.charge.units, now)
-        finally:
-            await self.store.release(admission.grant)
+        corrections: dict[int, float] = {}
+        for index, meter in enumerate(plan.meters):
+            if not isinstance(meter.charge, WindowCharge):
+                continue
+            if meter.dimension == "tokens_per_minute":
+                used = float(plan.facts.input_tokens + output_tokens)
+                corrections[index] = used - meter.charge.units
+            elif meter.dimension == "cost_per_hour" and plan.cost is not None:
+                used = plan.cost.per_call + plan.cost.per_second * seconds
+                corrections[index] = used - meter.charge.units
+        if corrections or any(isinstance(meter.charge, LeaseCharge) for meter in plan.meters):
+            await self.store.finish(admission.grant, corrections, now)
 
     def _add_meter(
         self, plan: Plan, rule: LimitRuleConfig, dimension: str, value: float

@@ -11,7 +11,7 @@ last window, however many distinct keys there were over time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mcp_guard.ratelimit.store import (
     Charge,
@@ -85,7 +85,19 @@ class MemoryLimitStore:
         self._sweep(now)
         return Grant(charges=tuple(charges), slices=tuple(slices), lease=lease)
 
-    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
+    async def finish(self, grant: Grant, corrections: Mapping[int, float], now: float) -> None:
+        """Settle the call's charges and remove its leases."""
+        for index, delta in corrections.items():
+            self._settle(grant, index, delta, now)
+        for charge in grant.charges:
+            if isinstance(charge, LeaseCharge):
+                leases = self._leases.get(charge.key)
+                if leases is not None:
+                    leases.pop(grant.lease, None)
+                    if not leases:
+                        del self._leases[charge.key]
+
+    def _settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
         """Give back unused units from the charge's slice, or add extra ones at `now`."""
         charge = grant.charges[index]
         slice_index = grant.slices[index]
@@ -106,16 +118,6 @@ class MemoryLimitStore:
                 entry[1] += delta
                 window.total += delta
                 return
-
-    async def release(self, grant: Grant) -> None:
-        """Remove the leases of `grant`."""
-        for charge in grant.charges:
-            if isinstance(charge, LeaseCharge):
-                leases = self._leases.get(charge.key)
-                if leases is not None:
-                    leases.pop(grant.lease, None)
-                    if not leases:
-                        del self._leases[charge.key]
 
     async def usage(self, charges: Sequence[Charge], now: float) -> list[float]:
         """Return the units or slots in use under each charge's key."""

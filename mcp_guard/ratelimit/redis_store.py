@@ -15,7 +15,7 @@ the next decision connects again. No redis exception leaves this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -127,17 +127,28 @@ end
 return taken
 """
 
-# Gives back -ARGV[2] units from slice ARGV[1] of KEYS[1] (if the window still has it), or, for a
-# positive ARGV[2], adds them to the current slice ARGV[3] and keeps the key ARGV[4] ms more.
-_SETTLE = """
-local delta = tonumber(ARGV[2])
-if delta < 0 then
-  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
+# Settles a finished call. KEYS: one key per step. ARGV: the lease id, then five values per step:
+# "r" to remove the lease from a lease set (four unused values), or "s", the slice the charge went
+# into, the units to add, the current slice and the window's lifetime in ms. Units given back leave
+# their own slice (if the window still has it); extra units go into the current slice.
+_FINISH = """
+local lease = ARGV[1]
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local base = 1 + (i - 1) * 5
+  if ARGV[base + 1] == 'r' then
+    redis.call('ZREM', key, lease)
+  else
+    local delta = tonumber(ARGV[base + 3])
+    if delta < 0 then
+      if redis.call('HEXISTS', key, ARGV[base + 2]) == 1 then
+        redis.call('HINCRBYFLOAT', key, ARGV[base + 2], ARGV[base + 3])
+      end
+    else
+      redis.call('HINCRBYFLOAT', key, ARGV[base + 4], ARGV[base + 3])
+      redis.call('PEXPIRE', key, ARGV[base + 5])
+    end
   end
-else
-  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[3], ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return 0
 """
@@ -171,9 +182,9 @@ class RedisLimitStore:
             decode_responses=True,
         )
         self._acquire_script = self._client.register_script(_ACQUIRE)
-        self._settle_script = self._client.register_script(_SETTLE)
+        self._finish_script = self._client.register_script(_FINISH)
         self._usage_script = self._client.register_script(_WINDOW_USAGE)
-        self._batcher: DecisionBatcher[tuple[list[str], list[str]], list[Any]] = DecisionBatcher(
+        self._batcher: DecisionBatcher[tuple[Any, list[str], list[str]], Any] = DecisionBatcher(
             self._send_batch
         )
 
@@ -193,29 +204,35 @@ class RedisLimitStore:
             else:
                 args += ["l", str(charge.limit), repr(float(charge.lease_seconds)), "1"]
         args.append(str(CLOCK_KEY_TTL_MS))
-        reply = await self._batcher.submit((keys, args))
+        reply = await self._batcher.submit((self._acquire_script, keys, args))
         if int(reply[0]) == 0:
             return Rejection(index=int(reply[1]), used=float(reply[2]), retry_after=max(float(reply[3]), 0.0))
         slices = tuple(None if int(value) < 0 else int(value) for value in reply[1:])
         return Grant(charges=tuple(charges), slices=slices, lease=lease)
 
-    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
-        """Give back unused units from the charge's slice, or add extra ones at `now`."""
-        charge, slice_index = grant.charges[index], grant.slices[index]
-        if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
-            return
-        keep_ms = math.ceil((charge.period + slice_seconds(charge.period)) * 1000) + 1000
-        args = [str(slice_index), repr(float(delta)), str(slice_of(now, charge.period)), str(keep_ms)]
-        await self._call(self._settle_script, [self._key(charge.key)], args)
-
-    async def release(self, grant: Grant) -> None:
-        """Remove the leases of `grant`."""
-        keys = [self._key(charge.key) for charge in grant.charges if isinstance(charge, LeaseCharge)]
-        try:
-            for key in keys:
-                await self._client.zrem(key, grant.lease)
-        except RedisError as exc:
-            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
+    async def finish(self, grant: Grant, corrections: Mapping[int, float], now: float) -> None:
+        """Settle the call's charges and remove its leases, in one script run."""
+        keys: list[str] = []
+        args: list[str] = [grant.lease]
+        for index, delta in corrections.items():
+            charge, slice_index = grant.charges[index], grant.slices[index]
+            if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
+                continue
+            keep_ms = math.ceil((charge.period + slice_seconds(charge.period)) * 1000) + 1000
+            keys.append(self._key(charge.key))
+            args += [
+                "s",
+                str(slice_index),
+                repr(float(delta)),
+                str(slice_of(now, charge.period)),
+                str(keep_ms),
+            ]
+        for charge in grant.charges:
+            if isinstance(charge, LeaseCharge):
+                keys.append(self._key(charge.key))
+                args += ["r", "", "", "", ""]
+        if keys:
+            await self._batcher.submit((self._finish_script, keys, args))
 
     async def usage(self, charges: Sequence[Charge], now: float) -> list[float]:
         """Return the units or slots in use under each charge's key."""
@@ -248,18 +265,12 @@ class RedisLimitStore:
     def _key(self, name: str) -> str:
         return f"{self._prefix}:{name}"
 
-    async def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except RedisError as exc:
-            raise LimitStoreUnavailable(self.description, _reason(exc)) from None
-
-    async def _send_batch(self, batch: Sequence[tuple[list[str], list[str]]]) -> list[Any]:
-        """Run one acquire script per decision, all in one pipeline."""
+    async def _send_batch(self, batch: Sequence[tuple[Any, list[str], list[str]]]) -> list[Any]:
+        """Run one script per decision or finished call, all in one pipeline."""
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in batch:
-                    await self._acquire_script(keys=keys, args=args, client=pipe)
+                for script, keys, args in batch:
+                    await script(keys=keys, args=args, client=pipe)
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
             raise LimitStoreUnavailable(self.description, _reason(exc)) from None

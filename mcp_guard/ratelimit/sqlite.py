@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,7 +77,7 @@ class SqliteLimitStore:
         self._db: sqlite3.Connection | None = None
         self._worker = anyio.CapacityLimiter(1)
         self._last_sweep = float("-inf")
-        self._batcher: DecisionBatcher[tuple[list[Charge], float], Grant | Rejection] = DecisionBatcher(
+        self._batcher: DecisionBatcher[_Acquire | _Finish, Grant | Rejection | None] = DecisionBatcher(
             self._decide
         )
 
@@ -89,27 +90,13 @@ class SqliteLimitStore:
 
     async def acquire(self, charges: Sequence[Charge], now: float) -> Grant | Rejection:
         """Take every charge, or none of them, in one transaction."""
-        return await self._batcher.submit((list(charges), now))
+        outcome = await self._batcher.submit(_Acquire(list(charges), now))
+        assert outcome is not None
+        return outcome
 
-    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
-        """Give back unused units from the charge's slice, or add extra ones at `now`."""
-        charge, slice_index = grant.charges[index], grant.slices[index]
-        if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
-            return
-        if delta < 0:
-            await self._run(self._write, _SETTLE, (delta, charge.key, slice_index))
-            return
-        now_slice = slice_of(now, charge.period)
-        expires = (now_slice + 1) * slice_seconds(charge.period) + charge.period
-        await self._run(self._write, _ADD, (charge.key, now_slice, delta, expires))
-
-    async def release(self, grant: Grant) -> None:
-        """Delete the leases of `grant`."""
-        for charge in grant.charges:
-            if isinstance(charge, LeaseCharge):
-                await self._run(
-                    self._write, "DELETE FROM lease WHERE key = ? AND lease = ?", (charge.key, grant.lease)
-                )
+    async def finish(self, grant: Grant, corrections: Mapping[int, float], now: float) -> None:
+        """Settle the call's charges and delete its leases, in the next batch's transaction."""
+        await self._batcher.submit(_Finish(grant, dict(corrections), now))
 
     async def usage(self, charges: Sequence[Charge], now: float) -> list[float]:
         """Return the units or slots in use under each charge's key."""
@@ -126,8 +113,8 @@ class SqliteLimitStore:
             db, self._db = self._db, None
             await self._run(db.close, opened=False)
 
-    async def _decide(self, batch: Sequence[tuple[list[Charge], float]]) -> list[Grant | Rejection]:
-        return await self._run(self._acquire_batch, batch)
+    async def _decide(self, batch: Sequence[_Acquire | _Finish]) -> list[Grant | Rejection | None]:
+        return await self._run(self._run_batch, batch)
 
     async def _run(self, function: Callable[..., T], *args: Any, opened: bool = True) -> T:
         try:
@@ -160,13 +147,19 @@ class SqliteLimitStore:
             raise sqlite3.OperationalError("the store is not open")
         return self._db
 
-    def _acquire_batch(self, batch: Sequence[tuple[list[Charge], float]]) -> list[Grant | Rejection]:
-        """Decide every call of `batch` in order, in one transaction."""
+    def _run_batch(self, batch: Sequence[_Acquire | _Finish]) -> list[Grant | Rejection | None]:
+        """Decide or finish every call of `batch` in order, in one transaction."""
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
-            results = [self._acquire(db, charges, now) for charges, now in batch]
-            latest = max(now for _, now in batch)
+            results: list[Grant | Rejection | None] = []
+            for item in batch:
+                if isinstance(item, _Acquire):
+                    results.append(self._acquire(db, item.charges, item.now))
+                else:
+                    self._finish(db, item)
+                    results.append(None)
+            latest = max(item.now for item in batch)
             db.execute(_MARK, (latest,))
             if latest - self._last_sweep >= SWEEP_EVERY_SECONDS:
                 db.execute("DELETE FROM window_slice WHERE expires <= ?", (latest,))
@@ -199,6 +192,22 @@ class SqliteLimitStore:
                 )
                 slices.append(None)
         return Grant(charges=tuple(charges), slices=tuple(slices), lease=lease)
+
+    def _finish(self, db: sqlite3.Connection, item: _Finish) -> None:
+        grant = item.grant
+        for index, delta in item.corrections.items():
+            charge, slice_index = grant.charges[index], grant.slices[index]
+            if not isinstance(charge, WindowCharge) or slice_index is None or not delta:
+                continue
+            if delta < 0:
+                db.execute(_SETTLE, (delta, charge.key, slice_index))
+            else:
+                now_slice = slice_of(item.now, charge.period)
+                expires = (now_slice + 1) * slice_seconds(charge.period) + charge.period
+                db.execute(_ADD, (charge.key, now_slice, delta, expires))
+        for charge in grant.charges:
+            if isinstance(charge, LeaseCharge):
+                db.execute("DELETE FROM lease WHERE key = ? AND lease = ?", (charge.key, grant.lease))
 
     def _check(self, db: sqlite3.Connection, index: int, charge: Charge, now: float) -> Rejection | None:
         if isinstance(charge, WindowCharge):
@@ -234,8 +243,18 @@ class SqliteLimitStore:
         row = self._connection().execute("SELECT mark FROM clock WHERE id = 1").fetchone()
         return None if row is None else float(row[0])
 
-    def _write(self, sql: str, parameters: tuple[Any, ...]) -> None:
-        self._connection().execute(sql, parameters)
+
+@dataclass(frozen=True)
+class _Acquire:
+    charges: list[Charge]
+    now: float
+
+
+@dataclass(frozen=True)
+class _Finish:
+    grant: Grant
+    corrections: dict[int, float]
+    now: float
 
 
 _ADD = (

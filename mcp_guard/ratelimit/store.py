@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,8 +67,8 @@ class Grant:
 
     Attributes:
         charges: The charges, in the order asked.
-        slices: For each charge, the slice its units went into (for `settle`), or None for a lease.
-        lease: The id of the leases taken, for `release`.
+        slices: For each charge, the slice its units went into, or None for a lease.
+        lease: The id of the leases taken.
     """
 
     charges: tuple[Charge, ...]
@@ -115,17 +115,14 @@ class LimitStore(Protocol):
         """Take every charge, or none of them, atomically."""
         ...
 
-    async def settle(self, grant: Grant, index: int, delta: float, now: float) -> None:
-        """Correct charge `index` of `grant` by `delta` units once the call's real cost is known.
+    async def finish(self, grant: Grant, corrections: Mapping[int, float], now: float) -> None:
+        """Settle a finished call's charges and give back its concurrent slots, in one step.
 
-        Units given back (a negative delta) leave the slice the charge went into. Units
-        used beyond the reservation are added at `now`, so they count for a whole window from
-        the moment they were used, however long the call took.
+        `corrections` maps a charge's position to the units to add once the call's real cost
+        is known. Units given back (a negative correction) leave the slice the charge went
+        into. Units used beyond the reservation are added at `now`, so they count for a whole
+        window from the moment they were used, however long the call took.
         """
-        ...
-
-    async def release(self, grant: Grant) -> None:
-        """Give back the concurrent slots of `grant`."""
         ...
 
     async def usage(self, charges: Sequence[Charge], now: float) -> list[float]:

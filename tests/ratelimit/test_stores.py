@@ -123,7 +123,7 @@ async def test_reservation_settled_to_real_cost(store: LimitStore) -> None:
     grant = await store.acquire([charge], T0)
     assert isinstance(grant, Grant)
     assert isinstance(await store.acquire([minute("tokens", 1000, 500)], T0 + 1), Rejection)
-    await store.settle(grant, 0, -450, T0 + 1)  # the call used 150 tokens, not 600
+    await store.finish(grant, {0: -450}, T0 + 1)  # the call used 150 tokens, not 600
     assert await store.usage([charge], T0 + 1) == [150]
     assert isinstance(await store.acquire([minute("tokens", 1000, 500)], T0 + 1), Grant)
 
@@ -133,7 +133,7 @@ async def test_extra_usage_counts_from_the_end_of_a_long_call(store: LimitStore)
     grant = await store.acquire([charge], T0)
     assert isinstance(grant, Grant)
     # The call ran for 61 s and its result turned out to be 10,000 tokens.
-    await store.settle(grant, 0, 9_999, T0 + 61)
+    await store.finish(grant, {0: 9_999}, T0 + 61)
     assert isinstance(await store.acquire([charge], T0 + 61.5), Rejection)
     assert isinstance(await store.acquire([charge], T0 + 123), Grant)
 
@@ -144,9 +144,17 @@ async def test_short_lease_leaves_long_lease_in_place(store: LimitStore) -> None
     assert isinstance(await store.acquire([long_slot], T0), Grant)
     short = await store.acquire([short_slot], T0)
     assert isinstance(short, Grant)
-    await store.release(short)
+    await store.finish(short, {}, T0 + 1)
     assert isinstance(await store.acquire([short_slot], T0 + 2), Grant)
     assert isinstance(await store.acquire([short_slot], T0 + 2), Rejection)
+
+
+async def test_finish_settles_and_frees_in_one_step(store: LimitStore) -> None:
+    tokens, slot = minute("both-tokens", 1000, 600), LeaseCharge(key="both-slot", limit=1, lease_seconds=30)
+    grant = await store.acquire([tokens, slot], T0)
+    assert isinstance(grant, Grant)
+    await store.finish(grant, {0: -500}, T0 + 1)
+    assert await store.usage([tokens, slot], T0 + 1) == [100, 0]
 
 
 async def test_slots_freed_on_release_and_expiry(store: LimitStore) -> None:
@@ -155,7 +163,7 @@ async def test_slots_freed_on_release_and_expiry(store: LimitStore) -> None:
     second = await store.acquire([slot], T0)
     assert isinstance(first, Grant) and isinstance(second, Grant)
     assert isinstance(await store.acquire([slot], T0 + 1), Rejection)
-    await store.release(first)
+    await store.finish(first, {}, T0 + 1)
     third = await store.acquire([slot], T0 + 1)
     assert isinstance(third, Grant)
     # A gateway that died holding slots frees them once the lease runs out.
