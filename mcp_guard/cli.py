@@ -34,6 +34,7 @@ from mcp_guard.pinning.store import DATABASE_NAME as PIN_DATABASE
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
 from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
+from mcp_guard.ratelimit.limiter import names_client
 
 DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
@@ -235,6 +236,23 @@ async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
                 else f"  (withheld: {status} definition, see mcp-guard pins review)"
             )
             print(f"  {tool.exported}{note}")
+        _print_limits(config, client)
+
+
+def _print_limits(config: GatewayConfig, client: str) -> None:
+    """Print the rate limits that apply to `client`, one line per limit entry."""
+    groups = config.clients[client].groups
+    for rule in config.limits.rules:
+        if not names_client(rule, client, groups):
+            continue
+        scope = (
+            ""
+            if rule.server == "*"
+            else f" on {rule.server}" + ("" if "*" in rule.tools else f" ({', '.join(rule.tools)})")
+        )
+        dimensions = ", ".join(f"{name} = {value:g}" for name, value in rule.dimensions().items())
+        counted = "shared by all clients" if rule.per == "global" else f"counted per {rule.per}"
+        print(f"  limit {rule.name!r}{scope}, {counted}: {dimensions}")
 
 
 async def _pin_statuses(config: GatewayConfig, catalog: Catalog) -> dict[tuple[str, str], str]:

@@ -34,6 +34,33 @@ async def test_check_lists_tools_per_client(tmp_path: Path) -> None:
     assert "No tool definitions are pinned yet" in output
 
 
+async def test_check_lists_limits_per_client(tmp_path: Path) -> None:
+    clients = {"agent": {"groups": ["bots"]}, "other": {}}
+    limits = {
+        "rules": [
+            {
+                "name": "bots",
+                "groups": ["bots"],
+                "server": "alpha",
+                "tools": ["echo"],
+                "requests_per_minute": 5,
+            },
+            {"name": "everyone", "per": "global", "concurrent_calls": 8},
+        ]
+    }
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients=clients, limits=limits
+    )
+
+    output = await run_check(policy)
+
+    agent, other = output.split("client other")
+    assert "limit 'bots' on alpha (echo), counted per client: requests_per_minute = 5" in agent
+    assert "limit 'everyone', shared by all clients: concurrent_calls = 8" in agent
+    assert "limit 'bots'" not in other
+    assert "limit 'everyone'" in other
+
+
 async def test_check_marks_withheld_tools(tmp_path: Path) -> None:
     clients = {"agent": {}}
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients=clients)

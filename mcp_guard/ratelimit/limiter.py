@@ -136,7 +136,7 @@ class Limiter:
         return [
             rule
             for rule in self.settings.rules
-            if _names_client(rule, client, groups)
+            if names_client(rule, client, groups)
             and (server is None or rule.server in (WILDCARD, server))
             and (tool is None or WILDCARD in rule.tools or tool in rule.tools)
         ]
@@ -294,7 +294,8 @@ class Limiter:
         return None
 
 
-def _names_client(rule: LimitRuleConfig, client: str, groups: Collection[str]) -> bool:
+def names_client(rule: LimitRuleConfig, client: str, groups: Collection[str]) -> bool:
+    """Return whether the limit entry `rule` covers `client`, a member of `groups`."""
     if not rule.clients and not rule.groups:
         return True
     return WILDCARD in rule.clients or client in rule.clients or any(group in rule.groups for group in groups)
