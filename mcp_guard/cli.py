@@ -24,7 +24,7 @@ from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
 from mcp_guard.downstream.catalog import Catalog
-from mcp_guard.errors import ConfigError
+from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
 from mcp_guard.pinning import PinStore
@@ -64,10 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "pins":
         return anyio.run(run_pins_command, args, state_dir)
-    if args.command == "limits":
-        return anyio.run(run_limits_command, config, args)
-    if args.command == "approvals":
-        return anyio.run(run_approvals_command, config, args)
+    try:
+        if args.command == "limits":
+            return anyio.run(run_limits_command, config, args)
+        if args.command == "approvals":
+            return anyio.run(run_approvals_command, config, args)
+    except BrokenPipeError:
+        # The reader of the output (`head`, say) has gone: stop without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return _check(config, args)
 
 
@@ -155,19 +160,39 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.transport == "stdio":
-        anyio.run(lambda: serve_stdio(config, client=client))
-    else:
-        try:
+    try:
+        if args.transport == "stdio":
+            anyio.run(lambda: serve_stdio(config, client=client, policy_path=args.config))
+        else:
             anyio.run(
                 lambda: serve_http(
-                    config, client=client, host=args.host, port=args.port, port_file=args.port_file
+                    config,
+                    client=client,
+                    host=args.host,
+                    port=args.port,
+                    port_file=args.port_file,
+                    policy_path=args.config,
                 )
             )
-        except ConfigError as exc:
-            print(str(exc), file=sys.stderr)
-            return 2
+    except (GuardError, ExceptionGroup) as exc:
+        failure = _startup_failure(exc)
+        if failure is None:
+            raise
+        print(str(failure), file=sys.stderr)
+        return 2 if isinstance(failure, ConfigError) else 1
     return 0
+
+
+def _startup_failure(exc: BaseException) -> GuardError | None:
+    """Return the gateway error that stopped the gateway, looking inside task-group exception groups."""
+    if isinstance(exc, GuardError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _check(config: GatewayConfig, args: argparse.Namespace) -> int:

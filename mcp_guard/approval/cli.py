@@ -96,9 +96,8 @@ def _print_requests(requests: list[ApprovalRequest], now: float, out: TextIO) ->
         if request.status == "pending":
             print(f"  waits {max(0, int(request.expires - now))} s more", file=out)
         elif request.decided_by is not None:
-            print(
-                f"  decided by {request.decided_by} ({request.channel}), used {request.uses} times", file=out
-            )
+            uses = "once" if request.uses == 1 else f"{request.uses} times"
+            print(f"  decided by {request.decided_by} ({request.channel}), used {uses}", file=out)
         for line in request.arguments_display.splitlines():
             print(f"    {line}", file=out)
 

@@ -134,7 +134,8 @@ class ApprovalPage:
         log.info("approval_decided", request=decided.id, approved=approve, channel="page")
         exported = html.escape(decided.binding.exported)
         if approve:
-            body = f"<p>Approved. The client's retry of <code>{exported}</code> will run.</p>"
+            lasting = f" for {minutes} minutes" if minutes else " once"
+            body = f"<p>Approved{lasting}. The client's retry of <code>{exported}</code> will run.</p>"
             return _page("Approved", body, 200)
         return _page("Denied", f"<p>Denied. <code>{exported}</code> will not run.</p>", 200)
 

@@ -82,6 +82,11 @@ _COLUMNS = (
 )
 
 
+def new_request_id() -> str:
+    """Return a fresh, unguessable request id: hexadecimal, so it never starts with `-` on a command line."""
+    return secrets.token_hex(ID_BYTES)
+
+
 class ApprovalStoreError(GuardError):
     """The approval file cannot be used, so no call that needs approval can run."""
 
@@ -183,6 +188,8 @@ class ApprovalStore:
     ) -> tuple[ApprovalRequest, bool] | int:
         """Return the pending request for exactly this call, creating it if none waits, and whether it is new.
 
+        The same call from another session (a client that restarted its gateway) joins the waiting request.
+
         A new request is created only while the client has fewer than `max_pending` waiting;
         otherwise the number waiting is returned.
         """
@@ -190,8 +197,7 @@ class ApprovalStore:
             await self._expire(db, now)
             rows = await db.execute_fetchall(
                 f"SELECT {_COLUMNS} FROM approval WHERE status = 'pending' AND client = ? AND server = ? "
-                "AND tool = ? AND arguments_digest = ? AND definition_digest = ? AND policy_digest = ? "
-                "AND session IS ?",
+                "AND tool = ? AND arguments_digest = ? AND definition_digest = ? AND policy_digest = ?",
                 (
                     binding.client,
                     binding.server,
@@ -199,7 +205,6 @@ class ApprovalStore:
                     binding.arguments_digest,
                     binding.definition_digest,
                     binding.policy_digest,
-                    binding.session,
                 ),
             )
             if rows:
@@ -211,7 +216,7 @@ class ApprovalStore:
             if waiting >= max_pending:
                 return waiting
             request = ApprovalRequest(
-                id=secrets.token_urlsafe(ID_BYTES),
+                id=new_request_id(),
                 binding=binding,
                 arguments_display=display,
                 status="pending",
@@ -275,7 +280,7 @@ class ApprovalStore:
         if approve:
             status = "used" if scope == "once" else "approved"
         request = ApprovalRequest(
-            id=secrets.token_urlsafe(ID_BYTES),
+            id=new_request_id(),
             binding=binding,
             arguments_display=display,
             status=status,
@@ -384,6 +389,26 @@ class ApprovalStore:
                 "SELECT COUNT(*) FROM approval WHERE client = ? AND status = 'pending'", (client,)
             )
         return int(next(iter(rows))[0])
+
+    async def denial_of(self, binding: CallBinding, since: float) -> ApprovalRequest | None:
+        """Return the latest out-of-band denial of exactly this call made at `since` or later, if any."""
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM approval WHERE status = 'denied' AND channel IN ('command line', 'page') "
+                "AND client = ? AND server = ? AND tool = ? AND arguments_digest = ? AND definition_digest = ? "
+                "AND policy_digest = ? AND decided >= ? ORDER BY decided DESC LIMIT 1",
+                (
+                    binding.client,
+                    binding.server,
+                    binding.tool,
+                    binding.arguments_digest,
+                    binding.definition_digest,
+                    binding.policy_digest,
+                    since,
+                ),
+            )
+        found = list(rows)
+        return _request(found[0]) if found else None
 
     async def recent_decisions(self, client: str, count: int) -> list[tuple[str, float]]:
         """Return the status and time of the client's last `count` decisions, newest first."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 # Some desktop clients end a tool call after about 60 seconds, so the default wait stays below that.
 DEFAULT_TIMEOUT_SECONDS = 45.0
@@ -37,6 +37,6 @@ class ApprovalSettings(BaseModel):
     cooldown_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """How long that cool-down lasts, counted from the last denial."""
 
-    page_port: Annotated[int, Field(ge=0, le=65_535)] | None = None
+    page_port: Annotated[StrictInt, Field(ge=0, le=65_535)] | None = None
     """Port on 127.0.0.1 of the approval page, where a person approves waiting calls through one-time
     links; 0 picks a free port. Without it, waiting calls are decided with `mcp-guard approvals`."""

@@ -77,6 +77,7 @@ class ApprovalStage:
         clock: Callable[[], float] = time.time,
         sealer: StateSealer | None = None,
         link_for: Callable[[str], str | None] | None = None,
+        command: str = "mcp-guard approvals",
     ) -> None:
         self._store = store
         self._settings = config.approval
@@ -90,6 +91,8 @@ class ApprovalStage:
         self._sealer = sealer
         # Returns the approval page's one-time link to a waiting request, when the page is served.
         self._link_for = link_for
+        # The `mcp-guard approvals` command line, with the policy file, that messages suggest.
+        self._command = command
 
     async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Pass the call on if it needs no approval or a grant covers it; otherwise ask for one."""
@@ -188,6 +191,11 @@ class ApprovalStage:
             log.warning(
                 "approval_state_rejected", call_id=call.call_id, client=call.client, reason=exc.reason
             )
+            if exc.reason == "expired":
+                # Asking again would only expire again while the person decides, so the call ends here.
+                return self._deny(
+                    call, "approval_timed_out", "the approval question expired before the response came"
+                )
             return await self._return_question(
                 call, binding, f"the retry's request state was rejected ({exc.reason})"
             )
@@ -257,11 +265,9 @@ class ApprovalStage:
         """Record the person's answer and forward the call only if it approved."""
         choice = _accepted_choice(answer, form.choices)
         if choice is None or choice == DENY:
-            action = answer.get("action")
-            await self._record(
-                binding, form.display, approve=False, scope="once", by=f"user ({action})", channel=channel
-            )
-            return self._deny(call, "approval_declined", f"the user did not approve it ({action})")
+            reason = _refusal_reason(answer, choice)
+            await self._record(binding, form.display, approve=False, scope="once", by="user", channel=channel)
+            return self._deny(call, "approval_declined", reason)
         if not self._still_current(call):
             return self._deny(call, "denied", "the tool's definition or the policy changed while it waited")
         scope, seconds = form.choices[choice]
@@ -316,6 +322,16 @@ class ApprovalStage:
     async def _ask_out_of_band(self, call: ToolCall, binding: CallBinding) -> ToolResult:
         display = render_arguments(call.arguments, self._redactor)
         now = self._clock()
+        # A retry after a person denied the call out of band learns so, instead of asking again at once.
+        denied = await self._store.denial_of(binding, now - self._settings.pending_seconds)
+        if denied is not None and denied.decided is not None:
+            minutes = max(1, round((denied.decided + self._settings.pending_seconds - now) / 60))
+            return self._deny(
+                call,
+                "approval_declined",
+                f"{denied.decided_by} denied this call ({denied.channel}, request {denied.id}); the same call "
+                f"can be asked again in about {minutes} minutes",
+            )
         opened = await self._store.open_request(
             binding,
             display,
@@ -339,7 +355,7 @@ class ApprovalStage:
                 client=call.client,
                 tool=call.tool.exported,
                 rule=binding.rule,
-                hint=f"mcp-guard approvals approve {request.id}",
+                hint=f"{self._command} approve {request.id}",
             )
         minutes = max(1, round((request.expires - now) / 60))
         call.outcome = "approval_pending"
@@ -348,7 +364,7 @@ class ApprovalStage:
         return tool_error(
             f"Approval pending: rule {binding.rule!r} requires a person to approve this call, and it has not "
             f"run. Request {request.id} waits for a decision for about {minutes} more minutes. Ask the user to "
-            f"{where} `mcp-guard approvals approve {request.id}`, then retry exactly the same call."
+            f"{where} `{self._command} approve {request.id}`, then retry exactly the same call."
         )
 
     async def _record(
@@ -421,6 +437,18 @@ def _question(call: ToolCall, rule: str, display: str, timeout: float) -> str:
         f"Rule: {rule}\nClient: {call.client}\n\nArguments:\n{display}\n\n"
         f"Without an answer within {int(timeout)} s the call is denied."
     )
+
+
+def _refusal_reason(answer: dict[str, Any], choice: str | None) -> str:
+    """Say why a response did not approve the call."""
+    action = answer.get("action")
+    if choice == DENY:
+        return "the user chose to deny it"
+    if action == "accept":
+        return "the response was not one of the offered choices, which counts as a denial"
+    if action == "decline":
+        return "the user declined to approve it"
+    return "the user cancelled the approval question"
 
 
 def _accepted_choice(answer: dict[str, Any], choices: dict[str, tuple[Scope, float]]) -> str | None:

@@ -8,6 +8,7 @@ arrives, and then stop every downstream connection.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -28,6 +29,7 @@ from mcp_guard.approval.store import ApprovalStore
 from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
+from mcp_guard.errors import GuardError
 from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.identity import ApiKeyVerifier
 from mcp_guard.gateway.limits import LimitStage
@@ -62,6 +64,7 @@ async def running_gateway(
     environ: Mapping[str, str] | None = None,
     clock: HighWaterClock | None = None,
     limit_clock: SteadyClock | None = None,
+    policy_path: str | None = None,
 ) -> AsyncIterator[tuple[Gateway, GatewayServer]]:
     """Open the state, start the downstream connections, and yield a gateway and its SDK server.
 
@@ -95,6 +98,7 @@ async def running_gateway(
             still_current=lambda call: gateway.still_current(call),
             charge_question=limits.charge_approval,
             link_for=page.link_for if page is not None else None,
+            command=approvals_command(policy_path),
         )
         guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval)
         gateway = Gateway(config, registry, client=client, guards=guards)
@@ -136,10 +140,17 @@ async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
     log.info("audit_pruned", result=str(pruned))
 
 
-async def serve_stdio(config: GatewayConfig, *, client: str) -> None:
+def approvals_command(policy_path: str | None) -> str:
+    """Return the `mcp-guard approvals` command line for this policy file, as the operator would type it."""
+    if policy_path is None:
+        return "mcp-guard approvals"
+    return f"mcp-guard approvals --config {shlex.quote(str(Path(policy_path).resolve()))}"
+
+
+async def serve_stdio(config: GatewayConfig, *, client: str, policy_path: str | None = None) -> None:
     """Serve one client over this process's stdin and stdout until stdin closes."""
     async with (
-        running_gateway(config, client=client) as (_gateway, server),
+        running_gateway(config, client=client, policy_path=policy_path) as (_gateway, server),
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
@@ -157,6 +168,7 @@ async def serve_http(
     host: str | None = None,
     port: int | None = None,
     port_file: Path | None = None,
+    policy_path: str | None = None,
 ) -> None:
     """Serve streamable HTTP until SIGINT or SIGTERM.
 
@@ -169,7 +181,7 @@ async def serve_http(
     # Read the JWKS before anything starts, so a bad file stops the gateway with a ConfigError.
     oauth = config.gateway.oauth
     jwts = JwtVerifier(oauth, config.clients) if oauth is not None else None
-    async with running_gateway(config, client=client) as (gateway, server):
+    async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
         app = server.streamable_http_app(
             **_auth_options(gateway, jwts),
             streamable_http_path=http.path,
@@ -236,11 +248,24 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _approval_page_server(page: ApprovalPage, port: int) -> _PageServer:
     """Bind the approval page's port on 127.0.0.1 and build its server."""
-    sock = _listening_socket(PAGE_HOST, port)
+    try:
+        sock = _listening_socket(PAGE_HOST, port)
+    except OSError as exc:
+        raise ApprovalPageUnavailable(port, exc.strerror or str(exc)) from None
     bound_port = sock.getsockname()[1]
     app = page.app(bound_port)
     log.info("approval_page_started", url=f"http://{PAGE_HOST}:{bound_port}")
     return _PageServer(uvicorn.Config(app, access_log=False, log_config=None, lifespan="off"), sock)
+
+
+class ApprovalPageUnavailable(GuardError):
+    """The approval page's port cannot be bound, so the gateway does not start."""
+
+    def __init__(self, port: int, reason: str) -> None:
+        super().__init__(
+            f"The approval page cannot listen on {PAGE_HOST}:{port} ({reason}). Choose a free port in "
+            "approval.page_port, or 0 to let the system pick one."
+        )
 
 
 class _QuietServer(uvicorn.Server):

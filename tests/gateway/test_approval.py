@@ -112,7 +112,7 @@ async def test_form_answer_decides_the_call(
         assert result.is_error is False
         assert writes(record) == [WRITE_A]
     else:
-        assert result.is_error is True and "did not approve" in text_of(result)
+        assert result.is_error is True and text_of(result).startswith("Denied by mcp-guard: the")
         assert writes(record) == []
         trail = await read_outcomes(tmp_path / "state")
         assert trail == ["approval_declined"]
@@ -176,7 +176,7 @@ async def approvals(policy: Path, *arguments: str) -> str:
 
 
 def request_id(result: Any) -> str:
-    found = re.search(r"mcp-guard approvals approve (\S+?)`", text_of(result))
+    found = re.search(r"mcp-guard approvals --config \S+ approve ([0-9a-f]+)`", text_of(result))
     assert found is not None, text_of(result)
     return found.group(1)
 
@@ -305,3 +305,31 @@ async def test_waiting_caller_receives_progress(tmp_path: Path) -> None:
     assert result.is_error is False
     assert progress, "no progress notification arrived while the question was open"
     assert progress[0][2] == "waiting for a person to approve the call"
+
+
+async def test_same_call_from_a_new_session_joins_the_request(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record)
+    identifiers = []
+
+    for _ in range(3):  # a desktop client that restarts its gateway for each conversation
+        async with stdio_gateway(policy) as client:
+            identifiers.append(request_id(await client.call_tool("alpha__write_file", WRITE_A)))
+
+    assert len(set(identifiers)) == 1
+    assert (await approvals(policy, "list")).count("  pending  ") == 1
+
+
+async def test_retry_after_a_denial_learns_of_it(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record)
+
+    async with stdio_gateway(policy) as client:
+        identifier = request_id(await client.call_tool("alpha__write_file", WRITE_A))
+        await approvals(policy, "deny", identifier, "--by", "security-team")
+        retried = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert retried.is_error is True
+    assert f"security-team denied this call (command line, request {identifier})" in text_of(retried)
+    assert writes(record) == []
+    assert (await read_outcomes(tmp_path / "state"))[-1] == "approval_declined"

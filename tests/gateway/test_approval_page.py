@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,22 @@ async def test_page_rejects_bad_requests(tmp_path: Path) -> None:
     assert still_open.status_code == 200  # neither opening nor a stray post decided anything
     assert "Approval pending" in text_of(retried)
     assert writes(record) == []
+
+
+async def test_busy_page_port_stops_the_gateway_with_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        policy = write_policy(
+            tmp_path, {"alpha": fixture_server("alpha")}, rules=[ALLOW], approval={"page_port": port}
+        )
+        completed = await anyio.run_process(
+            [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)], cwd=ROOT, check=False
+        )
+
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 1
+    assert f"The approval page cannot listen on 127.0.0.1:{port}" in stderr
+    assert "approval.page_port" in stderr
+    assert "Traceback" not in stderr
