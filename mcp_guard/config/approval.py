@@ -37,6 +37,11 @@ class ApprovalSettings(BaseModel):
     cooldown_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """How long that cool-down lasts, counted from the last denial."""
 
+    webhook_url_from: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """Environment variable holding a webhook URL (http or https) that receives a JSON message for each
+    new request waiting for an out-of-band decision. The URL stays out of the file because it often
+    carries a secret."""
+
     page_port: Annotated[StrictInt, Field(ge=0, le=65_535)] | None = None
     """Port on 127.0.0.1 of the approval page, where a person approves waiting calls through one-time
     links; 0 picks a free port. Without it, waiting calls are decided with `mcp-guard approvals`."""

@@ -144,6 +144,20 @@ def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -
                         f"servers.{server_id}.{field}.{name}: environment variable {variable} is not set; "
                         "export it before starting mcp-guard"
                     )
+    webhook = config.approval.webhook_url_from
+    if webhook is not None:
+        url = environ.get(webhook)
+        if url is None:
+            problems.append(
+                f"approval.webhook_url_from: environment variable {webhook} is not set; "
+                "export it before starting mcp-guard"
+            )
+        elif not url.startswith(("http://", "https://")):
+            # The value is never shown: it may hold the webhook's secret.
+            problems.append(
+                f"approval.webhook_url_from: environment variable {webhook} does not hold an http:// "
+                "or https:// URL; set it to the webhook's URL"
+            )
     password = config.limits.redis_password_from
     if config.limits.store == "redis" and password is not None and password not in environ:
         problems.append(

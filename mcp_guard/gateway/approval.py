@@ -9,7 +9,7 @@ canonical arguments, pinned definition and policy), and uses it. Without one:
   transport error deny;
 - a 2026-07-28 client that declared form elicitation gets the same question as
   an input-required result (multi-round-trip requests, MRTR), with a sealed
-  `requestState`. Its retry is decided by the answer only if the state was
+  `requestState`. Its retry is decided by the response only if the state was
   sealed by this gateway for exactly this call, has not expired and was not
   answered before. A retry that fails any of these checks is asked again and
   never runs;
@@ -41,10 +41,25 @@ import structlog
 from mcp_guard.approval.canonical import argument_digest
 from mcp_guard.approval.display import render_arguments
 from mcp_guard.approval.sealed import ApprovalKeyError, InvalidRequestState, StateSealer
-from mcp_guard.approval.store import ApprovalStore, ApprovalStoreError, CallBinding, Channel, Scope
+from mcp_guard.approval.store import (
+    ApprovalRequest,
+    ApprovalStore,
+    ApprovalStoreError,
+    CallBinding,
+    Channel,
+    Scope,
+)
 from mcp_guard.audit import Redactor
 from mcp_guard.config.models import GatewayConfig
-from mcp_guard.gateway.pipeline import Elicit, Handler, InputRound, ToolCall, ToolResult, tool_error
+from mcp_guard.gateway.pipeline import (
+    Elicit,
+    Handler,
+    InputRound,
+    ToolCall,
+    ToolResult,
+    UrlQuestion,
+    tool_error,
+)
 from mcp_guard.policy.decisions import RequireApproval
 
 log = structlog.get_logger(module=__name__)
@@ -58,6 +73,8 @@ SESSION_CHOICE = "approve this tool for this session"
 SESSION_GRANT_SECONDS = 12 * 3600.0
 # Progress notifications sent to a caller waiting for a person, so its client does not time out.
 PROGRESS_EVERY_SECONDS = 5.0
+# How often a call waiting for a decision on the approval page looks for it.
+PAGE_POLL_SECONDS = 0.25
 # The key of the approval question in an input-required result's `inputRequests` and in the retry's
 # `inputResponses`.
 INPUT_KEY = "mcp-guard/approve"
@@ -78,6 +95,7 @@ class ApprovalStage:
         sealer: StateSealer | None = None,
         link_for: Callable[[str], str | None] | None = None,
         command: str = "mcp-guard approvals",
+        announce: Callable[[ApprovalRequest, str | None], None] | None = None,
     ) -> None:
         self._store = store
         self._settings = config.approval
@@ -93,6 +111,8 @@ class ApprovalStage:
         self._link_for = link_for
         # The `mcp-guard approvals` command line, with the policy file, that messages suggest.
         self._command = command
+        # Announces a new out-of-band request (the webhook), without waiting for it.
+        self._announce = announce
 
     async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Pass the call on if it needs no approval or a grant covers it; otherwise ask for one."""
@@ -114,6 +134,8 @@ class ApprovalStage:
                 return self._deny(call, "denied", refusal)
             if call.elicit is not None:
                 return await self._ask_in_call(call, binding, call.elicit, next_handler)
+            if call.url_question is not None and self._link_for is not None:
+                return await self._ask_by_url(call, binding, call.url_question, next_handler)
             if call.input_round is not None:
                 return await self._ask_through_mrtr(call, binding, call.input_round, next_handler)
             return await self._ask_out_of_band(call, binding)
@@ -320,6 +342,77 @@ class ApprovalStage:
         return answer
 
     async def _ask_out_of_band(self, call: ToolCall, binding: CallBinding) -> ToolResult:
+        opened = await self._open_request(call, binding)
+        if not isinstance(opened, ApprovalRequest):
+            return opened
+        return self._pending(call, binding, opened)
+
+    async def _ask_by_url(
+        self, call: ToolCall, binding: CallBinding, question: UrlQuestion, next_handler: Handler
+    ) -> ToolResult:
+        """Send the user to the request's page within the call, and wait there for the decision."""
+        opened = await self._open_request(call, binding)
+        if not isinstance(opened, ApprovalRequest):
+            return opened
+        link = self._link_for(opened.id) if self._link_for is not None else None
+        if link is None:
+            return self._pending(call, binding, opened)
+
+        timeout = self._settings.timeout_seconds
+        message = (
+            f"mcp-guard: a person must approve a call of {call.tool.exported} (rule {binding.rule!r}). "
+            f"Open the page to see the call and decide within {int(timeout)} s."
+        )
+        self._asking[call.client] += 1
+        try:
+            async with anyio.create_task_group() as tasks:
+                if call.progress is not None:
+                    tasks.start_soon(_report_waiting, call, timeout)
+                decided = await self._wait_on_page(call, question, message, link, opened.id, timeout)
+                tasks.cancel_scope.cancel()
+        finally:
+            self._asking[call.client] -= 1
+        if decided is None:
+            return self._pending(call, binding, opened)
+
+        with anyio.CancelScope(shield=True):
+            await _quietly(question.complete(opened.id))
+        if decided.status == "denied":
+            return self._deny(
+                call, "approval_declined", f"{decided.decided_by} denied it on the approval page"
+            )
+        grant = await self._store.take_grant(binding, self._clock())
+        if grant is None or not self._still_current(call):
+            return self._deny(call, "denied", "the approval no longer covers this call")
+        call.detail = (
+            f"approved by {grant.decided_by} ({grant.channel}, opened from the call), request {grant.id}"
+        )
+        log.info("approval_granted", call_id=call.call_id, channel="url", request=grant.id)
+        return await next_handler(call)
+
+    async def _wait_on_page(
+        self, call: ToolCall, question: UrlQuestion, message: str, link: str, request_id: str, seconds: float
+    ) -> ApprovalRequest | None:
+        """Return the request once decided on the page, or None if the user did not go there or took too long."""
+        deadline = self._clock() + seconds
+        try:
+            response = await question.ask(message, link, request_id, seconds)
+        except Exception as exc:  # contained: the request keeps waiting for an out-of-band decision
+            log.info("approval_link_not_opened", call_id=call.call_id, error=type(exc).__name__)
+            return None
+        if response.get("action") != "accept":
+            return None
+        while self._clock() < deadline:
+            current = await self._store.get(request_id, self._clock())
+            if current is None or current.status in ("approved", "denied"):
+                return current
+            if current.status != "pending":
+                return None
+            await anyio.sleep(PAGE_POLL_SECONDS)
+        return None
+
+    async def _open_request(self, call: ToolCall, binding: CallBinding) -> ApprovalRequest | ToolResult:
+        """Return the waiting request for this call, opening one if needed, or the result that ends the call."""
         display = render_arguments(call.arguments, self._redactor)
         now = self._clock()
         # A retry after a person denied the call out of band learns so, instead of asking again at once.
@@ -341,23 +434,30 @@ class ApprovalStage:
         )
         if isinstance(opened, int):
             return self._deny(call, "denied", self._too_many(opened + self._asking[call.client]))
+
         request, created = opened
-        if created:
-            rejected = await self._charge(call)
-            if rejected is not None:
-                await self._store.withdraw(request.id)
-                return rejected
+        if not created:
+            return request
+        rejected = await self._charge(call)
+        if rejected is not None:
+            await self._store.withdraw(request.id)
+            return rejected
+        log.warning(
+            "approval_requested",
+            request=request.id,
+            client=call.client,
+            tool=call.tool.exported,
+            rule=binding.rule,
+            hint=f"{self._command} approve {request.id}",
+        )
+        if self._announce is not None:
+            self._announce(request, self._link_for(request.id) if self._link_for is not None else None)
+        return request
+
+    def _pending(self, call: ToolCall, binding: CallBinding, request: ApprovalRequest) -> ToolResult:
+        """End the call with the "approval pending" error, which explains how to decide and to retry."""
         link = self._link_for(request.id) if self._link_for is not None else None
-        if created:
-            log.warning(
-                "approval_requested",
-                request=request.id,
-                client=call.client,
-                tool=call.tool.exported,
-                rule=binding.rule,
-                hint=f"{self._command} approve {request.id}",
-            )
-        minutes = max(1, round((request.expires - now) / 60))
+        minutes = max(1, round((request.expires - self._clock()) / 60))
         call.outcome = "approval_pending"
         call.detail = f"approval request {request.id} is waiting"
         where = f"open {link} or run" if link is not None else "run"
@@ -460,6 +560,14 @@ def _accepted_choice(answer: dict[str, Any], choices: dict[str, tuple[Scope, flo
         return None
     choice = content[DECISION_FIELD]
     return choice if isinstance(choice, str) and choice in choices else None
+
+
+async def _quietly(step: Awaitable[None]) -> None:
+    """Await a courtesy message to the client; a client that cannot take it changes nothing."""
+    try:
+        await step
+    except Exception as exc:  # contained: the decision is made, the message only tells the client
+        log.info("approval_notice_not_sent", error=type(exc).__name__)
 
 
 async def _report_waiting(call: ToolCall, total_seconds: float) -> None:

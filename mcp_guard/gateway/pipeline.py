@@ -30,6 +30,17 @@ dict. Raises TimeoutError when no answer came within the timeout."""
 
 
 @dataclass(frozen=True)
+class UrlQuestion:
+    """A way to send the calling client's user to a web page (URL-mode elicitation) within a call."""
+
+    ask: Callable[[str, str, str, float], Awaitable[dict[str, Any]]]
+    """Asks the user to open a URL: (message, url, elicitation id, timeout) -> the ElicitResult as a dict.
+    Raises TimeoutError when no response came within the timeout."""
+    complete: Callable[[str], Awaitable[None]]
+    """Tells the client that the interaction of an elicitation id has finished."""
+
+
+@dataclass(frozen=True)
 class InputRound:
     """The MRTR fields of a 2026-07-28 tools/call request, as the client sent them and not yet verified."""
 
@@ -72,6 +83,8 @@ class ToolCall:
     """Sends a log message to the calling client, for rules that notify."""
     elicit: Elicit | None = None
     """Asks the calling client's user a form question; None when the client cannot be asked within the call."""
+    url_question: UrlQuestion | None = None
+    """Sends the calling client's user to a web page; None when the client cannot be sent there within the call."""
     input_round: InputRound | None = None
     """Set only for a 2026-07-28 request from a client that declared form elicitation, which may be
     asked through an input-required result."""

@@ -8,6 +8,7 @@ arrives, and then stop every downstream connection.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import socket
@@ -25,7 +26,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 
 from mcp_guard.approval.page import ApprovalPage
-from mcp_guard.approval.store import ApprovalStore
+from mcp_guard.approval.store import ApprovalRequest, ApprovalStore
+from mcp_guard.approval.webhook import post_webhook, webhook_message
 from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
@@ -91,6 +93,13 @@ async def running_gateway(
         registry = DownstreamRegistry(config, environ=environ)
         approvals = await stack.enter_async_context(ApprovalStore.in_state_dir(state_dir))
         page = ApprovalPage(approvals, config.approval) if config.approval.page_port is not None else None
+        command = approvals_command(policy_path)
+        webhook = _webhook_url(config, os.environ if environ is None else environ)
+
+        def announce(request: ApprovalRequest, link: str | None) -> None:
+            if webhook is not None:
+                tasks.start_soon(post_webhook, webhook, webhook_message(request, link, command))
+
         approval = ApprovalStage(
             approvals,
             config,
@@ -98,7 +107,8 @@ async def running_gateway(
             still_current=lambda call: gateway.still_current(call),
             charge_question=limits.charge_approval,
             link_for=page.link_for if page is not None else None,
-            command=approvals_command(policy_path),
+            command=command,
+            announce=announce,
         )
         guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval)
         gateway = Gateway(config, registry, client=client, guards=guards)
@@ -112,6 +122,12 @@ async def running_gateway(
             stack.callback(setattr, web, "should_exit", True)
             tasks.start_soon(web.serve_page)
         yield gateway, build_server(gateway)
+
+
+def _webhook_url(config: GatewayConfig, environ: Mapping[str, str]) -> str | None:
+    """Return the approval webhook's URL from the environment, if the policy names a variable for it."""
+    variable = config.approval.webhook_url_from
+    return environ.get(variable) if variable is not None else None
 
 
 def open_audit_store(config: GatewayConfig) -> SqliteAuditStore:

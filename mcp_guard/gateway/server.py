@@ -48,6 +48,7 @@ from mcp_guard.gateway.pipeline import (
     Stage,
     ToolCall,
     ToolResult,
+    UrlQuestion,
     build_call_pipeline,
     tool_error,
 )
@@ -186,6 +187,7 @@ class Gateway:
             progress=_progress_relay(ctx),
             notify=_log_relay(ctx),
             elicit=_elicit_relay(ctx),
+            url_question=_url_question(ctx),
             input_round=_input_round(ctx, params),
         )
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
@@ -604,6 +606,42 @@ def _accepts_forms(ctx: ServerRequestContext[Any]) -> bool:
     capabilities = ctx.session.client_capabilities
     elicitation = capabilities.elicitation if capabilities is not None else None
     return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
+
+
+def _url_question(ctx: ServerRequestContext[Any]) -> UrlQuestion | None:
+    """Return a way to send the caller's user to a web page, or None if the caller cannot be sent.
+
+    Only a handshake-era client that declared URL-mode elicitation, on a connection that can
+    carry a request to it within this call, is sent.
+    """
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return None
+    session = ctx.session
+    capabilities = session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or elicitation.url is None or not session.can_send_request:
+        return None
+    request_id = ctx.request_id
+
+    async def ask(message: str, url: str, elicitation_id: str, wait_seconds: float) -> dict[str, Any]:
+        params = types.ElicitRequestURLParams(message=message, url=url, elicitation_id=elicitation_id)
+        try:
+            result = await session.send_request(
+                types.ElicitRequest(params=params),
+                types.ElicitResult,
+                request_read_timeout_seconds=wait_seconds,
+                metadata=ServerMessageMetadata(related_request_id=request_id),
+            )
+        except MCPError as exc:
+            if exc.error.code == types.REQUEST_TIMEOUT:
+                raise TimeoutError("no response to the approval link") from None
+            raise
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    async def complete(elicitation_id: str) -> None:
+        await session.send_elicit_complete(elicitation_id, related_request_id=request_id)
+
+    return UrlQuestion(ask=ask, complete=complete)
 
 
 def _progress_relay(ctx: ServerRequestContext[Any]) -> Any:

@@ -8,9 +8,12 @@ elicitation callback, and out-of-band decisions from `mcp-guard approvals`.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import mcp_types as types
@@ -21,6 +24,7 @@ from support import (
     gateway_command,
     read_records,
     stdio_gateway,
+    wait_until,
     write_policy,
 )
 from test_external_servers import run_ts_client
@@ -333,3 +337,43 @@ async def test_retry_after_a_denial_learns_of_it(tmp_path: Path) -> None:
     assert f"security-team denied this call (command line, request {identifier})" in text_of(retried)
     assert writes(record) == []
     assert (await read_outcomes(tmp_path / "state"))[-1] == "approval_declined"
+
+
+class WebhookReceiver(BaseHTTPRequestHandler):
+    """Keeps the JSON bodies POSTed to it, as a chat service's webhook would receive them."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+async def test_new_request_is_announced_to_the_webhook(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record, webhook_url_from="TEST_APPROVAL_WEBHOOK")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WebhookReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hooks/secret-token"
+    try:
+        async with stdio_gateway(policy, env={"TEST_APPROVAL_WEBHOOK": url}) as client:
+            first = await client.call_tool("alpha__write_file", WRITE_A)
+            await client.call_tool("alpha__write_file", WRITE_A)  # the same request: no second message
+            await wait_until(lambda: WebhookReceiver.received, message="the webhook message")
+            await anyio.sleep(0.5)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+    [message] = WebhookReceiver.received
+    assert message["request"] == request_id(first)
+    assert message["tool"] == "write_file" and message["rule"] == "writes need approval"
+    assert message["command"].endswith(f"approve {request_id(first)}")
+    assert "content" not in json.dumps(message)  # arguments stay out of the message

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx2
 import pytest
+from anyio.streams.text import TextReceiveStream
 from support import ROOT, fixture_server, read_records, stdio_gateway, write_policy
 
 pytestmark = pytest.mark.anyio
@@ -139,3 +141,80 @@ async def test_busy_page_port_stops_the_gateway_with_a_clear_error(tmp_path: Pat
     assert f"The approval page cannot listen on 127.0.0.1:{port}" in stderr
     assert "approval.page_port" in stderr
     assert "Traceback" not in stderr
+
+
+class RawClient:
+    """A handshake-era client spoken by hand over stdio, so it can declare URL-mode elicitation alone."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._lines = TextReceiveStream(process.stdout)
+        self._buffer = ""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._process.stdin is not None
+        await self._process.stdin.send((json.dumps(message) + "\n").encode())
+
+    async def receive(self) -> dict[str, Any]:
+        while "\n" not in self._buffer:
+            self._buffer += await self._lines.receive()
+        line, self._buffer = self._buffer.split("\n", 1)
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def receive_until(self, predicate: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Return the first message that matches, and every message before it."""
+        seen = []
+        with anyio.fail_after(30):
+            while True:
+                message = await self.receive()
+                if predicate(message):
+                    return message, seen
+                seen.append(message)
+
+
+@pytest.mark.parametrize("decision", ["approve once", "deny"])
+async def test_url_mode_client_decides_on_the_page_within_the_call(tmp_path: Path, decision: str) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = page_policy(tmp_path, record)
+    command = [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]
+
+    async with await anyio.open_process(command, cwd=ROOT, stderr=None) as process:
+        client = RawClient(process)
+        await client.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {"elicitation": {"url": {}}},
+                    "clientInfo": {"name": "url-only-client", "version": "1"},
+                },
+            }
+        )
+        await client.receive_until(lambda message: message.get("id") == 1)
+        await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        call = {"name": "alpha__write_file", "arguments": WRITE_A}
+        await client.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+        question, _ = await client.receive_until(
+            lambda message: message.get("method") == "elicitation/create"
+        )
+        await client.send({"jsonrpc": "2.0", "id": question["id"], "result": {"action": "accept"}})
+        async with httpx2.AsyncClient() as http:
+            decided = await http.post(question["params"]["url"], data={"decision": decision})
+        result, before = await client.receive_until(lambda message: message.get("id") == 2)
+        await process.stdin.aclose()  # type: ignore[union-attr]
+
+    assert question["params"]["mode"] == "url"
+    assert question["params"]["url"].startswith("http://127.0.0.1:")
+    assert decided.status_code == 200
+    assert any(message.get("method") == "notifications/elicitation/complete" for message in before)
+    if decision == "approve once":
+        assert result["result"].get("isError") is not True
+        assert writes(record) == [WRITE_A]
+    else:
+        assert result["result"]["isError"] is True
+        assert "denied it on the approval page" in result["result"]["content"][0]["text"]
+        assert writes(record) == []
