@@ -567,23 +567,36 @@ def _elicit_relay(ctx: ServerRequestContext[Any]) -> Elicit | None:
     request_id = ctx.request_id
 
     async def ask(message: str, schema: dict[str, Any], wait_seconds: float) -> dict[str, Any]:
-        request = types.ElicitRequest(
-            params=types.ElicitRequestFormParams(message=message, requested_schema=schema)
-        )
-        try:
-            result = await session.send_request(
-                request,
-                types.ElicitResult,
-                request_read_timeout_seconds=wait_seconds,
-                metadata=ServerMessageMetadata(related_request_id=request_id),
-            )
-        except MCPError as exc:
-            if exc.error.code == types.REQUEST_TIMEOUT:
-                raise TimeoutError("no answer to the approval question") from None
-            raise
-        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        params = types.ElicitRequestFormParams(message=message, requested_schema=schema)
+        return await _elicit(session, params, request_id, wait_seconds)
 
     return ask
+
+
+async def _elicit(
+    session: Any,
+    params: types.ElicitRequestFormParams | types.ElicitRequestURLParams,
+    request_id: Any,
+    wait_seconds: float,
+) -> dict[str, Any]:
+    """Send one elicitation request within the call `request_id` and return the response as a dict.
+
+    Raises:
+        TimeoutError: No response came within `wait_seconds`.
+    """
+    try:
+        result = await session.send_request(
+            types.ElicitRequest(params=params),
+            types.ElicitResult,
+            request_read_timeout_seconds=wait_seconds,
+            metadata=ServerMessageMetadata(related_request_id=request_id),
+        )
+    except MCPError as exc:
+        if exc.error.code == types.REQUEST_TIMEOUT:
+            raise TimeoutError("no response to the approval question") from None
+        raise
+    dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return dumped
 
 
 def _input_round(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> InputRound | None:
@@ -625,18 +638,7 @@ def _url_question(ctx: ServerRequestContext[Any]) -> UrlQuestion | None:
 
     async def ask(message: str, url: str, elicitation_id: str, wait_seconds: float) -> dict[str, Any]:
         params = types.ElicitRequestURLParams(message=message, url=url, elicitation_id=elicitation_id)
-        try:
-            result = await session.send_request(
-                types.ElicitRequest(params=params),
-                types.ElicitResult,
-                request_read_timeout_seconds=wait_seconds,
-                metadata=ServerMessageMetadata(related_request_id=request_id),
-            )
-        except MCPError as exc:
-            if exc.error.code == types.REQUEST_TIMEOUT:
-                raise TimeoutError("no response to the approval link") from None
-            raise
-        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return await _elicit(session, params, request_id, wait_seconds)
 
     async def complete(elicitation_id: str) -> None:
         await session.send_elicit_complete(elicitation_id, related_request_id=request_id)
