@@ -208,3 +208,33 @@ async def wait_until(predicate: Any, seconds: float = 10.0, message: str = "cond
 def clean_env(**extra: str) -> dict[str, str]:
     """Return this process's environment plus `extra`."""
     return {**os.environ, **extra}
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Run a webhook on 127.0.0.1 that keeps the JSON bodies POSTed to it; yield its URL and the bodies."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/secret-token", received
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()

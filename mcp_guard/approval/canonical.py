@@ -1,10 +1,12 @@
 """The canonical form of a call's arguments, so that an approval binds to exactly what was approved.
 
 Two argument objects get the same digest when they carry the same data. Keys
-are sorted, strings (keys and values) are put in Unicode NFC form, and numbers
-are written as Python parsed them. So `1e2` and `100.0` are the same float,
-while `1` and `1.0` stay different, because a server may treat them
-differently. Anything else differs: another value, another type, another key.
+are sorted and numbers are written as Python parsed them, so `1e2` and `100.0`
+are the same float, while `1` and `1.0` stay different, because a server may
+treat them differently. Text is hashed exactly as received: `café` in NFC and
+in NFD form are different bytes, and on most file systems different names, so
+an approval of one does not cover the other. Anything else differs too:
+another value, another type, another key.
 """
 
 from __future__ import annotations
@@ -33,18 +35,19 @@ def argument_digest(arguments: dict[str, Any]) -> str:
 
 
 def _normalise(value: Any) -> Any:
-    if isinstance(value, str):
-        return unicodedata.normalize("NFC", value)
+    """Return `value` unchanged, after checking that no object has two keys that read the same."""
     if isinstance(value, dict):
-        normalised: dict[str, Any] = {}
+        seen: set[str] = set()
         for key, item in value.items():
             name = unicodedata.normalize("NFC", str(key))
-            if name in normalised:
+            if name in seen:
+                # A person shown both would read one name twice and could not tell the values apart.
                 raise AmbiguousArguments(
                     f"the argument name {name!r} appears twice in different Unicode forms"
                 )
-            normalised[name] = _normalise(item)
-        return normalised
-    if isinstance(value, list):
-        return [_normalise(item) for item in value]
+            seen.add(name)
+            _normalise(item)
+    elif isinstance(value, list):
+        for item in value:
+            _normalise(item)
     return value

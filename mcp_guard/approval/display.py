@@ -17,22 +17,49 @@ from mcp_guard.pinning.display import escape_text
 # Values longer than this are shortened to their first SHOWN_CHARACTERS characters.
 LONGEST_SHOWN_VALUE = 200
 SHOWN_CHARACTERS = 120
-# Arguments after this many are summarised in one line.
-SHOWN_ARGUMENTS = 20
+# A call with more top-level arguments than this cannot be shown whole, so it cannot be approved.
+MOST_ARGUMENTS = 50
+
+
+class TooLongToShow(ValueError):
+    """A call has more arguments than a person can be shown, so it cannot be approved."""
 
 
 def render_arguments(arguments: dict[str, Any], redactor: Redactor) -> str:
-    """Return one line per argument: `name: value`, redacted, escaped and shortened."""
+    """Return one line per argument: `name: value`, redacted, escaped and shortened.
+
+    Every argument is listed: a call with more than MOST_ARGUMENTS cannot be shown whole, and
+    raises `TooLongToShow`. When redaction hid values, a last line says how many and that the
+    call runs with them as sent, so the person does not approve what they could not read.
+
+    Raises:
+        TooLongToShow: The call has more than MOST_ARGUMENTS arguments.
+    """
+    if len(arguments) > MOST_ARGUMENTS:
+        raise TooLongToShow(
+            f"it has {len(arguments)} arguments, more than the {MOST_ARGUMENTS} a person can be shown"
+        )
     redacted = redactor.redact_value(arguments)
     if not isinstance(redacted, dict) or not redacted:
         return "(no arguments)"
-    lines = []
-    for index, (name, value) in enumerate(sorted(redacted.items())):
-        if index == SHOWN_ARGUMENTS:
-            lines.append(f"... and {len(redacted) - SHOWN_ARGUMENTS} more arguments")
-            break
-        lines.append(f"{escape_text(str(name))}: {_value(value)}")
+    lines = [f"{escape_text(str(name))}: {_value(value)}" for name, value in sorted(redacted.items())]
+    hidden = _count_hidden(arguments, redacted)
+    if hidden:
+        lines.append(
+            f"WARNING: {hidden} value{'s are' if hidden != 1 else ' is'} hidden above because "
+            f"{'they look' if hidden != 1 else 'it looks'} like secrets, and the call runs with "
+            f"{'them' if hidden != 1 else 'it'} as sent. Deny it unless you expect secrets in this call."
+        )
     return "\n".join(lines)
+
+
+def _count_hidden(original: Any, redacted: Any) -> int:
+    """Return how many values redaction changed, at any depth."""
+    if isinstance(original, dict) and isinstance(redacted, dict):
+        return sum(_count_hidden(value, redacted.get(key)) for key, value in original.items())
+    if isinstance(original, list) and isinstance(redacted, list) and len(original) == len(redacted):
+        return sum(_count_hidden(a, b) for a, b in zip(original, redacted, strict=True))
+    return 0 if original == redacted else 1
 
 
 def _value(value: Any) -> str:

@@ -303,13 +303,14 @@ class ApprovalStore:
         async with self._transaction() as db:
             rows = await db.execute_fetchall(
                 f"SELECT {_COLUMNS} FROM approval WHERE status = 'approved' AND client = ? AND server = ? "
-                "AND tool = ? AND definition_digest = ? AND policy_digest = ? AND expires > ? "
+                "AND tool = ? AND rule = ? AND definition_digest = ? AND policy_digest = ? AND expires > ? "
                 "AND ((scope IN ('once', 'minutes') AND arguments_digest = ?) OR (scope = 'session' AND session IS ?)) "
                 "ORDER BY created",
                 (
                     binding.client,
                     binding.server,
                     binding.tool,
+                    binding.rule,
                     binding.definition_digest,
                     binding.policy_digest,
                     now,

@@ -56,7 +56,7 @@ async def post_webhook(url: str, message: dict[str, Any]) -> None:
         if response.status_code >= 300:
             log.warning("approval_webhook_rejected", request=message["request"], status=response.status_code)
             return
-    except httpx2.HTTPError as exc:
+    except Exception as exc:  # contained: a failing webhook must never stop the gateway
         log.warning("approval_webhook_failed", request=message["request"], error=type(exc).__name__)
         return
     log.info("approval_webhook_sent", request=message["request"])

@@ -152,11 +152,11 @@ def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -
                 f"approval.webhook_url_from: environment variable {webhook} is not set; "
                 "export it before starting mcp-guard"
             )
-        elif not url.startswith(("http://", "https://")):
+        elif not url.startswith(("http://", "https://")) or any(char.isspace() for char in url):
             # The value is never shown: it may hold the webhook's secret.
             problems.append(
                 f"approval.webhook_url_from: environment variable {webhook} does not hold an http:// "
-                "or https:// URL; set it to the webhook's URL"
+                "or https:// URL without spaces or line breaks; set it to the webhook's URL"
             )
     password = config.limits.redis_password_from
     if config.limits.store == "redis" and password is not None and password not in environ:

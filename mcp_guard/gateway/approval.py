@@ -147,6 +147,12 @@ class ApprovalStage:
             return self._deny(call, "denied", str(exc))
 
     def _binding(self, call: ToolCall, rule: str) -> CallBinding:
+        """Return what a grant for this call binds, if the call can be shown to a person at all.
+
+        Raises:
+            ValueError: The arguments cannot be digested or shown whole.
+        """
+        render_arguments(call.arguments, self._redactor)
         return CallBinding(
             client=call.client,
             session=call.session,
@@ -442,6 +448,7 @@ class ApprovalStage:
         if rejected is not None:
             await self._store.withdraw(request.id)
             return rejected
+        link = self._link_for(request.id) if self._link_for is not None else None
         log.warning(
             "approval_requested",
             request=request.id,
@@ -449,22 +456,29 @@ class ApprovalStage:
             tool=call.tool.exported,
             rule=binding.rule,
             hint=f"{self._command} approve {request.id}",
+            page=link,
         )
         if self._announce is not None:
-            self._announce(request, self._link_for(request.id) if self._link_for is not None else None)
+            self._announce(request, link)
         return request
 
     def _pending(self, call: ToolCall, binding: CallBinding, request: ApprovalRequest) -> ToolResult:
-        """End the call with the "approval pending" error, which explains how to decide and to retry."""
-        link = self._link_for(request.id) if self._link_for is not None else None
+        """End the call with the "approval pending" error, which explains how to decide and to retry.
+
+        The error never carries the approval page's link: the model reads it, and the link alone
+        decides, so an agent that could send an HTTP request would approve its own call. The link
+        goes only to the operator's channels (the gateway's log and the webhook).
+        """
         minutes = max(1, round((request.expires - self._clock()) / 60))
         call.outcome = "approval_pending"
         call.detail = f"approval request {request.id} is waiting"
-        where = f"open {link} or run" if link is not None else "run"
+        page = (
+            " (or use the approval page's link from the gateway's log)" if self._link_for is not None else ""
+        )
         return tool_error(
             f"Approval pending: rule {binding.rule!r} requires a person to approve this call, and it has not "
             f"run. Request {request.id} waits for a decision for about {minutes} more minutes. Ask the user to "
-            f"{where} `{self._command} approve {request.id}`, then retry exactly the same call."
+            f"run `{self._command} approve {request.id}`{page}, then retry exactly the same call."
         )
 
     async def _record(
@@ -524,9 +538,13 @@ class _Form:
 
 
 def policy_digest(config: GatewayConfig) -> str:
-    """Return a digest of the rules, so that a grant made under other rules does not apply."""
-    rules = [rule.model_dump(mode="json") for rule in config.rules]
-    text = json.dumps(rules, sort_keys=True, separators=(",", ":"))
+    """Return a digest of the rules and the servers, so that a grant made under other rules, or for a
+    server started or reached differently, does not apply."""
+    policy = {
+        "rules": [rule.model_dump(mode="json") for rule in config.rules],
+        "servers": {name: server.model_dump(mode="json") for name, server in config.servers.items()},
+    }
+    text = json.dumps(policy, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

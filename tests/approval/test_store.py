@@ -157,3 +157,11 @@ async def test_store_file_is_private(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path / "state"):
         pass
     assert (tmp_path / "state" / "approvals.sqlite3").stat().st_mode & 0o077 == 0
+
+
+async def test_session_grant_covers_its_own_rule_only(tmp_path: Path) -> None:
+    async with ApprovalStore.in_state_dir(tmp_path) as store:
+        await approve(store, await opened(store), scope="session")
+        stricter = replace(BINDING, rule="writes to /etc need approval")
+        assert await store.take_grant(stricter, T0 + 2) is None
+        assert await store.take_grant(BINDING, T0 + 2) is not None

@@ -38,3 +38,17 @@ def test_out_of_range_values_are_named(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "[approval]\ntimeout_seconds = 0\nmax_pending_per_client = 0\n")
     assert any(problem.startswith("approval.timeout_seconds:") for problem in problems)
     assert any(problem.startswith("approval.max_pending_per_client:") for problem in problems)
+
+
+def test_webhook_url_with_a_line_break_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[servers.files]\ncommand = "x"\n[approval]\nwebhook_url_from = "HOOK"\n')
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={"HOOK": "https://hooks.example/abc\r"})
+
+    assert error.value.problems == [
+        "approval.webhook_url_from: environment variable HOOK does not hold an http:// or https:// URL "
+        "without spaces or line breaks; set it to the webhook's URL"
+    ]
+    assert "hooks.example" not in str(error.value)

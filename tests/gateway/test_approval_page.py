@@ -9,10 +9,13 @@ decides nothing, and the page serves only requests addressed to 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,15 @@ import anyio.abc
 import httpx2
 import pytest
 from anyio.streams.text import TextReceiveStream
-from support import ROOT, fixture_server, read_records, stdio_gateway, write_policy
+from support import (
+    ROOT,
+    fixture_server,
+    read_records,
+    stdio_gateway,
+    wait_until,
+    webhook_receiver,
+    write_policy,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -32,23 +43,39 @@ WRITES = {**ALLOW, "name": "writes need approval", "tools": ["write_file"], "dec
 WRITE_A = {"path": "/tmp/a.txt", "content": "hello <b>world</b>"}
 
 
+WEBHOOK_VARIABLE = "TEST_APPROVAL_WEBHOOK"
+
+
 def page_policy(folder: Path, record: Path) -> Path:
     return write_policy(
         folder,
         {"alpha": fixture_server("alpha", record=record)},
         rules=[ALLOW, WRITES],
-        approval={"page_port": 0},
+        approval={"page_port": 0, "webhook_url_from": WEBHOOK_VARIABLE},
     )
+
+
+@asynccontextmanager
+async def page_gateway(tmp_path: Path, record: Path) -> AsyncIterator[tuple[Any, list[dict[str, Any]]]]:
+    """Start a gateway with the approval page; yield its client and the webhook messages, which carry the links.
+
+    The page's links reach only the operator (the log and the webhook), never the client.
+    """
+    with webhook_receiver() as (url, received):
+        async with stdio_gateway(page_policy(tmp_path, record), env={WEBHOOK_VARIABLE: url}) as client:
+            yield client, received
 
 
 def text_of(result: Any) -> str:
     return "\n".join(block.text for block in result.content if block.type == "text")
 
 
-def link_in(result: Any) -> str:
-    found = re.search(r"http://127\.0\.0\.1:\d+/approve/[A-Za-z0-9_-]+", text_of(result))
-    assert found is not None, text_of(result)
-    return found.group(0)
+async def link_of(received: list[dict[str, Any]]) -> str:
+    """Return the page link of the newest request, from the webhook messages."""
+    await wait_until(lambda: received, message="the webhook message with the link")
+    link = received[-1]["link"]
+    assert isinstance(link, str) and re.fullmatch(r"http://127\.0\.0\.1:\d+/approve/[A-Za-z0-9_-]+", link)
+    return link
 
 
 def writes(record: Path) -> list[dict[str, Any]]:
@@ -69,9 +96,9 @@ async def open_in_browser(url: str, choice: str) -> dict[str, Any]:
 async def test_approving_in_the_browser_lets_the_retry_run(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
-    async with stdio_gateway(page_policy(tmp_path, record)) as client:
+    async with page_gateway(tmp_path, record) as (client, received):
         pending = await client.call_tool("alpha__write_file", WRITE_A)
-        browser = await open_in_browser(link_in(pending), "approve once")
+        browser = await open_in_browser(await link_of(received), "approve once")
         retried = await client.call_tool("alpha__write_file", WRITE_A)
 
     assert "Approval pending" in text_of(pending)
@@ -89,9 +116,9 @@ async def test_approving_in_the_browser_lets_the_retry_run(tmp_path: Path) -> No
 async def test_denying_in_the_browser_blocks_call(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
-    async with stdio_gateway(page_policy(tmp_path, record)) as client:
-        pending = await client.call_tool("alpha__write_file", WRITE_A)
-        browser = await open_in_browser(link_in(pending), "deny")
+    async with page_gateway(tmp_path, record) as (client, received):
+        await client.call_tool("alpha__write_file", WRITE_A)
+        browser = await open_in_browser(await link_of(received), "deny")
         retried = await client.call_tool("alpha__write_file", WRITE_A)
 
     assert browser["after"]["title"] == "mcp-guard: Denied"
@@ -102,8 +129,9 @@ async def test_denying_in_the_browser_blocks_call(tmp_path: Path) -> None:
 async def test_page_rejects_bad_requests(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
-    async with stdio_gateway(page_policy(tmp_path, record)) as client:
-        link = link_in(await client.call_tool("alpha__write_file", WRITE_A))
+    async with page_gateway(tmp_path, record) as (client, received):
+        await client.call_tool("alpha__write_file", WRITE_A)
+        link = await link_of(received)
         base = link.rsplit("/approve/", 1)[0]
         async with httpx2.AsyncClient() as http:
             opened = await http.get(link)
@@ -180,7 +208,9 @@ async def test_url_mode_client_decides_on_the_page_within_the_call(tmp_path: Pat
     policy = page_policy(tmp_path, record)
     command = [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]
 
-    async with await anyio.open_process(command, cwd=ROOT, stderr=None) as process:
+    # The link reaches this client through URL-mode elicitation; the webhook is not needed here.
+    environment = {**os.environ, WEBHOOK_VARIABLE: "http://127.0.0.1:9/unused"}
+    async with await anyio.open_process(command, cwd=ROOT, stderr=None, env=environment) as process:
         client = RawClient(process)
         await client.send(
             {
