@@ -1,7 +1,7 @@
 """`mcp-guard approvals`: list the calls that wait for a person, and approve or deny them.
 
-A client without in-call elicitation receives an error that says its call waits
-for approval, with the request id. The operator approves it here (once, or for the same call
+A client without in-call elicitation receives an error stating that its call
+waits for approval, with the request id. The operator approves it here (once, or for the same call
 for some minutes), and the client's retry of exactly that call then runs.
 """
 

@@ -29,7 +29,7 @@ def render_arguments(arguments: dict[str, Any], redactor: Redactor) -> str:
     """Return one line per argument: `name: value`, redacted, escaped and shortened.
 
     Every argument is listed: a call with more than MOST_ARGUMENTS cannot be shown whole, and
-    raises `TooLongToShow`. When redaction hid values, a last line says how many and that the
+    raises `TooLongToShow`. When redaction hid values, a last line gives their number and warns that the
     call runs with them as sent, so the person does not approve what they could not read.
 
     Raises:

@@ -28,6 +28,8 @@ from mcp_guard.config.approval import ApprovalSettings
 log = structlog.get_logger(module=__name__)
 
 TOKEN_BYTES = 32
+# Links kept at most. Each waiting request has one, and a client has at most a few waiting.
+MOST_LINKS = 10_000
 PAGE_BY = "approval page"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -67,6 +69,9 @@ class ApprovalPage:
         if token is None:
             token = secrets.token_urlsafe(TOKEN_BYTES)
             self._links[token] = request_id
+            # Links of requests decided elsewhere stay until opened; the oldest go once there are many.
+            while len(self._links) > MOST_LINKS:
+                del self._links[next(iter(self._links))]
         return f"{self.base_url}/approve/{token}"
 
     def app(self, port: int) -> Starlette:

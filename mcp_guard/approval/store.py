@@ -113,7 +113,7 @@ class NotPending(GuardError):
 
 @dataclass(frozen=True)
 class CallBinding:
-    """What a grant binds to: who, which tool and definition, which arguments, under which policy."""
+    """The parts of a call a grant binds: who, which tool and definition, which arguments, which policy."""
 
     client: str
     session: str | None

@@ -11,7 +11,7 @@ canonical arguments, pinned definition and policy), and uses it. Without one:
   an input-required result (multi-round-trip requests, MRTR), with a sealed
   `requestState`. Its retry is decided by the response only if the state was
   sealed by this gateway for exactly this call, has not expired and was not
-  answered before. A retry that fails any of these checks is asked again and
+  used before. A retry that fails any of these checks is asked again and
   never runs;
 - any other client gets a tool error at once that says approval is pending,
   with the request id, the `mcp-guard approvals approve` command and, when the
@@ -290,7 +290,7 @@ class ApprovalStage:
         next_handler: Handler,
         channel: Channel,
     ) -> ToolResult:
-        """Record the person's answer and forward the call only if it approved."""
+        """Record the person's response and forward the call only if it approved."""
         choice = _accepted_choice(answer, form.choices)
         if choice is None or choice == DENY:
             reason = _refusal_reason(answer, choice)
@@ -584,7 +584,7 @@ async def _quietly(step: Awaitable[None]) -> None:
     """Await a courtesy message to the client; a client that cannot take it changes nothing."""
     try:
         await step
-    except Exception as exc:  # contained: the decision is made, the message only tells the client
+    except Exception as exc:  # contained: the decision is made, the message only informs the client
         log.info("approval_notice_not_sent", error=type(exc).__name__)
 
 
