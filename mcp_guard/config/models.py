@@ -88,6 +88,10 @@ class _ServerBase(_Frozen):
     allow_new_tools: bool = False
     """Expose tools this server adds after its definitions were pinned, without review."""
 
+    relay_questions: bool = False
+    """Pass this server's own form questions (elicitation) during a call on to the calling client's
+    user, labelled with the server's name. Off by default: the server's questions are declined."""
+
 
 class StdioServerConfig(_ServerBase):
     """A downstream server started as a child process and spoken to over its stdin and stdout."""

@@ -27,6 +27,7 @@ import httpx2
 import mcp_types as types
 import structlog
 from mcp import Client, StdioServerParameters
+from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._stream_protocols import ReadStream
@@ -81,6 +82,8 @@ _RAW_RESULT: Any = TypeAdapter(dict[str, Any])
 
 ProgressCallback = ProgressFnT
 ListingCallback = Callable[[str], Awaitable[None]]
+QuestionRelay = Callable[[types.ElicitRequestParams], Awaitable[types.ElicitResult]]
+"""Passes a downstream server's question on to the user of the call in flight, and returns the response."""
 
 
 class ServerState(StrEnum):
@@ -135,6 +138,9 @@ class DownstreamConnection:
         self._session: _Session | None = None
         self._first_attempt: anyio.abc.TaskStatus[None] | None = None
         self._log = log.bind(server=server_id)
+        # The question relays of the calls in flight, by a number of this connection's own.
+        self._relays: dict[int, QuestionRelay] = {}
+        self._next_relay = 0
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the server connected until cancelled.
@@ -162,8 +168,12 @@ class DownstreamConnection:
         *,
         progress_callback: ProgressCallback | None = None,
         read_timeout_seconds: float | None = None,
+        question_relay: QuestionRelay | None = None,
     ) -> dict[str, Any]:
         """Send one request to the server and return its result as a wire dict.
+
+        While it waits, a form question the server asks is passed to `question_relay`, if the
+        server's `relay_questions` allows it and this is the only call in flight that can relay.
 
         Raises:
             DownstreamUnavailable: The server is not connected.
@@ -176,6 +186,10 @@ class DownstreamConnection:
         if session is None or self.state is not ServerState.READY:
             raise DownstreamUnavailable(self.server_id, self.state.value)
         seconds = self.config.call_timeout_seconds if read_timeout_seconds is None else read_timeout_seconds
+        number = self._next_relay
+        self._next_relay += 1
+        if question_relay is not None:
+            self._relays[number] = question_relay
         try:
             result: dict[str, Any] = await session.client.session.send_request(
                 request,
@@ -191,6 +205,23 @@ class DownstreamConnection:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             session.closed.set()
             raise DownstreamCrashed(self.server_id) from exc
+        finally:
+            self._relays.pop(number, None)
+
+    async def _on_question(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        """Answer a question the server asks: relay it to the one call in flight that can, or decline.
+
+        The server does not say which call its question belongs to, so with several calls in flight
+        the question could reach the wrong user; it is declined then, as it is for URL-mode questions.
+        """
+        relays = list(self._relays.values())
+        if len(relays) != 1 or not isinstance(params, types.ElicitRequestFormParams):
+            self._log.info("downstream_question_declined", calls_in_flight=len(relays), mode=params.mode)
+            return types.ElicitResult(action="decline")
+        self._log.info("downstream_question_relayed")
+        return await relays[0](params)
 
     def _translate(self, exc: MCPError, session: _Session, seconds: float) -> Exception:
         if exc.error.code == types.CONNECTION_CLOSED:
@@ -340,6 +371,7 @@ class DownstreamConnection:
             mode=self.config.protocol,
             client_info=types.Implementation(name="mcp-guard", version=__version__),
             message_handler=self._on_message,
+            elicitation_callback=self._on_question if self.config.relay_questions else None,
             cache=None,
         )
 

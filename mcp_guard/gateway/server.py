@@ -34,6 +34,7 @@ from mcp_guard import __version__
 from mcp_guard.audit import AuditedCall, AuditStore, CallIntent, new_call_id
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.catalog import LEGACY_ERA, MODERN_ERA, Catalog, ExportedTool
+from mcp_guard.downstream.connection import QuestionRelay
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import AuditUnavailable, DownstreamError, DownstreamRejected, GuardError, NotFoundError
 from mcp_guard.gateway.approval import ApprovalStage
@@ -218,6 +219,40 @@ class Gateway:
         except AuditUnavailable as exc:
             log.error("audit_unavailable", reason=exc.reason)
 
+    def _question_relay(self, call: ToolCall) -> QuestionRelay | None:
+        """Return how a question the server asks during `call` reaches the caller's user, or None.
+
+        The question is labelled with the server's name and never counts as an approval: the
+        gateway's own approvals are asked and recorded by the approval stage alone.
+        """
+        elicit = call.elicit
+        if elicit is None:
+            return None
+        server = call.tool.server
+        seconds = self.config.approval.timeout_seconds
+
+        async def relay(params: types.ElicitRequestParams) -> types.ElicitResult:
+            assert isinstance(params, types.ElicitRequestFormParams)  # the connection passes forms only
+            message = (
+                f"Server {server!r} asks (passed on by mcp-guard; this is the server's question, not an "
+                f"approval by mcp-guard):\n\n{params.message}"
+            )
+            try:
+                response = await elicit(message, params.requested_schema, seconds)
+            except TimeoutError:
+                return types.ElicitResult(action="cancel")
+            except Exception as exc:  # contained: the server gets a refusal, the call goes on
+                log.info(
+                    "downstream_question_failed",
+                    call_id=call.call_id,
+                    server=server,
+                    error=type(exc).__name__,
+                )
+                return types.ElicitResult(action="decline")
+            return types.ElicitResult.model_validate(response)
+
+        return relay
+
     def still_current(self, call: ToolCall) -> bool:
         """Return whether the tool `call` was decided for is still exported with the same, approved definition."""
         tool = self.catalog.tools.get(call.tool.exported)
@@ -240,7 +275,9 @@ class Gateway:
             params=types.CallToolRequestParams(name=call.tool.name, arguments=call.arguments)
         )
         try:
-            result = await connection.request(request, progress_callback=call.progress)
+            result = await connection.request(
+                request, progress_callback=call.progress, question_relay=self._question_relay(call)
+            )
         except DownstreamRejected as exc:
             call.outcome, call.detail = "downstream_failed", str(exc)
             raise _mcp_error(exc) from None
