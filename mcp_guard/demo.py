@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import anyio
+import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import TextContent
@@ -42,8 +43,8 @@ GIT_REPO = WORK_DIR / "repo"
 FILES_DIR = WORK_DIR / "files"
 OUTSIDE_FILE = WORK_DIR / "outside.txt"
 LOG_FILE = WORK_DIR / "gateway.log"
-# The rate-limit counts of the previous run, deleted so that a second run within a minute starts afresh.
-LIMIT_COUNTS = WORK_DIR / "state" / "limits.sqlite3"
+# The rate-limit counts and approvals of the previous run, deleted so that every run starts afresh.
+PREVIOUS_STATE = (WORK_DIR / "state" / "limits.sqlite3", WORK_DIR / "state" / "approvals.sqlite3")
 
 # Bounds the whole session, from starting the gateway to the last result. A whole run took
 # 2 to 3 s on the build machine (`time python -m mcp_guard.demo`), most of it starting servers.
@@ -86,6 +87,8 @@ class Step:
     expected: Outcome
     expected_text: str
     """Text that the outcome must contain."""
+    person: str | None = None
+    """The choice the scripted person makes if mcp-guard asks for approval during the step."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,25 @@ STEPS = (
     Step("git log a third time", "git__git_log", REPO_ARGUMENTS, "tool error", "Rate limited by mcp-guard"),
     Step("list the scratch folder", "files__list_directory", {"path": str(FILES_DIR)}, "ok", "notes.txt"),
     Step("read a file", "files__read_text_file", {"path": str(FILES_DIR / "notes.txt")}, "ok", "ship"),
-    Step("write a file", "files__write_file", {"path": HELLO_PATH, "content": WRITTEN_TEXT}, "ok", "hello"),
+    # Writes need a person's approval; the scripted person approves this exact call once...
+    Step(
+        "write a file (approved)",
+        "files__write_file",
+        {"path": HELLO_PATH, "content": WRITTEN_TEXT},
+        "ok",
+        "hello",
+        person="approve once",
+    ),
     Step("read it back", "files__read_text_file", {"path": HELLO_PATH}, "ok", WRITTEN_TEXT.strip()),
+    # ...and is asked again for other arguments, which it denies.
+    Step(
+        "write other text (denied)",
+        "files__write_file",
+        {"path": HELLO_PATH, "content": "Overwritten.\n"},
+        "tool error",
+        "the user chose to deny it",
+        person="deny",
+    ),
     Step(
         "read outside the folder",
         "files__read_text_file",
@@ -179,8 +199,9 @@ def prepare_workspace() -> None:
     """Create the throwaway repository, the scratch folder and a file outside it, afresh."""
     for path in (GIT_REPO, FILES_DIR):
         shutil.rmtree(path, ignore_errors=True)
-    for suffix in ("", "-wal", "-shm"):
-        LIMIT_COUNTS.with_name(LIMIT_COUNTS.name + suffix).unlink(missing_ok=True)
+    for path in PREVIOUS_STATE:
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
     GIT_REPO.mkdir(parents=True)
     FILES_DIR.mkdir()
 
@@ -216,14 +237,34 @@ async def run_session(config: GatewayConfig, log: TextIO) -> list[StepResult]:
     results: list[StepResult] = []
     # Passing the parameters straight to `Client` would send the gateway's stderr to this process's, so the
     # transport is built here with `stdio_client`, which takes the file to write it to.
+    person = ScriptedPerson()
     with anyio.fail_after(SESSION_TIMEOUT_SECONDS):
-        async with Client(stdio_client(gateway, errlog=log)) as client:
+        async with Client(stdio_client(gateway, errlog=log), elicitation_callback=person) as client:
             name = client.server_info.name if client.server_info else "the gateway"
             print(f"Connected to {name}, protocol {client.protocol_version}")
             results.append(await list_tools(client, config))
             for step in STEPS:
+                person.choice = step.person
                 results.append(await run_step(client, step))
     return results
+
+
+class ScriptedPerson:
+    """The demo's stand-in for the person who approves calls: it prints the question and picks `choice`."""
+
+    def __init__(self) -> None:
+        self.choice: str | None = None
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        print("  ? mcp-guard asks the person:")
+        for line in params.message.splitlines():
+            if line.strip():
+                print(f"      {_shorten(line)}")
+        if self.choice is None:
+            print("    the person does not answer")
+            return types.ElicitResult(action="cancel")
+        print(f"    the person chooses: {self.choice}")
+        return types.ElicitResult(action="accept", content={"decision": self.choice})
 
 
 async def list_tools(client: Client, config: GatewayConfig) -> StepResult:

@@ -205,7 +205,11 @@ def test_example_audit_settings(example: GatewayConfig) -> None:
 
 
 def test_demo_rules(demo: GatewayConfig) -> None:
-    assert [rule.name for rule in demo.rules] == ["read the repository", "work in the scratch folder"]
+    assert [rule.name for rule in demo.rules] == [
+        "read the repository",
+        "work in the scratch folder",
+        "a person approves each write",
+    ]
     assert demo.gateway.default_client == "demo"
 
 
@@ -223,10 +227,14 @@ def test_demo_files_fenced(demo: GatewayConfig) -> None:
     inside = ROOT / "demo-work" / "files" / "notes.txt"
     outside = ROOT / "README.md"
 
-    assert decide(demo, "demo", "files", "write_file", {"path": str(inside), "content": "x"}).kind == "auto"
-    decision = decide(demo, "demo", "files", "write_file", {"path": str(outside), "content": "x"})
-    assert isinstance(decision, Deny)
-    assert decision.rule == "work in the scratch folder"
+    read = decide(demo, "demo", "files", "read_text_file", {"path": str(inside)})
+    write = decide(demo, "demo", "files", "write_file", {"path": str(inside), "content": "x"})
+    outside_write = decide(demo, "demo", "files", "write_file", {"path": str(outside), "content": "x"})
+
+    assert read.kind == "auto"
+    assert write.kind == "approve"
+    assert isinstance(outside_write, Deny)
+    assert outside_write.rule == "a person approves each write"
 
 
 @pytest.mark.parametrize("policy", [EXAMPLE, DEMO], ids=["example", "demo"])
