@@ -281,7 +281,7 @@ class GatewayConfig(_Frozen):
     limits: LimitsSettings = LimitsSettings()
     """Rate limits, tool costs and where their counts are kept."""
     approval: ApprovalSettings = ApprovalSettings()
-    """How calls under `approve` rules reach a person, and how long they wait."""
+    """The ways calls under `approve` rules reach a person, and how long they wait."""
 
     @model_validator(mode="after")
     def _prefixes_unique(self) -> GatewayConfig:

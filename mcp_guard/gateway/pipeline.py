@@ -26,7 +26,7 @@ ToolResult = dict[str, Any]
 
 Elicit = Callable[[str, dict[str, Any], float], Awaitable[dict[str, Any]]]
 """Asks the calling client's user a form question: (message, schema, timeout) -> the ElicitResult as a
-dict. Raises TimeoutError when no answer came within the timeout."""
+dict. Raises TimeoutError when no response came within the timeout."""
 
 
 @dataclass(frozen=True)

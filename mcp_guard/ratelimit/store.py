@@ -1,4 +1,4 @@
-"""What a limit store keeps, and the sliding-window arithmetic every store shares.
+"""The contents of a limit store, and the sliding-window arithmetic every store shares.
 
 A rate limit is a sliding window: at most `limit` units in any span of
 `period` seconds. Each window is cut into `SLICES` slices of `period / SLICES`

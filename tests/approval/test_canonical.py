@@ -70,4 +70,5 @@ def test_digest_ignores_insertion_order(arguments: dict[str, object]) -> None:
     except AmbiguousArguments:
         return
     assert argument_digest(reordered) == expected
-    assert expected.startswith("sha256:") and len(expected) == 71
+    assert expected.startswith("sha256:")
+    assert len(expected) == 71

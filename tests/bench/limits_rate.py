@@ -2,9 +2,9 @@
 
 Each decision takes requests per minute, requests per hour and tokens per
 minute for one of 100 clients, as a call under one limit entry with those
-three dimensions does. "one at a time" awaits each decision before the next;
-"64 concurrent" runs 64 callers at once, which lets the SQLite store share a
-transaction and the Redis store a pipeline between the decisions that arrive
+three dimensions does. "one at a time" awaits each decision before the next.
+"64 concurrent" runs 64 callers at once, so the SQLite store shares a
+transaction, and the Redis store a pipeline, between the decisions that arrive
 together. The SQLite store writes a real file in a scratch folder, and the
 Redis store uses the Redis at 127.0.0.1:6379 under a key prefix of its own,
 deleted afterwards.
@@ -31,7 +31,7 @@ CLIENTS = 100
 # Decisions per measurement, per store.
 DECISIONS = {"memory": 200_000, "sqlite": 20_000, "redis": 20_000}
 CONCURRENCY = 64
-# Decisions per second on one core that issue 5 asks of each store.
+# Decisions per second each store must reach on one core.
 TARGETS = {"memory": 50_000, "sqlite": 5_000, "redis": 10_000}
 
 

@@ -115,7 +115,8 @@ async def test_large_input_rejected_first() -> None:
     lim = limiter({"name": "small", "max_input_tokens": 100, "requests_per_minute": 5})
     rejection = await call(lim, T0, input_tokens=101)
     assert isinstance(rejection, LimitExceeded) and rejection.dimension == "max_input_tokens"
-    assert "101 tokens" in rejection.message and "'small'" in rejection.message
+    assert "101 tokens" in rejection.message
+    assert "'small'" in rejection.message
     assert await admitted(lim, T0, 10, input_tokens=100) == 5
 
 
@@ -123,7 +124,8 @@ async def test_call_over_whole_limit_rejected() -> None:
     lim = limiter({"name": "tokens", "tokens_per_minute": 1000})
     rejection = await call(lim, T0, input_tokens=1001)
     assert isinstance(rejection, LimitExceeded)
-    assert "can never run" in rejection.message and rejection.retry_after is None
+    assert "can never run" in rejection.message
+    assert rejection.retry_after is None
     expensive = limiter(
         {"name": "budget", "cost_per_hour": 1.0},
         costs=[{"server": "files", "tools": ["read"], "per_call": 2.0}],
