@@ -13,7 +13,7 @@ canonical arguments, pinned definition and policy), and uses it. Without one:
   sealed by this gateway for exactly this call, has not expired and was not
   used before. A retry that fails any of these checks is asked again and
   never runs;
-- any other client gets a tool error at once that says approval is pending,
+- any other client gets a tool error at once stating that approval is pending,
   with the request id, the `mcp-guard approvals approve` command and, when the
   approval page is served, a one-time link to it. A person
   approves or denies out of band, and the client retries the same call, which
@@ -129,9 +129,9 @@ class ApprovalStage:
                 call.detail = f"approved by {grant.decided_by} ({grant.channel}), request {grant.id}"
                 log.info("approval_grant_used", call_id=call.call_id, request=grant.id, scope=grant.scope)
                 return await next_handler(call)
-            refusal = await self._flood_guard(call)
-            if refusal is not None:
-                return self._deny(call, "denied", refusal)
+            denial = await self._flood_guard(call)
+            if denial is not None:
+                return self._deny(call, "denied", denial)
             if call.elicit is not None:
                 return await self._ask_in_call(call, binding, call.elicit, next_handler)
             if call.url_question is not None and self._link_for is not None:
@@ -232,9 +232,9 @@ class ApprovalStage:
         return await self._settle(call, binding, self._form(call, binding.rule), answer, next_handler, "mrtr")
 
     async def _verified_answer(self, binding: CallBinding, input_round: InputRound) -> dict[str, Any] | None:
-        """Verify a retry's state, mark it used, and return the answer the retry carries.
+        """Verify a retry's state, mark it used, and return the response the retry carries.
 
-        Returns None for a first call and for a valid retry without an answer.
+        Returns None for a first call and for a valid retry without a response.
 
         Raises:
             InvalidRequestState: Input responses came without a state, or the state is not valid for
@@ -293,7 +293,7 @@ class ApprovalStage:
         """Record the person's response and forward the call only if it approved."""
         choice = _accepted_choice(answer, form.choices)
         if choice is None or choice == DENY:
-            reason = _refusal_reason(answer, choice)
+            reason = _denial_reason(answer, choice)
             await self._record(binding, form.display, approve=False, scope="once", by="user", channel=channel)
             return self._deny(call, "approval_declined", reason)
         if not self._still_current(call):
@@ -341,7 +341,7 @@ class ApprovalStage:
                     answer = await elicit(message, schema, timeout)
                 except TimeoutError:
                     answer = None
-                except Exception as exc:  # contained: any failure to get an answer denies the call
+                except Exception as exc:  # contained: any failure to get a response denies the call
                     log.warning("approval_question_failed", call_id=call.call_id, error=type(exc).__name__)
                     answer = {"action": "cancel"}
             tasks.cancel_scope.cancel()
@@ -557,7 +557,7 @@ def _question(call: ToolCall, rule: str, display: str, timeout: float) -> str:
     )
 
 
-def _refusal_reason(answer: dict[str, Any], choice: str | None) -> str:
+def _denial_reason(answer: dict[str, Any], choice: str | None) -> str:
     """Say why a response did not approve the call."""
     action = answer.get("action")
     if choice == DENY:
@@ -570,7 +570,7 @@ def _refusal_reason(answer: dict[str, Any], choice: str | None) -> str:
 
 
 def _accepted_choice(answer: dict[str, Any], choices: dict[str, tuple[Scope, float]]) -> str | None:
-    """Return the chosen label of an `accept` answer whose content is exactly one offered choice."""
+    """Return the chosen label of an `accept` response whose content is exactly one offered choice."""
     if answer.get("action") != "accept":
         return None
     content = answer.get("content")

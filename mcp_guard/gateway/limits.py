@@ -98,7 +98,7 @@ class LimitStage:
             anonymous=call.anonymous,
             needs_approval=needs_approval,
             input_tokens=argument_tokens(call.arguments),
-            # A call that waits for a person holds its concurrent slot while it waits.
+            # A call that waits for a person keeps its concurrent slot while it waits.
             timeout_seconds=call_timeout + (self._config.approval.timeout_seconds if needs_approval else 0.0),
         )
 

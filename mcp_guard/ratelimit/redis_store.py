@@ -127,10 +127,11 @@ end
 return taken
 """
 
-# Settles a finished call. KEYS: one key per step. ARGV: the lease id, then five values per step:
-# "r" to remove the lease from a lease set (four unused values), or "s", the slice the charge went
-# into, the units to add, the current slice and the window's lifetime in ms. Units given back leave
-# their own slice (if the window still has it); extra units go into the current slice.
+# Settles a finished call. KEYS: one key per step. ARGV: the lease id, then five values per step.
+# A lease step is "r" and four unused values, which removes the lease from its lease set. A window
+# step is "s", the slice the charge went into, the units to add, the current slice and the
+# window's lifetime in ms. Units given back leave their own slice, if the window still has it, and
+# extra units go into the current slice.
 _FINISH = """
 local lease = ARGV[1]
 for i = 1, #KEYS do

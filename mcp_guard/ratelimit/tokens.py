@@ -2,10 +2,10 @@
 
 The estimate is deterministic and needs no tokenizer: one token per four bytes
 of UTF-8, rounded up. Arguments are measured as compact JSON
-(`{"path":"/tmp"}`). A result is measured as the text of its text blocks, the
-base64 data of its images and audio, the text or blob of its embedded
-resources, the JSON of its other blocks, and the compact JSON of its
-`structuredContent` and of any other member (such as `_meta`). Real
+(`{"path":"/tmp"}`). A result is measured block by block: the text of a text
+block, the base64 data of an image or audio block, the text or blob of an
+embedded resource, and the JSON of any other block. Its `structuredContent`
+and any other member (such as `_meta`) count as compact JSON. Real
 tokenizers give English prose about four bytes per token, so the estimate is
 of the right size for text and errs high for code, numbers and base64.
 """
@@ -54,7 +54,7 @@ def truncate_result(
 
     Text is cut at a character boundary. Blocks that do not fit whole (images,
     audio, resources) are dropped. `structuredContent` is kept only whole, so the
-    client never receives a broken structure. A text block at the end says what
+    client never receives a broken structure. A text block at the end states what
     was cut. When the tool declares an output schema, a result without its
     structured content would break the schema's promise, so such a result is
     returned as a tool error.

@@ -33,7 +33,8 @@ def test_valid_limits_section_loads(tmp_path: Path) -> None:
 
     limits = load_config(path, environ={}).limits
 
-    assert limits.store == "redis" and limits.on_store_failure == "deny"
+    assert limits.store == "redis"
+    assert limits.on_store_failure == "deny"
     assert [rule.name for rule in limits.rules] == ["each client", "team"]
     assert limits.rules[0].dimensions() == {"requests_per_minute": 30}
 
@@ -80,7 +81,8 @@ def test_redis_url_password_rejected(tmp_path: Path) -> None:
         '[limits]\nstore = "redis"\nredis_url = "redis://:hunter2@127.0.0.1:6379/0"\n', tmp_path
     )
 
-    assert len(problems) == 1 and "redis_password_from" in problems[0]
+    assert len(problems) == 1
+    assert "redis_password_from" in problems[0]
     assert "hunter2" not in problems[0]
 
 
@@ -112,10 +114,12 @@ def test_misspelt_keys_in_entries_get_the_entrys_keys(tmp_path: Path) -> None:
 def test_limit_values_must_be_numbers(tmp_path: Path) -> None:
     problems = problems_of('[[limits.rules]]\nname = "x"\nrequests_per_minute = "30"\n', tmp_path)
 
-    assert len(problems) == 1 and problems[0].startswith("limits.rules[0].requests_per_minute:")
+    assert len(problems) == 1
+    assert problems[0].startswith("limits.rules[0].requests_per_minute:")
 
 
 def test_cost_entry_without_a_cost_is_rejected(tmp_path: Path) -> None:
     problems = problems_of('[[limits.costs]]\nserver = "files"\n', tmp_path)
 
-    assert len(problems) == 1 and "sets neither per_call nor per_second" in problems[0]
+    assert len(problems) == 1
+    assert "sets neither per_call nor per_second" in problems[0]

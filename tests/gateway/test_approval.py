@@ -110,13 +110,16 @@ async def test_form_answer_decides_the_call(
 
     assert len(human.questions) == 1
     question = human.questions[0].message
-    assert "Server: alpha" in question and "Tool: write_file" in question
-    assert 'path: "/tmp/a.txt"' in question and "Rule: writes need approval" in question
+    assert "Server: alpha" in question
+    assert "Tool: write_file" in question
+    assert 'path: "/tmp/a.txt"' in question
+    assert "Rule: writes need approval" in question
     if expected == "ran":
         assert result.is_error is False
         assert writes(record) == [WRITE_A]
     else:
-        assert result.is_error is True and text_of(result).startswith("Denied by mcp-guard: the")
+        assert result.is_error is True
+        assert text_of(result).startswith("Denied by mcp-guard: the")
         assert writes(record) == []
         trail = await read_outcomes(tmp_path / "state")
         assert trail == ["approval_declined"]
@@ -137,7 +140,8 @@ async def test_grant_for_minutes_covers_same_call_only(tmp_path: Path) -> None:
         reordered = await client.call_tool("alpha__write_file", {"content": "hello", "path": "/tmp/a.txt"})
         other = await client.call_tool("alpha__write_file", {"path": "/tmp/b.txt", "content": "hello"})
 
-    assert first.is_error is False and reordered.is_error is False
+    assert first.is_error is False
+    assert reordered.is_error is False
     assert other.is_error is True
     assert len(human.questions) == 2  # the reordered call was covered, the changed path was asked again
     assert writes(record) == [WRITE_A, {"content": "hello", "path": "/tmp/a.txt"}]
@@ -152,7 +156,8 @@ async def test_unanswered_question_times_out(tmp_path: Path) -> None:
         result = await client.call_tool("alpha__write_file", WRITE_A)
         await anyio.sleep(3.0)  # the late response arrives meanwhile
 
-    assert result.is_error is True and "in time" in text_of(result)
+    assert result.is_error is True
+    assert "in time" in text_of(result)
     assert writes(record) == []
     assert await read_outcomes(tmp_path / "state") == ["approval_timed_out"]
 
@@ -168,7 +173,8 @@ async def test_denials_in_a_row_start_a_cooldown(tmp_path: Path) -> None:
         ]
 
     assert len(human.questions) == 3
-    assert "without asking" in text_of(results[3]) and "without asking" in text_of(results[4])
+    assert "without asking" in text_of(results[3])
+    assert "without asking" in text_of(results[4])
     assert writes(record) == []
 
 
@@ -199,11 +205,14 @@ async def test_client_without_elicitation_waits_for_the_command_line(tmp_path: P
         retried = await client.call_tool("alpha__write_file", WRITE_A)
         once_more = await client.call_tool("alpha__write_file", WRITE_A)
 
-    assert pending.is_error is True and "Approval pending" in text_of(pending)
+    assert pending.is_error is True
+    assert "Approval pending" in text_of(pending)
     assert request_id(again) == identifier  # the identical waiting request is reused, not duplicated
-    assert identifier in listing and 'path: "/tmp/a.txt"' in listing
+    assert identifier in listing
+    assert 'path: "/tmp/a.txt"' in listing
     assert retried.is_error is False
-    assert once_more.is_error is True and "Approval pending" in text_of(once_more)  # the grant was for once
+    assert once_more.is_error is True  # the grant was for once
+    assert "Approval pending" in text_of(once_more)
     assert writes(record) == [WRITE_A]
     outcomes = await read_outcomes(tmp_path / "state")
     assert outcomes == ["approval_pending", "approval_pending", "succeeded", "approval_pending"]
@@ -311,7 +320,7 @@ async def test_waiting_caller_receives_progress(tmp_path: Path) -> None:
     assert progress[0][2] == "waiting for a person to approve the call"
 
 
-async def test_same_call_from_a_new_session_joins_the_request(tmp_path: Path) -> None:
+async def test_new_session_joins_waiting_request(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)
     identifiers = []
@@ -352,7 +361,8 @@ async def test_new_request_is_announced_to_the_webhook(tmp_path: Path) -> None:
 
     [message] = received
     assert message["request"] == request_id(first)
-    assert message["tool"] == "write_file" and message["rule"] == "writes need approval"
+    assert message["tool"] == "write_file"
+    assert message["rule"] == "writes need approval"
     assert message["command"].endswith(f"approve {request_id(first)}")
     assert "content" not in json.dumps(message)  # arguments stay out of the message
 

@@ -74,7 +74,8 @@ async def link_of(received: list[dict[str, Any]]) -> str:
     """Return the page link of the newest request, from the webhook messages."""
     await wait_until(lambda: received, message="the webhook message with the link")
     link = received[-1]["link"]
-    assert isinstance(link, str) and re.fullmatch(r"http://127\.0\.0\.1:\d+/approve/[A-Za-z0-9_-]+", link)
+    assert isinstance(link, str)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/approve/[A-Za-z0-9_-]+", link)
     return link
 
 
@@ -152,7 +153,7 @@ async def test_page_rejects_bad_requests(tmp_path: Path) -> None:
     assert writes(record) == []
 
 
-async def test_busy_page_port_stops_the_gateway_with_a_clear_error(tmp_path: Path) -> None:
+async def test_busy_page_port_stops_gateway(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -175,7 +176,8 @@ class RawClient:
     """A handshake-era client spoken by hand over stdio, so it can declare URL-mode elicitation alone."""
 
     def __init__(self, process: anyio.abc.Process) -> None:
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
         self._process = process
         self._lines = TextReceiveStream(process.stdout)
         self._buffer = ""
@@ -203,7 +205,7 @@ class RawClient:
 
 
 @pytest.mark.parametrize("decision", ["approve once", "deny"])
-async def test_url_mode_client_decides_on_the_page_within_the_call(tmp_path: Path, decision: str) -> None:
+async def test_url_mode_decides_on_page(tmp_path: Path, decision: str) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = page_policy(tmp_path, record)
     command = [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]

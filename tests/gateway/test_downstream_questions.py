@@ -69,7 +69,7 @@ async def test_question_is_declined_unless_allowed(tmp_path: Path) -> None:
     assert result.content[0].text == "the question failed: Elicitation not supported"
 
 
-async def test_client_that_cannot_be_asked_gets_a_decline_downstream(tmp_path: Path) -> None:
+async def test_unaskable_client_means_decline(tmp_path: Path) -> None:
     human = Human()
 
     async with stdio_gateway(

@@ -122,7 +122,8 @@ async def test_oversized_input_never_forwarded(tmp_path: Path) -> None:
         large = await client.call_tool("alpha__echo", {"text": "x" * 1000})
 
     assert small.is_error is False
-    assert large.is_error is True and "over the 50 tokens per call" in text_of(large)
+    assert large.is_error is True
+    assert "over the 50 tokens per call" in text_of(large)
     echoed = [event for event in read_records(record) if event["event"] == "call" and event["tool"] == "echo"]
     assert [event["arguments"]["text"] for event in echoed] == ["fits"]
 
@@ -136,9 +137,11 @@ async def test_oversized_output_cut_validly(tmp_path: Path) -> None:
         # output schema, so the SDK client checks that the result is an error or carries it.
         structured = await client.call_tool("alpha__structured", {"value": 5})
 
-    assert len(big.content) == 2 and len(big.content[0].text.encode()) <= 32
+    assert len(big.content) == 2
+    assert len(big.content[0].text.encode()) <= 32
     assert "result cut to about 8 of its" in big.content[1].text
-    assert structured.is_error is True and structured.structured_content is None
+    assert structured.is_error is True
+    assert structured.structured_content is None
     assert "structured content dropped" in text_of(structured)
 
 
@@ -152,7 +155,8 @@ async def test_slow_call_holds_its_slot(tmp_path: Path) -> None:
     async with stdio_gateway(policy) as client:
         after = await client.call_tool("alpha__echo", {"text": "afterwards"})
 
-    assert second.is_error is True and "in flight" in text_of(second)
+    assert second.is_error is True
+    assert "in flight" in text_of(second)
     assert after.is_error is False
 
 
@@ -289,8 +293,8 @@ async def test_limits_command_shows_usage(tmp_path: Path) -> None:
         for _ in range(2):
             await client.call_tool("alpha__echo", {"text": "counted"})
 
-    shown = await anyio.run_process([*gateway_command(policy)[:3], "limits", "--config", str(policy)])
-    rows = [line.split() for line in shown.stdout.decode().splitlines()]
+    listing = await anyio.run_process([*gateway_command(policy)[:3], "limits", "--config", str(policy)])
+    rows = [line.split() for line in listing.stdout.decode().splitlines()]
     assert rows[0] == ["CLIENT", "LIMIT", "DIMENSION", "COUNTED", "PER", "USED", "OF"]
     assert ["default", "per-client", "requests_per_hour", "client", "2", "50"] in rows
     assert ["default", "per-client", "concurrent_calls", "client", "0", "4"] in rows

@@ -86,8 +86,10 @@ async def test_daily_cap_stops_slow_calls() -> None:
     outcomes = [await call(lim, T0 + minute * 60) for minute in range(24 * 60)]
     assert sum(isinstance(outcome, Admission) for outcome in outcomes) == 100
     rejection = outcomes[100]
-    assert isinstance(rejection, LimitExceeded) and rejection.dimension == "requests_per_day"
-    assert rejection.retry_after is not None and rejection.retry_after > 20 * 3600
+    assert isinstance(rejection, LimitExceeded)
+    assert rejection.dimension == "requests_per_day"
+    assert rejection.retry_after is not None
+    assert rejection.retry_after > 20 * 3600
 
 
 async def test_clock_step_back_keeps_window() -> None:
@@ -114,7 +116,8 @@ async def test_restarted_clock_starts_at_mark() -> None:
 async def test_large_input_rejected_first() -> None:
     lim = limiter({"name": "small", "max_input_tokens": 100, "requests_per_minute": 5})
     rejection = await call(lim, T0, input_tokens=101)
-    assert isinstance(rejection, LimitExceeded) and rejection.dimension == "max_input_tokens"
+    assert isinstance(rejection, LimitExceeded)
+    assert rejection.dimension == "max_input_tokens"
     assert "101 tokens" in rejection.message
     assert "'small'" in rejection.message
     assert await admitted(lim, T0, 10, input_tokens=100) == 5
@@ -162,9 +165,11 @@ async def test_cost_reserved_then_settled() -> None:
 async def test_concurrent_calls_capped_and_freed() -> None:
     lim = limiter({"name": "two-at-once", "concurrent_calls": 2})
     first, second = await call(lim, T0), await call(lim, T0)
-    assert isinstance(first, Admission) and isinstance(second, Admission)
+    assert isinstance(first, Admission)
+    assert isinstance(second, Admission)
     third = await call(lim, T0)
-    assert isinstance(third, LimitExceeded) and "in flight" in third.message
+    assert isinstance(third, LimitExceeded)
+    assert "in flight" in third.message
     await lim.finish(first, output_tokens=0, seconds=1, now=T0)
     assert isinstance(await call(lim, T0), Admission)
 
@@ -220,7 +225,8 @@ async def test_rejection_hides_others_usage() -> None:
     assert "retry in" in own.message
     await admitted(lim, T0, 1, client="bob")
     shared = await call(lim, T0, client="carol")
-    assert isinstance(shared, LimitExceeded) and shared.limit == "everyone"
+    assert isinstance(shared, LimitExceeded)
+    assert shared.limit == "everyone"
     assert "used" not in shared.message
     assert "(the gateway's limit is 3 calls per minute)" in shared.message
 
@@ -238,4 +244,5 @@ async def test_session_window_is_one_day() -> None:
     plan = lim.plan(facts(session="s"))
     assert isinstance(plan, Plan)
     charge = plan.meters[0].charge
-    assert isinstance(charge, WindowCharge) and charge.period == 86_400
+    assert isinstance(charge, WindowCharge)
+    assert charge.period == 86_400

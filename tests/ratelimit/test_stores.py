@@ -84,7 +84,8 @@ async def test_charges_all_or_none(store: LimitStore) -> None:
     assert isinstance(await store.acquire([full], T0), Grant)
     outcome = await store.acquire([roomy, full], T0 + 1)
     assert isinstance(outcome, Rejection)
-    assert outcome.index == 1 and outcome.used == 1
+    assert outcome.index == 1
+    assert outcome.used == 1
     assert await store.usage([roomy, full], T0 + 1) == [0, 1]
 
 
@@ -128,7 +129,7 @@ async def test_reservation_settled_to_real_cost(store: LimitStore) -> None:
     assert isinstance(await store.acquire([minute("tokens", 1000, 500)], T0 + 1), Grant)
 
 
-async def test_extra_usage_counts_from_the_end_of_a_long_call(store: LimitStore) -> None:
+async def test_extra_usage_counts_from_call_end(store: LimitStore) -> None:
     charge = minute("late", 100, 1)
     grant = await store.acquire([charge], T0)
     assert isinstance(grant, Grant)
@@ -161,7 +162,8 @@ async def test_slots_freed_on_release_and_expiry(store: LimitStore) -> None:
     slot = LeaseCharge(key="slots", limit=2, lease_seconds=30)
     first = await store.acquire([slot], T0)
     second = await store.acquire([slot], T0)
-    assert isinstance(first, Grant) and isinstance(second, Grant)
+    assert isinstance(first, Grant)
+    assert isinstance(second, Grant)
     assert isinstance(await store.acquire([slot], T0 + 1), Rejection)
     await store.finish(first, {}, T0 + 1)
     third = await store.acquire([slot], T0 + 1)

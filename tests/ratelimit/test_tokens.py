@@ -33,7 +33,8 @@ def test_long_text_cut_with_marker() -> None:
     cut = truncate_result(result, 100, reason="max_output_tokens of limit 'small'", output_schema=False)
     assert cut["content"][0]["text"] == "x" * 400
     marker = cut["content"][-1]["text"]
-    assert "about 100 of its 2500 estimated tokens" in marker and "'small'" in marker
+    assert "about 100 of its 2500 estimated tokens" in marker
+    assert "'small'" in marker
     assert cut["isError"] is False
 
 
@@ -53,7 +54,8 @@ def test_structured_content_whole_or_dropped() -> None:
     assert "isError" not in cut
     # A tool that promises an output schema cannot return a success without its structure.
     strict = truncate_result(result, 200, reason="r", output_schema=True)
-    assert strict["isError"] is True and "structuredContent" not in strict
+    assert strict["isError"] is True
+    assert "structuredContent" not in strict
 
 
 @given(st.text(min_size=1, max_size=400), st.integers(min_value=1, max_value=60))
