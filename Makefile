@@ -42,6 +42,10 @@ unit: install $(LEGACY_VENV)/.installed $(NODE_DIR)/node_modules/.installed
 
 test: lint typecheck unit
 
+# Only the tests marked attack or legitimate; prints one row per attack and fails on any bypass.
+security: install $(LEGACY_VENV)/.installed $(NODE_DIR)/node_modules/.installed
+	$(BIN)/pytest -m "attack or legitimate" --security-report -q
+
 bench: install
 	$(BIN)/python tests/bench/run.py
 

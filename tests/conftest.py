@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Checks the attack and legitimate markers, and prints the report of `make security`.
+pytest_plugins = ["security_report"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

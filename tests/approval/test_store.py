@@ -61,6 +61,7 @@ async def test_identical_requests_share_one_entry(tmp_path: Path) -> None:
     assert other.id != first.id
 
 
+@pytest.mark.attack("approval flood")
 async def test_pending_cap_returns_the_count(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         for index in range(3):
@@ -75,6 +76,7 @@ async def test_pending_cap_returns_the_count(tmp_path: Path) -> None:
     assert over == 3
 
 
+@pytest.mark.attack("approval grant replay", attempts=50)
 async def test_once_grant_taken_exactly_once(tmp_path: Path) -> None:
     taken: list[ApprovalRequest | None] = []
     async with ApprovalStore.in_state_dir(tmp_path) as first, ApprovalStore.in_state_dir(tmp_path) as second:
@@ -89,6 +91,7 @@ async def test_once_grant_taken_exactly_once(tmp_path: Path) -> None:
     assert sum(grant is not None for grant in taken) == 1
 
 
+@pytest.mark.attack("approval grant reused for another call", attempts=5)
 async def test_grant_binds_every_part_of_the_call(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         await approve(store, await opened(store), scope="minutes")
@@ -103,6 +106,7 @@ async def test_grant_binds_every_part_of_the_call(tmp_path: Path) -> None:
         assert await store.take_grant(BINDING, T0 + 2) is not None
 
 
+@pytest.mark.attack("approval after its time ran out")
 async def test_minutes_grant_serves_repeats_until_it_expires(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         await approve(store, await opened(store), scope="minutes", valid_seconds=60.0)
@@ -114,6 +118,7 @@ async def test_minutes_grant_serves_repeats_until_it_expires(tmp_path: Path) -> 
     assert expired.uses == 3
 
 
+@pytest.mark.attack("approval grant reused for another call", attempts=2)
 async def test_session_grant_stays_in_session(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         await approve(store, await opened(store), scope="session")
@@ -123,6 +128,7 @@ async def test_session_grant_stays_in_session(tmp_path: Path) -> None:
         assert await store.take_grant(replace(other_arguments, session=None), T0 + 2) is None
 
 
+@pytest.mark.attack("call runs after a person denied it", attempts=2)
 async def test_decided_request_cannot_be_decided_again(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         request = await opened(store)
@@ -136,6 +142,7 @@ async def test_decided_request_cannot_be_decided_again(tmp_path: Path) -> None:
         assert await store.take_grant(BINDING, T0 + 2) is None
 
 
+@pytest.mark.attack("approval after its time ran out")
 async def test_unanswered_request_expires(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         request = await opened(store)
@@ -153,12 +160,14 @@ async def test_unanswered_request_expires(tmp_path: Path) -> None:
             )
 
 
+@pytest.mark.attack("state files readable by other users")
 async def test_store_file_is_private(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path / "state"):
         pass
     assert (tmp_path / "state" / "approvals.sqlite3").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.attack("approval grant reused for another call")
 async def test_session_grant_covers_its_own_rule_only(tmp_path: Path) -> None:
     async with ApprovalStore.in_state_dir(tmp_path) as store:
         await approve(store, await opened(store), scope="session")

@@ -112,6 +112,7 @@ async def test_export_writes_json_lines_oldest_first(
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
 
 
+@pytest.mark.legitimate("audit row tampering")
 async def test_verify_reports_intact_trail(calls: list[CallIntent], state_dir: Path) -> None:
     status, output = await _run(state_dir, "verify")
 
@@ -119,6 +120,7 @@ async def test_verify_reports_intact_trail(calls: list[CallIntent], state_dir: P
     assert "intact: 6 rows verified (rows 1 to 6)" in output
 
 
+@pytest.mark.attack("audit row tampering")
 async def test_verify_reports_broken_trail(
     calls: list[CallIntent], state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,6 +135,7 @@ async def test_verify_reports_broken_trail(
     assert "broken at row 3" in capsys.readouterr().err
 
 
+@pytest.mark.legitimate("audit row deletion or reordering")
 async def test_prune_then_verify_passes(calls: list[CallIntent], state_dir: Path) -> None:
     pruned_status, pruned = await _run(state_dir, "prune", "--max-rows", "2")
     verify_status, verified = await _run(state_dir, "verify")

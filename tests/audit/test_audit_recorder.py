@@ -153,6 +153,7 @@ async def test_outcome_records_latency_and_preview(make_intent: IntentFactory) -
 
 
 @pytest.mark.anyio
+@pytest.mark.attack("unaudited call")
 async def test_failed_intent_write_denies_the_call(make_intent: IntentFactory) -> None:
     store = MemoryAuditStore()
     store.fail_writes("disk is full")

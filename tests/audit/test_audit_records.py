@@ -54,6 +54,7 @@ def test_call_ids_are_unique_hex() -> None:
     assert int(first, 16) >= 0
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_preview_is_redacted_before_it_is_cut(make_outcome: OutcomeFactory) -> None:
     token = "ghp_" + "p" * 36
     outcome = make_outcome("call", preview="x" * (PREVIEW_MAX_CHARS - 10) + token)
@@ -75,6 +76,7 @@ def test_huge_arguments_are_stored_as_a_head(make_intent: IntentFactory) -> None
     assert len(str(stored.arguments["head"])) < 20_000
 
 
+@pytest.mark.attack("secret in audit trail or logs", attempts=2)
 def test_intent_text_fields_are_redacted(make_intent: IntentFactory) -> None:
     intent = make_intent(session="Bearer abcdefghij", arguments={"password": "x"})
 

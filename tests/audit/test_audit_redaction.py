@@ -40,6 +40,7 @@ REDACTOR = Redactor()
         ("config.db.password: p4ss", "p4ss", "secret-field"),
     ],
 )
+@pytest.mark.attack("secret in audit trail or logs")
 def test_secret_in_text_is_masked(text: str, secret: str, marker: str) -> None:
     masked = REDACTOR.redact_text(text)
 
@@ -47,6 +48,7 @@ def test_secret_in_text_is_masked(text: str, secret: str, marker: str) -> None:
     assert f"[REDACTED:{marker}]" in masked
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_private_key_block_is_masked_whole() -> None:
     block = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\nMORE\n-----END OPENSSH PRIVATE KEY-----"
     text = f"key:\n{block}\nafter"
@@ -56,6 +58,7 @@ def test_private_key_block_is_masked_whole() -> None:
     assert masked == "key:\n[REDACTED:private-key]\nafter"
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_private_key_block_cut_before_end_is_masked() -> None:
     masked = REDACTOR.redact_text("start -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC")
 
@@ -73,6 +76,7 @@ def test_private_key_block_cut_before_end_is_masked() -> None:
         "no secrets here",
     ],
 )
+@pytest.mark.legitimate("secret in audit trail or logs")
 def test_ordinary_text_is_kept(text: str) -> None:
     assert REDACTOR.redact_text(text) == text
 
@@ -104,6 +108,7 @@ def test_ordinary_text_is_kept(text: str) -> None:
         "session_token",
     ],
 )
+@pytest.mark.attack("secret in audit trail or logs")
 def test_secret_key_is_recognised(key: str) -> None:
     assert REDACTOR.is_secret_key(key)
 
@@ -111,10 +116,12 @@ def test_secret_key_is_recognised(key: str) -> None:
 @pytest.mark.parametrize(
     "key", ["session", "session_id", "max_tokens", "token_count", "path", "key", "secret_name", "tokenizer"]
 )
+@pytest.mark.legitimate("secret in audit trail or logs")
 def test_ordinary_key_is_not_secret(key: str) -> None:
     assert not REDACTOR.is_secret_key(key)
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_nested_secret_keys_are_masked() -> None:
     value = {
         "user": "bob",
@@ -136,6 +143,7 @@ def test_nested_secret_keys_are_masked() -> None:
     }
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_secret_in_dictionary_key_is_masked() -> None:
     token = "ghp_" + "k" * 36
 
@@ -144,6 +152,7 @@ def test_secret_in_dictionary_key_is_masked() -> None:
     assert masked == {"[REDACTED:github-token]": 1, "[REDACTED:github-token]#2": 2}
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_deep_nesting_is_cut_with_marker() -> None:
     value: object = "ghp_" + "d" * 36
     for _ in range(500):
@@ -189,6 +198,7 @@ def test_invalid_extra_rule_is_rejected(
     "unit",
     ["a", "a=", "a=b=", 'a="', "eyJ", "eyJa.", "github_pat_", "xoxb-", "://", "://a:", "Bearer ", "--a "],
 )
+@pytest.mark.attack("oversized or pathological input")
 def test_long_hostile_text_is_scanned_in_linear_time(unit: str) -> None:
     # Quadratic behaviour would take minutes at this size; linear scanning takes well
     # under a second on a slow machine.
@@ -201,6 +211,7 @@ def test_long_hostile_text_is_scanned_in_linear_time(unit: str) -> None:
     assert elapsed < 5
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_secret_past_a_megabyte_is_masked() -> None:
     text = "x " * 600_000 + "ghp_" + "t" * 36
 
@@ -215,6 +226,7 @@ def test_redaction_is_idempotent(text: str) -> None:
     assert REDACTOR.redact_text(once) == once
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_log_event_is_masked() -> None:
     event = {
         "event": "downstream_called",
@@ -236,6 +248,7 @@ def test_log_event_is_masked() -> None:
     assert masked["_record"] is event["_record"]
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_log_event_traceback_is_masked() -> None:
     try:
         raise RuntimeError("connect failed for postgres://app:hunter2@db/main")
@@ -246,6 +259,7 @@ def test_log_event_traceback_is_masked() -> None:
     assert "[REDACTED:url-password]" in masked["exception"]
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 def test_processor_masks_rendered_log_line() -> None:
     lines: list[str] = []
     logger = structlog.wrap_logger(

@@ -67,6 +67,7 @@ def _state_bytes(state_dir: Path) -> bytes:
     return b"".join((state_dir / name).read_bytes() for name in sorted(os.listdir(state_dir)))
 
 
+@pytest.mark.attack("secret in audit trail or logs", attempts=len(MARKERS))
 async def test_canaries_never_reach_database_wal_or_export(
     state_dir: Path,
     new_store: Callable[..., SqliteAuditStore],

@@ -93,6 +93,7 @@ async def test_concurrent_writers_share_commits_without_loss(
     assert not [event for event in events if event["log_level"] in ("warning", "error")]
 
 
+@pytest.mark.attack("state files readable by other users")
 async def test_files_are_owner_only(
     store: SqliteAuditStore, make_intent: IntentFactory, paths: AuditPaths
 ) -> None:
@@ -109,6 +110,7 @@ async def test_files_are_owner_only(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
+@pytest.mark.attack("state files readable by other users")
 async def test_key_file_is_created_owner_only(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MCP_GUARD_AUDIT_KEY", raising=False)
 
@@ -246,6 +248,7 @@ async def test_unfinished_calls_are_closed_at_next_start(
     assert result.status == "intact"
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_start_refuses_trail_missing_newest_rows(
     paths: AuditPaths, make_intent: IntentFactory, make_outcome: OutcomeFactory, new_store: StoreFactory
 ) -> None:
@@ -265,6 +268,7 @@ async def test_start_refuses_trail_missing_newest_rows(
     assert "rows after 4 are missing" in raised.value.detail
 
 
+@pytest.mark.attack("audit row tampering")
 async def test_start_refuses_a_different_key(new_store: StoreFactory, make_intent: IntentFactory) -> None:
     async with new_store() as store:
         await store.record_intent(make_intent())

@@ -51,6 +51,7 @@ async def _verify(new_store: StoreFactory) -> VerifyResult:
         return await store.verify()
 
 
+@pytest.mark.legitimate("audit row tampering")
 async def test_untouched_trail_is_intact(trail: Path, new_store: StoreFactory) -> None:
     result = await _verify(new_store)
 
@@ -58,6 +59,7 @@ async def test_untouched_trail_is_intact(trail: Path, new_store: StoreFactory) -
     assert result.rows_checked == 2 * CALLS
 
 
+@pytest.mark.attack("audit row tampering")
 async def test_modified_field_is_detected(trail: Path, new_store: StoreFactory) -> None:
     _execute(trail, "UPDATE audit_rows SET tool = 'delete_everything' WHERE id = 5")
 
@@ -68,6 +70,7 @@ async def test_modified_field_is_detected(trail: Path, new_store: StoreFactory) 
     assert "field was changed" in result.detail
 
 
+@pytest.mark.attack("audit row tampering")
 async def test_modified_arguments_are_detected(trail: Path, new_store: StoreFactory) -> None:
     _execute(trail, """UPDATE audit_rows SET arguments = '{"path":"/etc/shadow"}' WHERE id = 3""")
 
@@ -77,6 +80,7 @@ async def test_modified_arguments_are_detected(trail: Path, new_store: StoreFact
     assert result.row_id == 3
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_deleted_middle_row_is_detected(trail: Path, new_store: StoreFactory) -> None:
     _execute(trail, "DELETE FROM audit_rows WHERE id = 5")
 
@@ -87,6 +91,7 @@ async def test_deleted_middle_row_is_detected(trail: Path, new_store: StoreFacto
     assert "deleted or reordered" in result.detail
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_reordered_rows_are_detected(trail: Path, new_store: StoreFactory) -> None:
     _execute(
         trail,
@@ -101,6 +106,7 @@ async def test_reordered_rows_are_detected(trail: Path, new_store: StoreFactory)
     assert result.row_id == 4
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_deleted_newest_rows_are_detected(trail: Path, new_store: StoreFactory) -> None:
     _execute(trail, "DELETE FROM audit_rows WHERE id > 7")
 
@@ -111,6 +117,7 @@ async def test_deleted_newest_rows_are_detected(trail: Path, new_store: StoreFac
     assert "rows after 7 are missing" in result.detail
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_deleted_oldest_rows_are_detected(trail: Path, new_store: StoreFactory) -> None:
     _execute(trail, "DELETE FROM audit_rows WHERE id <= 2")
 
@@ -120,6 +127,7 @@ async def test_deleted_oldest_rows_are_detected(trail: Path, new_store: StoreFac
     assert result.row_id == 3
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_missing_head_file_is_detected(trail: Path, new_store: StoreFactory, paths: AuditPaths) -> None:
     paths.head.unlink()
 
@@ -129,6 +137,7 @@ async def test_missing_head_file_is_detected(trail: Path, new_store: StoreFactor
     assert "head file" in result.detail
 
 
+@pytest.mark.attack("audit row tampering")
 async def test_wrong_key_fails_at_first_row(trail: Path, new_store: StoreFactory) -> None:
     async with new_store(bytes(32), read_only=True) as store:
         result = await store.verify()
@@ -137,6 +146,7 @@ async def test_wrong_key_fails_at_first_row(trail: Path, new_store: StoreFactory
     assert result.row_id == 1
 
 
+@pytest.mark.legitimate("audit row tampering")
 async def test_head_lagging_one_batch_is_accepted(
     trail: Path, new_store: StoreFactory, paths: AuditPaths
 ) -> None:
@@ -150,6 +160,7 @@ async def test_head_lagging_one_batch_is_accepted(
     assert isinstance(result, ChainIntact)
 
 
+@pytest.mark.legitimate("audit row deletion or reordering")
 async def test_prune_by_count_keeps_trail_verifiable(
     trail: Path, new_store: StoreFactory, make_intent: IntentFactory
 ) -> None:
@@ -165,6 +176,7 @@ async def test_prune_by_count_keeps_trail_verifiable(
     assert result.last_row_id == 11
 
 
+@pytest.mark.legitimate("audit row deletion or reordering")
 async def test_prune_of_everything_keeps_trail_verifiable(
     trail: Path, new_store: StoreFactory, make_intent: IntentFactory
 ) -> None:
@@ -182,6 +194,7 @@ async def test_prune_of_everything_keeps_trail_verifiable(
     assert after_restart.first_row_id == 2 * CALLS + 1
 
 
+@pytest.mark.legitimate("audit row deletion or reordering")
 async def test_prune_keeps_intent_of_running_call(
     new_store: StoreFactory, make_intent: IntentFactory, make_outcome: OutcomeFactory
 ) -> None:
@@ -200,6 +213,7 @@ async def test_prune_keeps_intent_of_running_call(
     assert isinstance(result, ChainIntact)
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_edited_anchor_is_detected(trail: Path, new_store: StoreFactory) -> None:
     async with new_store() as store:
         await store.prune(max_rows=4)
@@ -211,6 +225,7 @@ async def test_edited_anchor_is_detected(trail: Path, new_store: StoreFactory) -
     assert "anchor" in result.detail
 
 
+@pytest.mark.attack("audit row deletion or reordering")
 async def test_rows_deleted_beside_prune_are_detected(trail: Path, new_store: StoreFactory) -> None:
     async with new_store() as store:
         await store.prune(max_rows=6)

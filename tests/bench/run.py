@@ -20,6 +20,9 @@ from audit_rate import measure_audit_rate, render_audit_rates
 from limits_rate import measure_decision_rates, render_decision_rates
 from measure import Measurement, Settings, measure_case
 from report import check_targets, machine_description, render_generated, render_results, write_document
+from scale import IDLE_CLIENTS as SCALE_CLIENTS
+from scale import SERVERS as SCALE_SERVERS
+from scale import measure_scale, render_scale
 from targets import ROOT, BenchmarkError, Case, cases, stop_descendants, tail
 
 from mcp_guard.log import configure_logging
@@ -79,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += "\n\n" + render_audit_rates(rates)
         print("measuring the rate-limit stores' decision rates", file=sys.stderr)
         results += "\n\n" + render_decision_rates(anyio.run(measure_decision_rates))
+        print(
+            f"measuring one call with {SCALE_SERVERS} servers and {SCALE_CLIENTS} open sessions",
+            file=sys.stderr,
+        )
+        try:
+            results += "\n\n" + render_scale(anyio.run(measure_scale))
+        finally:
+            stop_descendants()
     print(results)
     print(f"run time: {run_seconds:.0f} s")
     if args.output is not None:

@@ -177,8 +177,15 @@ def cases() -> list[Case]:
         Case("gateway-stdio", "client → gateway (stdio) → fixture (stdio)", "direct-stdio", _gateway_stdio),
         Case("bare-stdio", "as gateway-stdio, audit trail off", "direct-stdio", _bare_stdio),
         Case("limits-stdio", "as gateway-stdio, with SQLite rate limits", "direct-stdio", _limits_stdio),
+        Case(
+            "guarded-stdio",
+            "as gateway-stdio, all guards: argument rules, SQLite limits, audit",
+            "direct-stdio",
+            _guarded_stdio,
+        ),
         Case("direct-http", "client → fixture (HTTP)", None, _direct_http),
         Case("gateway-http", "client → gateway (HTTP) → fixture (stdio)", "direct-http", _gateway_http),
+        Case("guarded-http", "as gateway-http, all guards as in guarded-stdio", "direct-http", _guarded_http),
         Case(
             "gateway-stdio-http",
             "client → gateway (stdio) → fixture (HTTP)",
@@ -214,22 +221,35 @@ def _limits_stdio(workdir: Path) -> Iterator[Target]:
 
 
 @contextmanager
+def _guarded_stdio(workdir: Path) -> Iterator[Target]:
+    server = {"command": sys.executable, "args": fixture_command()[1:]}
+    policy = write_policy(workdir, server, limits=True, constraints=True)
+    yield StdioTarget(gateway_command(policy), GATEWAY_TOOL, workdir / "gateway.log", gateway=True)
+
+
+@contextmanager
 def _direct_http(workdir: Path) -> Iterator[Target]:
     with http_fixture(workdir) as (fixture, url):
         yield HttpTarget(url, DIRECT_TOOL, ServerProcesses(fixture, None))
 
 
 @contextmanager
-def _gateway_http(workdir: Path) -> Iterator[Target]:
+def _gateway_http(workdir: Path, *, guarded: bool = False) -> Iterator[Target]:
     # A fresh random key for each run, so no key is stored anywhere. The policy contains its hash.
     api_key = secrets.token_urlsafe(32)
     server = {"command": sys.executable, "args": fixture_command()[1:]}
-    policy = write_policy(workdir, server, api_key=api_key)
+    policy = write_policy(workdir, server, api_key=api_key, limits=guarded, constraints=guarded)
     command = [*gateway_command(policy), "--transport", "http"]
     with _background_server(command, workdir, "gateway") as (gateway, port):
         fixture = _only_child(gateway, FIXTURE_SERVER.name)
         url = f"http://{HOST}:{port}/mcp"
         yield HttpTarget(url, GATEWAY_TOOL, ServerProcesses(fixture, gateway), api_key=api_key)
+
+
+@contextmanager
+def _guarded_http(workdir: Path) -> Iterator[Target]:
+    with _gateway_http(workdir, guarded=True) as target:
+        yield target
 
 
 @contextmanager
@@ -257,6 +277,7 @@ def write_policy(
     api_key: str | None = None,
     audit: bool = True,
     limits: bool = False,
+    constraints: bool = False,
 ) -> Path:
     """Write a policy file with `server` as the fixture's `[servers]` table; return its path.
 
@@ -266,6 +287,8 @@ def write_policy(
         audit: Whether the gateway keeps its audit trail; off measures the gateway without it.
         limits: Whether every call passes a rate limit of four dimensions, counted in the default
             SQLite store, with limits high enough never to refuse a call of the benchmark.
+        constraints: Whether the rule also holds `echo`'s `text` argument to a length, a pattern and
+            a forbidden substring, which every call of the benchmark meets.
     """
     # One rule lets every client call `echo`, and every other setting keeps its default.
     allow_echo = {
@@ -276,6 +299,10 @@ def write_policy(
         "decision": "auto",
         "write": True,
     }
+    if constraints:
+        allow_echo["arguments"] = {
+            "text": {"required": True, "max_length": 1000, "full_match": "[ -~]*", "never_contains": "rm -rf"}
+        }
     policy: dict[str, object] = {
         "gateway": {"state_dir": str(workdir / "state")},
         "rules": [allow_echo],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from mcp_guard.downstream.catalog import LEGACY_ERA, MODERN_ERA, Catalog, SourceListing, build_catalog
 from mcp_guard.gateway.results import shape_tool_result
 
@@ -33,6 +35,7 @@ def test_invalid_tool_dropped_alone() -> None:
     assert list(catalog.tools) == ["a__good"]
 
 
+@pytest.mark.attack("downstream identity passed through")
 def test_reserved_meta_and_execution_removed() -> None:
     tool = {
         "name": "t",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,6 +11,7 @@ from mcp_guard.downstream.naming import EXPORTED_NAME, export_names
 PREFIXES = {"alpha": "alpha", "beta": "beta", "a": "a"}
 
 
+@pytest.mark.legitimate("tool name shadowing")
 def test_plain_name_kept() -> None:
     names = export_names([("alpha", "search")], PREFIXES, 48)
 
@@ -26,6 +28,7 @@ def test_long_name_shortened_with_hash() -> None:
     assert EXPORTED_NAME.match(exported)
 
 
+@pytest.mark.attack("tool name shadowing")
 def test_mapped_characters_get_hash() -> None:
     names = export_names([("alpha", "dotted.name"), ("alpha", "dotted_name")], PREFIXES, 48)
 
@@ -34,6 +37,7 @@ def test_mapped_characters_get_hash() -> None:
     assert names[("alpha", "dotted.name")] != names[("alpha", "dotted_name")]
 
 
+@pytest.mark.attack("tool name shadowing")
 def test_prefix_collision_both_hashed() -> None:
     # Server "a" exporting "b__c" and a server with prefix "a__b" exporting "c" meet at "a__b__c".
     names = export_names([("a", "b__c"), ("ab", "c")], {"a": "a", "ab": "a__b"}, 48)
@@ -52,6 +56,7 @@ def test_same_result_in_any_order() -> None:
     assert forward == backward
 
 
+@pytest.mark.attack("tool name shadowing")
 def test_unicode_and_control_mapped() -> None:
     names = export_names([("alpha", "séarch\n"), ("alpha", "ѕearch")], PREFIXES, 48)
 
@@ -60,6 +65,7 @@ def test_unicode_and_control_mapped() -> None:
 
 
 @given(st.lists(st.tuples(st.sampled_from(["alpha", "beta"]), st.text(min_size=1, max_size=90)), max_size=40))
+@pytest.mark.attack("tool name shadowing", attempts=100)
 def test_names_always_valid_and_unique(keys: list[tuple[str, str]]) -> None:
     names = export_names(keys, PREFIXES, 40)
 

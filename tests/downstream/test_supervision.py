@@ -104,6 +104,7 @@ async def test_hanging_server_times_out(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.attack("downstream stdout pollution")
 async def test_banner_on_stdout_tolerated(tmp_path: Path, mode: str) -> None:
     policy = write_policy(tmp_path, {"noisy": fixture_server("noisy", "--banner", "Welcome to noisy v1!")})
 
@@ -113,6 +114,7 @@ async def test_banner_on_stdout_tolerated(tmp_path: Path, mode: str) -> None:
     assert result.content[0].text == "works"
 
 
+@pytest.mark.attack("downstream reads gateway secrets", attempts=2)
 async def test_server_env_on_safe_base(tmp_path: Path) -> None:
     server = fixture_server("alpha") | {
         "env": {"GREETING": "hello"},

@@ -99,6 +99,8 @@ def accept(decision: Any) -> types.ElicitResult:
         (accept("deny"), "approval_declined"),
     ],
 )
+@pytest.mark.attack("approval answer forged or malformed", params={"expected": "approval_declined"})
+@pytest.mark.legitimate("approval answer forged or malformed", params={"expected": "ran"})
 async def test_form_answer_decides_the_call(
     tmp_path: Path, response: types.ElicitResult, expected: str
 ) -> None:
@@ -131,6 +133,7 @@ async def read_outcomes(state_dir: Path) -> list[str]:
     return [call.outcome.outcome for call in calls if call.outcome is not None]
 
 
+@pytest.mark.attack("approval grant reused for another call")
 async def test_grant_for_minutes_covers_same_call_only(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve this exact call for 10 minutes"), types.ElicitResult(action="decline"))
@@ -147,6 +150,7 @@ async def test_grant_for_minutes_covers_same_call_only(tmp_path: Path) -> None:
     assert writes(record) == [WRITE_A, {"content": "hello", "path": "/tmp/a.txt"}]
 
 
+@pytest.mark.attack("approval after its time ran out")
 async def test_unanswered_question_times_out(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve once"), delay=3.0)
@@ -162,6 +166,7 @@ async def test_unanswered_question_times_out(tmp_path: Path) -> None:
     assert await read_outcomes(tmp_path / "state") == ["approval_timed_out"]
 
 
+@pytest.mark.attack("approval flood", attempts=5)
 async def test_denials_in_a_row_start_a_cooldown(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(*[types.ElicitResult(action="decline")] * 5)
@@ -192,6 +197,7 @@ def request_id(result: Any) -> str:
 
 
 @pytest.mark.parametrize("mode", ["legacy", MODERN])
+@pytest.mark.attack("approval grant replay")
 async def test_client_without_elicitation_waits_for_the_command_line(tmp_path: Path, mode: str) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)
@@ -218,6 +224,7 @@ async def test_client_without_elicitation_waits_for_the_command_line(tmp_path: P
     assert outcomes == ["approval_pending", "approval_pending", "succeeded", "approval_pending"]
 
 
+@pytest.mark.attack("approval grant replay", attempts=2)
 async def test_one_grant_runs_one_of_two_concurrent_calls(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)
@@ -237,6 +244,7 @@ async def test_one_grant_runs_one_of_two_concurrent_calls(tmp_path: Path) -> Non
     assert writes(record) == [WRITE_A]
 
 
+@pytest.mark.attack("approval flood", attempts=200)
 async def test_burst_asks_at_most_the_pending_cap(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record, max_pending_per_client=4)
@@ -256,6 +264,7 @@ async def test_burst_asks_at_most_the_pending_cap(tmp_path: Path) -> None:
     assert listing.count("  pending  ") == 4
 
 
+@pytest.mark.attack("approval grant reused for another call")
 async def test_changed_definition_voids_a_waiting_approval(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     echo_needs_approval = {**WRITES, "name": "echo needs approval", "tools": ["echo"]}
@@ -284,6 +293,8 @@ async def test_changed_definition_voids_a_waiting_approval(tmp_path: Path) -> No
         ({"action": "accept", "content": {"approve": True}}, False),
     ],
 )
+@pytest.mark.attack("approval answer forged or malformed", params={"runs": False})
+@pytest.mark.legitimate("approval answer forged or malformed", params={"runs": True})
 async def test_typescript_client_answers_the_form(
     tmp_path: Path, response: dict[str, Any], runs: bool
 ) -> None:
@@ -304,6 +315,7 @@ async def test_typescript_client_answers_the_form(
     assert writes(record) == ([WRITE_A] if runs else [])
 
 
+@pytest.mark.legitimate("approval after its time ran out")
 async def test_waiting_caller_receives_progress(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve once"), delay=6.0)
@@ -320,6 +332,7 @@ async def test_waiting_caller_receives_progress(tmp_path: Path) -> None:
     assert progress[0][2] == "waiting for a person to approve the call"
 
 
+@pytest.mark.attack("approval flood", attempts=3)
 async def test_new_session_joins_waiting_request(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)
@@ -333,6 +346,7 @@ async def test_new_session_joins_waiting_request(tmp_path: Path) -> None:
     assert (await approvals(policy, "list")).count("  pending  ") == 1
 
 
+@pytest.mark.attack("call runs after a person denied it")
 async def test_retry_after_a_denial_learns_of_it(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)
@@ -367,6 +381,7 @@ async def test_new_request_is_announced_to_the_webhook(tmp_path: Path) -> None:
     assert "content" not in json.dumps(message)  # arguments stay out of the message
 
 
+@pytest.mark.attack("arguments hidden from the approver")
 async def test_hidden_secret_values_are_flagged_to_the_person(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(types.ElicitResult(action="decline"))
@@ -380,6 +395,7 @@ async def test_hidden_secret_values_are_flagged_to_the_person(tmp_path: Path) ->
     assert "WARNING: 1 value is hidden above because it looks like secrets" in question
 
 
+@pytest.mark.attack("arguments hidden from the approver")
 async def test_call_too_long_to_show_is_denied(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve once"))
@@ -393,6 +409,7 @@ async def test_call_too_long_to_show_is_denied(tmp_path: Path) -> None:
     assert writes(record) == []
 
 
+@pytest.mark.attack("approval grant reused for another call")
 async def test_other_unicode_form_needs_its_own_approval(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)
@@ -409,6 +426,7 @@ async def test_other_unicode_form_needs_its_own_approval(tmp_path: Path) -> None
     assert writes(record) == [composed]
 
 
+@pytest.mark.attack("approval page misuse")
 async def test_pending_error_holds_no_page_link(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record, page_port=0)

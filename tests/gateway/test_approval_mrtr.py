@@ -130,6 +130,8 @@ async def first_state(client: Client, arguments: dict[str, Any] = WRITE_A) -> st
         (accept("deny"), "approval_declined"),
     ],
 )
+@pytest.mark.attack("approval answer forged or malformed", params={"expected": "approval_declined"})
+@pytest.mark.legitimate("MRTR state tampering", params={"expected": "succeeded"})
 async def test_answer_decides_the_call(tmp_path: Path, answer: types.ElicitResult, expected: str) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(answer)
@@ -177,6 +179,7 @@ async def test_question_is_input_required_result(tmp_path: Path) -> None:
     assert writes(record) == []
 
 
+@pytest.mark.legitimate("approval grant replay")
 async def test_minutes_grant_covers_next_call(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve this exact call for 10 minutes"))
@@ -191,6 +194,7 @@ async def test_minutes_grant_covers_next_call(tmp_path: Path) -> None:
     assert writes(record) == [WRITE_A, WRITE_A]
 
 
+@pytest.mark.attack("approval answer forged or malformed")
 async def test_formless_client_waits_out_of_band(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
@@ -203,6 +207,7 @@ async def test_formless_client_waits_out_of_band(tmp_path: Path) -> None:
     assert writes(record) == []
 
 
+@pytest.mark.attack("MRTR state tampering")
 async def test_answer_without_state_is_asked_again(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
@@ -216,6 +221,7 @@ async def test_answer_without_state_is_asked_again(tmp_path: Path) -> None:
     assert "without a request state" in (trail[0][1] or "")
 
 
+@pytest.mark.attack("approval grant replay", attempts=3)
 async def test_state_is_used_once(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
@@ -231,6 +237,7 @@ async def test_state_is_used_once(tmp_path: Path) -> None:
     assert writes(record) == [WRITE_A]
 
 
+@pytest.mark.attack("approval grant replay", attempts=10)
 async def test_concurrent_answers_run_once(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     results: list[Any] = []
@@ -269,6 +276,7 @@ def forged_states(state: str, count: int, seed: int = 2026) -> list[str]:
     return sorted(forged)
 
 
+@pytest.mark.attack("MRTR state tampering", attempts=2900)
 async def test_forged_states_never_run(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record, max_pending_per_client=1000)
@@ -303,6 +311,7 @@ async def test_forged_states_never_run(tmp_path: Path) -> None:
     assert writes(record) == [WRITE_A]
 
 
+@pytest.mark.attack("approval after its time ran out", attempts=3)
 async def test_expired_state_times_out(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record, timeout_seconds=1)
@@ -319,6 +328,7 @@ async def test_expired_state_times_out(tmp_path: Path) -> None:
     assert kinds.count("approval_timed_out") == 3
 
 
+@pytest.mark.attack("MRTR state tampering", attempts=2)
 async def test_state_of_another_client_never_runs(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policies = []
@@ -345,6 +355,7 @@ async def test_state_of_another_client_never_runs(tmp_path: Path) -> None:
         assert "issued for another call: client, session differ" in (detail or "")
 
 
+@pytest.mark.attack("MRTR state tampering")
 async def test_state_of_another_key_never_runs(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     (tmp_path / "one").mkdir()
@@ -361,6 +372,7 @@ async def test_state_of_another_key_never_runs(tmp_path: Path) -> None:
     assert "not sealed by this gateway" in (detail or "")
 
 
+@pytest.mark.attack("MRTR state tampering", attempts=2)
 async def test_legacy_input_fields_ignored(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record)

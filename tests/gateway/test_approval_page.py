@@ -94,6 +94,7 @@ async def open_in_browser(url: str, choice: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.legitimate("approval page misuse")
 async def test_approving_in_the_browser_lets_the_retry_run(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
@@ -114,6 +115,7 @@ async def test_approving_in_the_browser_lets_the_retry_run(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.attack("call runs after a person denied it")
 async def test_denying_in_the_browser_blocks_call(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
@@ -127,6 +129,7 @@ async def test_denying_in_the_browser_blocks_call(tmp_path: Path) -> None:
     assert writes(record) == []
 
 
+@pytest.mark.attack("approval page misuse", attempts=3)
 async def test_page_rejects_bad_requests(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
 
@@ -205,6 +208,8 @@ class RawClient:
 
 
 @pytest.mark.parametrize("decision", ["approve once", "deny"])
+@pytest.mark.attack("call runs after a person denied it", params={"decision": "deny"})
+@pytest.mark.legitimate("approval page misuse", params={"decision": "approve once"})
 async def test_url_mode_decides_on_page(tmp_path: Path, decision: str) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = page_policy(tmp_path, record)

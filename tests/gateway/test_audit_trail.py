@@ -202,6 +202,7 @@ async def raw_gateway(policy: Path, log: Path, prefix: Sequence[str] = ()) -> As
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.attack("unaudited call", attempts=7)
 async def test_each_outcome_recorded_once(tmp_path: Path, mode: str) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)}, rules=RULES)
@@ -254,6 +255,7 @@ async def test_each_outcome_recorded_once(tmp_path: Path, mode: str) -> None:
     assert calls_received(record, "search") == []
 
 
+@pytest.mark.attack("unaudited call")
 async def test_stdin_closed_mid_call_recorded_once(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
@@ -333,6 +335,7 @@ SIGKILL_AFTER_RESPONSES = 200
 SIGKILL_WINDOW = 16
 
 
+@pytest.mark.attack("unaudited call", attempts=SIGKILL_CALLS)
 async def test_sigkill_loses_no_intent(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
@@ -447,6 +450,7 @@ SECRETS = [*CANARIES.values(), FAKE_NESTED_PASSWORD]
 ALL_CANARIES = "\n".join(["the canaries follow", *CANARIES])
 
 
+@pytest.mark.attack("secret in audit trail or logs", attempts=len(SECRETS))
 async def test_secrets_never_stored_or_logged(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)}, rules=RULES)
@@ -509,6 +513,7 @@ DROP_FILE_MODE_OVERRIDES = ["setpriv", "--bounding-set", "-dac_override,-dac_rea
 
 
 @pytest.mark.parametrize("on_failure", ["deny", "proceed"])
+@pytest.mark.attack("unaudited call", params={"on_failure": "deny"})
 async def test_unwritable_trail(tmp_path: Path, on_failure: str) -> None:
     record = tmp_path / "alpha.jsonl"
     servers = {"alpha": fixture_server("alpha", record=record)}
@@ -543,6 +548,7 @@ async def test_unwritable_trail(tmp_path: Path, on_failure: str) -> None:
 # Verification after an edit -----------------------------------------------------------------
 
 
+@pytest.mark.attack("audit row tampering")
 async def test_verify_detects_edited_row(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
     state_dir = tmp_path / "state"
@@ -567,6 +573,7 @@ async def test_verify_detects_edited_row(tmp_path: Path) -> None:
     assert result.row_id == edited.intent_row_id
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 async def test_secret_at_preview_edge_redacted(tmp_path: Path) -> None:
     # A result whose secret straddles the stored preview length must be redacted before it is cut,
     # or the cut leaves a prefix that no redaction pattern matches.
@@ -581,6 +588,7 @@ async def test_secret_at_preview_edge_redacted(tmp_path: Path) -> None:
     assert FAKE_AWS_KEY_ID[:8].encode() not in stored
 
 
+@pytest.mark.legitimate("audit row deletion or reordering")
 async def test_retention_applied_at_start(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, audit={"max_rows": 2})
 

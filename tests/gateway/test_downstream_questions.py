@@ -46,6 +46,7 @@ def response_of(result: Any) -> dict[str, Any]:
     return dict(json.loads(result.content[0].text))
 
 
+@pytest.mark.legitimate("downstream question posing as approval")
 async def test_allowed_question_reaches_the_user_labelled(tmp_path: Path) -> None:
     human = Human(types.ElicitResult(action="accept", content={"answer": "blue"}))
 
@@ -58,6 +59,7 @@ async def test_allowed_question_reaches_the_user_labelled(tmp_path: Path) -> Non
     assert question.message.endswith("Favourite colour?")
 
 
+@pytest.mark.attack("downstream question posing as approval")
 async def test_question_is_declined_unless_allowed(tmp_path: Path) -> None:
     human = Human(types.ElicitResult(action="accept", content={"answer": "blue"}))
 
@@ -81,6 +83,7 @@ async def test_unaskable_client_means_decline(tmp_path: Path) -> None:
     assert response_of(result) == {"action": "decline"}
 
 
+@pytest.mark.attack("downstream question posing as approval")
 async def test_response_to_a_server_never_approves_a_call(tmp_path: Path) -> None:
     human = Human(
         types.ElicitResult(action="accept", content={"answer": "approve once"}),
@@ -97,6 +100,7 @@ async def test_response_to_a_server_never_approves_a_call(tmp_path: Path) -> Non
     assert write.is_error is True
 
 
+@pytest.mark.attack("downstream question posing as approval")
 async def test_question_during_two_calls_is_declined(tmp_path: Path) -> None:
     human = Human(types.ElicitResult(action="accept", content={"answer": "blue"}))
     results: list[Any] = []

@@ -111,6 +111,7 @@ async def test_structured_annotations_meta(policy: Path, mode: str) -> None:
     assert annotated.meta.get("fixture/trace") == "abc"
 
 
+@pytest.mark.attack("downstream identity passed through")
 async def test_downstream_identity_not_forwarded(policy: Path) -> None:
     async with stdio_gateway(policy, MODERN) as client:
         result = await client.call_tool("alpha__annotated", {})
@@ -144,6 +145,7 @@ async def test_tool_error_versus_protocol_error(policy: Path, mode: str) -> None
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.legitimate("tool name shadowing")
 async def test_long_and_dotted_names_callable(policy: Path, mode: str) -> None:
     async with stdio_gateway(policy, mode) as client:
         names, _ = await all_tool_names(client)
@@ -161,6 +163,7 @@ async def test_long_and_dotted_names_callable(policy: Path, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.legitimate("tool name shadowing")
 async def test_same_tool_on_two_servers(policy: Path, mode: str) -> None:
     async with stdio_gateway(policy, mode) as client:
         alpha = await client.call_tool("alpha__search", {"query": "q"})
@@ -171,6 +174,7 @@ async def test_same_tool_on_two_servers(policy: Path, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.attack("hidden tool probing", attempts=2)
 async def test_unknown_tool_rejected(policy: Path, mode: str) -> None:
     async with stdio_gateway(policy, mode) as client:
         with pytest.raises(MCPError) as unknown:

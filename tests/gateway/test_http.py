@@ -25,6 +25,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.legitimate("DNS rebinding")
 async def test_http_gateway_both_eras(tmp_path: Path, mode: str) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
 
@@ -39,6 +40,7 @@ async def test_http_gateway_both_eras(tmp_path: Path, mode: str) -> None:
     assert echo.content[0].text == "über http"
 
 
+@pytest.mark.attack("DNS rebinding")
 async def test_foreign_host_header_rejected(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
 
@@ -53,6 +55,7 @@ async def test_foreign_host_header_rejected(tmp_path: Path) -> None:
     assert local.status_code == 200
 
 
+@pytest.mark.attack("oversized or pathological input")
 async def test_oversized_body_rejected(tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path, {"alpha": fixture_server("alpha")}, {"http": {"max_request_body_bytes": 4096}}

@@ -59,6 +59,7 @@ def keyed_policy(tmp_path: Path, record: Path) -> Path:
     )
 
 
+@pytest.mark.attack("missing or wrong API key", attempts=2)
 async def test_http_requires_valid_key(tmp_path: Path) -> None:
     policy = keyed_policy(tmp_path, tmp_path / "alpha.jsonl")
 
@@ -77,6 +78,7 @@ async def test_http_requires_valid_key(tmp_path: Path) -> None:
     assert right.status_code == 200
 
 
+@pytest.mark.attack("client impersonation")
 async def test_key_decides_client_not_client_info(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = keyed_policy(tmp_path, record)
@@ -147,6 +149,7 @@ async def call(config: Any, clock: ManualClock, name: str, arguments: dict[str, 
             return types.CallToolResult(content=[text], is_error=True)
 
 
+@pytest.mark.attack("expired time-limited rule revived", attempts=2)
 async def test_grant_expires_and_stays_expired(tmp_path: Path) -> None:
     config = load_config(window_policy(tmp_path))
     clock = ManualClock(START)
@@ -166,6 +169,7 @@ async def test_grant_expires_and_stays_expired(tmp_path: Path) -> None:
     assert stepped_back.is_error
 
 
+@pytest.mark.attack("expired time-limited rule revived", attempts=2)
 async def test_not_after_not_revived(tmp_path: Path) -> None:
     config = load_config(window_policy(tmp_path))
     clock = ManualClock(START + timedelta(minutes=30))
@@ -182,7 +186,8 @@ async def test_not_after_not_revived(tmp_path: Path) -> None:
 
 
 async def test_window_end_announced(tmp_path: Path) -> None:
-    ends = datetime.now(UTC) + timedelta(seconds=3)
+    # Long enough for the gateway and its server to start on a busy machine before the window ends.
+    ends = datetime.now(UTC) + timedelta(seconds=8)
     rules = [
         {
             "name": "echo briefly",
@@ -211,7 +216,7 @@ async def test_window_end_announced(tmp_path: Path) -> None:
 
     async with stdio_gateway(policy, message_handler=on_message) as client:
         before = {tool.name for tool in (await client.list_tools()).tools}
-        with anyio.fail_after(15):
+        with anyio.fail_after(20):
             await changed.wait()
         after = {tool.name for tool in (await client.list_tools()).tools}
 

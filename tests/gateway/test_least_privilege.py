@@ -122,6 +122,7 @@ async def rejected(client: Client, name: str, arguments: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.attack("hidden tool probing")
 async def test_only_granted_tools_visible(policy: Path, record: Path, mode: str) -> None:
     async with stdio_gateway(policy, mode) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
@@ -156,6 +157,7 @@ HIDDEN_NAMES = [
 
 
 @pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.attack("hidden tool probing", attempts=len(HIDDEN_NAMES))
 async def test_hidden_and_lookalike_names_unknown(policy: Path, record: Path, mode: str) -> None:
     async with stdio_gateway(policy, mode) as client:
         messages = [await rejected(client, name, {"path": "/x"}) for name in HIDDEN_NAMES]
@@ -164,6 +166,7 @@ async def test_hidden_and_lookalike_names_unknown(policy: Path, record: Path, mo
     assert calls_received(record) == []
 
 
+@pytest.mark.attack("path escape", attempts=7)
 async def test_path_escapes_denied(policy: Path, record: Path, root: Path) -> None:
     attempts = [
         str(root / ".." / "allowed_evil" / "x"),
@@ -184,6 +187,7 @@ async def test_path_escapes_denied(policy: Path, record: Path, root: Path) -> No
     assert [event["arguments"]["path"] for event in calls_received(record)] == [str(root / "notes.txt")]
 
 
+@pytest.mark.attack("argument constraint evasion", attempts=5)
 async def test_argument_tricks_denied(policy: Path, record: Path, root: Path) -> None:
     async with stdio_gateway(policy) as client:
         newline = await rejected(client, "alpha__execute_sql", {"query": "SELECT a\n; drop table t"})
@@ -203,6 +207,7 @@ async def test_argument_tricks_denied(policy: Path, record: Path, root: Path) ->
     assert [event["tool"] for event in calls_received(record)] == ["execute_sql"]
 
 
+@pytest.mark.attack("oversized or pathological input", attempts=3)
 async def test_oversized_arguments_clean_error(policy: Path, record: Path, tmp_path: Path) -> None:
     # The SDK client refuses to build such requests, so they are written to the gateway as raw JSON.
     deep = '{"a":' * 10_000 + '"bottom"' + "}" * 10_000
@@ -287,6 +292,7 @@ async def raw_gateway(policy: Path) -> AsyncIterator[RawSession]:
         await process.stdin.aclose()
 
 
+@pytest.mark.attack("call no rule grants")
 async def test_other_client_cannot_use_agent_tools(policy: Path, record: Path, root: Path) -> None:
     parameters_env = {"PATH": os.environ["PATH"]}
     command = [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy), "--client", "other"]
@@ -304,6 +310,7 @@ async def test_other_client_cannot_use_agent_tools(policy: Path, record: Path, r
     assert [event["tool"] for event in calls_received(record)] == ["whoami"]
 
 
+@pytest.mark.attack("changed tool definition")
 async def test_changed_definition_withheld_until_approved(policy: Path, record: Path) -> None:
     async with stdio_gateway(policy) as client:
         await client.list_tools()
@@ -343,6 +350,7 @@ async def wait_until_visible(client: Client, name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.attack("path escape", attempts=6)
 async def test_filesystem_server_fenced(tmp_path: Path, root: Path) -> None:
     # The server itself may read all of tmp_path; the gateway narrows it to the allowed folder.
     servers = {"fs": {"command": str(NODE_BIN / "mcp-server-filesystem"), "args": [str(tmp_path)]}}
@@ -381,6 +389,7 @@ async def test_filesystem_server_fenced(tmp_path: Path, root: Path) -> None:
     assert not (root / "x").exists()
 
 
+@pytest.mark.attack("new tool on a known server")
 async def test_notify_approve_and_new_tools(tmp_path: Path, record: Path) -> None:
     rules = [
         {
@@ -430,6 +439,7 @@ async def test_notify_approve_and_new_tools(tmp_path: Path, record: Path) -> Non
     assert [event["tool"] for event in calls_received(record)] == ["echo", "add_tool"]
 
 
+@pytest.mark.attack("unaudited call", attempts=2)
 async def test_prompts_and_resources_audited(tmp_path: Path, record: Path) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
 
@@ -448,6 +458,7 @@ async def test_prompts_and_resources_audited(tmp_path: Path, record: Path) -> No
     assert all(row["outcome"]["outcome"] == "succeeded" for row in rows)
 
 
+@pytest.mark.attack("argument constraint evasion", attempts=2)
 async def test_schema_and_unknown_methods_rejected(policy: Path, record: Path) -> None:
     async with raw_gateway(policy) as session:
         wrong_type = await session.request('"name":"alpha__search","arguments":{"query":5}')

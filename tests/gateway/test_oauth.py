@@ -120,6 +120,7 @@ def rejection(verifier: JwtVerifier, token: str) -> str:
 # Accepted tokens
 
 
+@pytest.mark.legitimate("forged OAuth token")
 def test_rsa_token_maps_to_client(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(scope="tools.read tools.write"))
 
@@ -133,6 +134,7 @@ def test_rsa_token_maps_to_client(verifier: JwtVerifier, rsa_key: rsa.RSAPrivate
     assert access.token == "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+@pytest.mark.legitimate("forged OAuth token")
 def test_ec_token_maps_to_client(verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey) -> None:
     token = sign(ec_key, claims(sub="user-bob"), algorithm="ES256", kid=EC_KID)
 
@@ -149,18 +151,21 @@ def test_expires_at_includes_leeway(verifier: JwtVerifier, rsa_key: rsa.RSAPriva
     assert access.expires_at == exp + 30
 
 
+@pytest.mark.legitimate("forged OAuth token")
 def test_expired_within_leeway_accepted(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(exp=int(time.time()) - 5))
 
     assert verifier.verify(token).client_id == "alice"
 
 
+@pytest.mark.legitimate("forged OAuth token")
 def test_audience_list_accepted(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(aud=["https://other.example.test", AUDIENCE]))
 
     assert verifier.verify(token).client_id == "alice"
 
 
+@pytest.mark.legitimate("forged OAuth token")
 def test_scp_list_gives_scopes(jwks_file: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     verifier = JwtVerifier(settings(jwks_file, required_scopes=["mcp"]), CLIENTS)
 
@@ -169,6 +174,7 @@ def test_scp_list_gives_scopes(jwks_file: Path, rsa_key: rsa.RSAPrivateKey) -> N
     assert access.scopes == ["mcp", "extra"]
 
 
+@pytest.mark.legitimate("forged OAuth token")
 def test_single_key_needs_no_kid(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     jwks = write_jwks(tmp_path / "one.json", [rsa_jwk(rsa_key, None)])
     verifier = JwtVerifier(settings(jwks), CLIENTS)
@@ -181,18 +187,21 @@ def test_single_key_needs_no_kid(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> 
 # Rejected tokens
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_expired_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(exp=int(time.time()) - 120))
 
     assert rejection(verifier, token) == "expired"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_not_yet_valid_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(nbf=int(time.time()) + 120))
 
     assert rejection(verifier, token) == "not_yet_valid"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_wrong_issuer_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     other = sign(rsa_key, claims(iss="https://evil.example.test/"))
     without_slash = sign(rsa_key, claims(iss=ISSUER.rstrip("/")))
@@ -201,36 +210,42 @@ def test_wrong_issuer_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey
     assert rejection(verifier, without_slash) == "wrong_issuer"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_wrong_audience_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(aud="https://other.example.test"))
 
     assert rejection(verifier, token) == "wrong_audience"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_wrong_key_rejected(verifier: JwtVerifier, other_rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(other_rsa_key, claims())
 
     assert rejection(verifier, token) == "bad_signature"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_unknown_kid_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(), kid="rsa-2")
 
     assert rejection(verifier, token) == "unknown_kid"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_missing_kid_rejected_with_several_keys(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(), kid=None)
 
     assert rejection(verifier, token) == "missing_kid"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_alg_none_rejected(verifier: JwtVerifier) -> None:
     token = jwt.encode(claims(), "", algorithm="none", headers={"kid": RSA_KID})
 
     assert rejection(verifier, token) == "algorithm_not_allowed"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_hs256_with_public_key_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     public_pem = rsa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -240,12 +255,14 @@ def test_hs256_with_public_key_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAP
     assert rejection(verifier, token) == "algorithm_not_allowed"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_algorithm_outside_allow_list_rejected(jwks_file: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     verifier = JwtVerifier(settings(jwks_file, algorithms=["ES256"]), CLIENTS)
 
     assert rejection(verifier, sign(rsa_key, claims())) == "algorithm_not_allowed"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_algorithm_for_other_key_type_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     # An RS256 signature that names the EC key.
     token = sign(rsa_key, claims(), kid=EC_KID)
@@ -253,6 +270,7 @@ def test_algorithm_for_other_key_type_rejected(verifier: JwtVerifier, rsa_key: r
     assert rejection(verifier, token) == "algorithm_mismatch"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_key_alg_must_match_token(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     jwks = write_jwks(tmp_path / "ps.json", [{**rsa_jwk(rsa_key, RSA_KID), "alg": "PS256"}])
     verifier = JwtVerifier(settings(jwks, algorithms=["RS256", "PS256"]), CLIENTS)
@@ -261,6 +279,7 @@ def test_key_alg_must_match_token(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) ->
     assert verifier.verify(sign(rsa_key, claims(), algorithm="PS256")).client_id == "alice"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_missing_scope_rejected(jwks_file: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     verifier = JwtVerifier(settings(jwks_file, required_scopes=["mcp", "tools"]), CLIENTS)
     token = sign(rsa_key, claims(scope="mcp"))
@@ -268,6 +287,7 @@ def test_missing_scope_rejected(jwks_file: Path, rsa_key: rsa.RSAPrivateKey) -> 
     assert rejection(verifier, token) == "missing_scope"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_unknown_subject_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(sub="user-mallory"))
 
@@ -278,22 +298,26 @@ def test_unknown_subject_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivate
     assert rejected.value.subject == "user-mallory"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_missing_exp_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(exp=None))
 
     assert rejection(verifier, token) == "missing_claim"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_string_exp_rejected(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(exp=str(int(time.time()) + 600)))
 
     assert rejection(verifier, token) == "invalid_claim"
 
 
+@pytest.mark.attack("forged OAuth token")
 def test_malformed_token_rejected(verifier: JwtVerifier) -> None:
     assert rejection(verifier, "not-a-jwt") == "malformed"
 
 
+@pytest.mark.attack("secret in audit trail or logs")
 async def test_rejection_logged_without_token(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     token = sign(rsa_key, claims(aud="https://other.example.test"))
 
@@ -400,6 +424,7 @@ def test_duplicate_subject_rejected(jwks_file: Path) -> None:
 # API keys and OAuth tokens on one gateway
 
 
+@pytest.mark.legitimate("missing or wrong API key")
 async def test_combined_accepts_api_key(verifier: JwtVerifier) -> None:
     combined = CombinedVerifier(directory_for(CLIENTS), verifier)
 
@@ -410,6 +435,7 @@ async def test_combined_accepts_api_key(verifier: JwtVerifier) -> None:
     assert access.token == hash_api_key(API_KEY)
 
 
+@pytest.mark.legitimate("forged OAuth token")
 async def test_combined_accepts_jwt(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     combined = CombinedVerifier(directory_for(CLIENTS), verifier)
 
@@ -419,6 +445,7 @@ async def test_combined_accepts_jwt(verifier: JwtVerifier, rsa_key: rsa.RSAPriva
     assert access.client_id == "alice"
 
 
+@pytest.mark.attack("missing or wrong API key")
 async def test_combined_rejects_unknown_token(verifier: JwtVerifier) -> None:
     combined = CombinedVerifier(directory_for(CLIENTS), verifier)
 
@@ -439,6 +466,7 @@ def directory_for(clients: dict[str, ClientConfig]) -> ClientDirectory:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.attack("forged OAuth token", attempts=3)
 async def test_http_gateway_accepts_oauth_token(
     tmp_path: Path, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:

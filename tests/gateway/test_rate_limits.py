@@ -85,6 +85,7 @@ def redis_prefix() -> Iterator[str]:
     client.close()
 
 
+@pytest.mark.attack("rate-limit burst")
 async def test_limited_call_names_limit_and_retry(tmp_path: Path) -> None:
     policy = limited_policy(tmp_path, {"name": "per-client", "requests_per_minute": 3})
 
@@ -102,6 +103,7 @@ async def test_limited_call_names_limit_and_retry(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.legitimate("rate-limit burst")
 async def test_denied_calls_spend_no_budget(tmp_path: Path) -> None:
     policy = limited_policy(tmp_path, {"name": "per-client", "requests_per_minute": 2})
 
@@ -113,6 +115,7 @@ async def test_denied_calls_spend_no_budget(tmp_path: Path) -> None:
     assert [result.is_error for result in allowed] == [False, False]
 
 
+@pytest.mark.attack("oversized or pathological input")
 async def test_oversized_input_never_forwarded(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = limited_policy(tmp_path, {"name": "small-calls", "max_input_tokens": 50}, record=record)
@@ -145,6 +148,7 @@ async def test_oversized_output_cut_validly(tmp_path: Path) -> None:
     assert "structured content dropped" in text_of(structured)
 
 
+@pytest.mark.attack("rate-limit burst")
 async def test_slow_call_holds_its_slot(tmp_path: Path) -> None:
     policy = limited_policy(tmp_path, {"name": "one-at-a-time", "concurrent_calls": 1})
 
@@ -161,6 +165,7 @@ async def test_slow_call_holds_its_slot(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.attack("rate-limit reset by restart or clock")
 async def test_killed_gateway_keeps_window_count(tmp_path: Path, store: str, redis_prefix: str) -> None:
     limits = {"store": store, "key_prefix": redis_prefix}
     policy = limited_policy(tmp_path, {"name": "per-client", "requests_per_hour": 5}, **limits)
@@ -179,6 +184,7 @@ async def test_killed_gateway_keeps_window_count(tmp_path: Path, store: str, red
     assert [result.is_error for result in after] == [False, False, True]
 
 
+@pytest.mark.attack("rate limits split across replicas", attempts=30)
 async def test_two_gateways_share_redis_limit(tmp_path: Path, redis_prefix: str) -> None:
     limits = {"store": "redis", "key_prefix": redis_prefix}
     policies = []
@@ -233,6 +239,7 @@ def redis_server(port: int, folder: Path) -> Iterator[subprocess.Popen[bytes]]:
             process.wait(timeout=PROCESS_WAIT_SECONDS)
 
 
+@pytest.mark.attack("rate-limit store down")
 async def test_lost_redis_fails_closed_then_recovers(tmp_path: Path) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -302,6 +309,7 @@ async def test_limits_command_shows_usage(tmp_path: Path) -> None:
     assert ["other", "per-client", "requests_per_hour", "client", "0", "50"] in rows
 
 
+@pytest.mark.attack("approval flood")
 async def test_approval_requests_limited_first(tmp_path: Path) -> None:
     needs_approval = {**ALLOW, "name": "writes need approval", "tools": ["write_file"], "decision": "approve"}
     policy = write_policy(
@@ -331,6 +339,7 @@ async def test_approval_requests_limited_first(tmp_path: Path) -> None:
     assert echo.is_error is False
 
 
+@pytest.mark.attack("rate-limit reset by new session", attempts=6)
 async def test_unauthenticated_http_share_bucket(tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path,
@@ -350,6 +359,7 @@ async def test_unauthenticated_http_share_bucket(tmp_path: Path) -> None:
     assert outcomes == [False, False, False, True, True, True]
 
 
+@pytest.mark.attack("rate-limit reset by new session", attempts=50)
 async def test_fifty_sessions_share_client_limit(tmp_path: Path) -> None:
     key = "test-key-for-the-session-rotation-test"
     policy = write_policy(

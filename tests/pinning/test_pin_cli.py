@@ -71,6 +71,7 @@ async def test_list_shows_each_state(state_dir: Path, make_tool: ToolFactory) ->
     assert lines[2].split()[:3] == ["files", "write_file", "new"]
 
 
+@pytest.mark.attack("hidden characters in tool text")
 async def test_list_escapes_control_characters(state_dir: Path, make_tool: ToolFactory) -> None:
     await _observe(state_dir, [make_tool("evil\x1b[2J\u202ename")])
 
@@ -102,6 +103,7 @@ async def test_review_shows_diff_and_findings(state_dir: Path, make_tool: ToolFa
     assert "1 definition is waiting for review." in output
 
 
+@pytest.mark.attack("hidden characters in tool text")
 async def test_review_escapes_hidden_text(state_dir: Path, make_tool: ToolFactory) -> None:
     await _observe(state_dir, [make_tool()], [make_tool(description="Read a file.\u202e\U000e0041")])
 
@@ -136,6 +138,7 @@ async def test_approve_makes_tool_approved(state_dir: Path, make_tool: ToolFacto
     assert record.approved_by == "alice"
 
 
+@pytest.mark.legitimate("changed tool definition")
 async def test_approve_with_matching_hash_prefix(state_dir: Path, make_tool: ToolFactory) -> None:
     changed = make_tool(description=POISONED)
     await _observe(state_dir, [make_tool()], [changed])
@@ -147,6 +150,7 @@ async def test_approve_with_matching_hash_prefix(state_dir: Path, make_tool: Too
     assert await _status(state_dir, changed) == "approved"
 
 
+@pytest.mark.attack("changed tool definition")
 async def test_approve_with_other_hash_fails(
     state_dir: Path, make_tool: ToolFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -45,6 +45,7 @@ def _set_user_version(path: Path, version: int) -> None:
 # Trust on first use ---------------------------------------------------------------------
 
 
+@pytest.mark.legitimate("changed tool definition")
 async def test_first_sight_is_approved(store: PinStore, make_tool: ToolFactory) -> None:
     tools = [make_tool("read_file"), make_tool("list_directory")]
 
@@ -60,6 +61,7 @@ async def test_first_sight_is_approved(store: PinStore, make_tool: ToolFactory) 
     assert record.state == "approved"
 
 
+@pytest.mark.legitimate("changed tool definition")
 async def test_same_listing_again_changes_nothing(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
 
@@ -90,6 +92,7 @@ async def test_empty_first_listing_makes_server_known(store: PinStore, make_tool
 # Changed definitions --------------------------------------------------------------------
 
 
+@pytest.mark.attack("changed tool definition")
 async def test_changed_description_is_pending(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
     changed = make_tool(description=POISONED)
@@ -129,6 +132,7 @@ async def test_second_change_replaces_pending(store: PinStore, make_tool: ToolFa
     assert record.pending_hash == definition_hash(second)
 
 
+@pytest.mark.legitimate("changed tool definition")
 async def test_approving_makes_change_approved(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
     changed = make_tool(description=POISONED)
@@ -144,6 +148,7 @@ async def test_approving_makes_change_approved(store: PinStore, make_tool: ToolF
     assert await store.pending() == []
 
 
+@pytest.mark.attack("changed tool definition")
 async def test_approve_checks_expected_hash(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
     reviewed = make_tool(description="Reviewed change.")
@@ -166,6 +171,7 @@ async def test_approve_without_pending_raises(store: PinStore, make_tool: ToolFa
         await store.approve("files", "no_such_tool", "alice")
 
 
+@pytest.mark.attack("changed tool definition")
 async def test_reject_keeps_approved_version(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
     changed = make_tool(description=POISONED)
@@ -206,6 +212,7 @@ async def test_rejected_change_can_still_be_approved(store: PinStore, make_tool:
     assert record.rejected_at is None
 
 
+@pytest.mark.legitimate("changed tool definition")
 async def test_change_back_is_approved_again(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
     await store.observe("files", [make_tool(description=POISONED)])
@@ -232,6 +239,7 @@ async def test_missing_tool_keeps_its_pin(store: PinStore, make_tool: ToolFactor
 # New tools of a known server ------------------------------------------------------------
 
 
+@pytest.mark.attack("new tool on a known server")
 async def test_new_tool_of_known_server_is_pending(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool("read_file")])
     added = make_tool("delete_file", description="Delete a file.")
@@ -244,6 +252,7 @@ async def test_new_tool_of_known_server_is_pending(store: PinStore, make_tool: T
     assert [(record.tool, record.state) for record in await store.pending()] == [("delete_file", "new")]
 
 
+@pytest.mark.legitimate("new tool on a known server")
 async def test_new_tool_allowed_by_policy(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool("read_file")])
     added = make_tool("delete_file")
@@ -256,6 +265,7 @@ async def test_new_tool_allowed_by_policy(store: PinStore, make_tool: ToolFactor
     assert record.approved_by == APPROVED_BY_POLICY
 
 
+@pytest.mark.attack("changed tool definition")
 async def test_allow_new_tools_keeps_changes_pending(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [make_tool()])
 
@@ -264,6 +274,7 @@ async def test_allow_new_tools_keeps_changes_pending(store: PinStore, make_tool:
     assert report.changed == ("read_file",)
 
 
+@pytest.mark.legitimate("new tool on a known server")
 async def test_approving_new_tool(store: PinStore, make_tool: ToolFactory) -> None:
     await store.observe("files", [])
     await store.observe("files", [make_tool("delete_file")])
@@ -287,6 +298,7 @@ async def test_report_carries_findings(store: PinStore, make_tool: ToolFactory) 
     assert any("~/.ssh" in finding for finding in report.findings["read_file"])
 
 
+@pytest.mark.attack("new tool on a known server")
 async def test_hold_flagged_holds_first_sight(store: PinStore, make_tool: ToolFactory) -> None:
     tools = [make_tool(description=POISONED), make_tool("list_directory")]
 
@@ -299,6 +311,7 @@ async def test_hold_flagged_holds_first_sight(store: PinStore, make_tool: ToolFa
 # Files and restarts -----------------------------------------------------------------------
 
 
+@pytest.mark.attack("state files readable by other users")
 async def test_files_are_owner_only(store: PinStore, make_tool: ToolFactory, state_dir: Path) -> None:
     await store.observe("files", [make_tool()])
 
@@ -310,6 +323,7 @@ async def test_files_are_owner_only(store: PinStore, make_tool: ToolFactory, sta
         assert _mode(sidecar) == 0o600
 
 
+@pytest.mark.attack("state files readable by other users")
 async def test_existing_file_is_narrowed(state_dir: Path) -> None:
     path = _existing_file(state_dir, mode=0o644)
 
@@ -397,6 +411,7 @@ async def test_unopened_store_raises(state_dir: Path) -> None:
         await store.pins()
 
 
+@pytest.mark.attack("new tool on a known server")
 async def test_surrogate_name_never_approved(store: PinStore, make_tool: ToolFactory) -> None:
     odd = make_tool("read\ud800file")
 

@@ -142,6 +142,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("constraints", "arguments", "allowed"), CASES)
+@pytest.mark.attack("argument constraint evasion", params={"allowed": False})
+@pytest.mark.legitimate("argument constraint evasion", params={"allowed": True})
 def test_constraint_table(
     constraints: dict[str, dict[str, Any]], arguments: dict[str, Any], allowed: bool
 ) -> None:
@@ -150,6 +152,7 @@ def test_constraint_table(
     assert (decision.kind == "auto") is allowed, decision
 
 
+@pytest.mark.attack("argument constraint evasion")
 def test_smuggled_in_nested_object() -> None:
     arguments = {"config": {"target": {"path": "/etc/passwd"}}, "path": "/srv/policy-test/data/a"}
 
@@ -159,6 +162,7 @@ def test_smuggled_in_nested_object() -> None:
     assert 'outside the allowed folders ("/srv/policy-test/data")' in reason
 
 
+@pytest.mark.attack("argument constraint evasion")
 def test_smuggled_inside_array() -> None:
     arguments = {"edits": [{"path": "/srv/policy-test/data/a"}, {"path": "/root/.ssh/id_rsa"}]}
 
@@ -167,6 +171,7 @@ def test_smuggled_inside_array() -> None:
     assert reason.startswith('arguments.edits[1].path ("/root/.ssh/id_rsa")')
 
 
+@pytest.mark.attack("argument constraint evasion")
 def test_smuggled_under_alias_name() -> None:
     constraints = {"filePath": {"path_under": ["/srv/policy-test/data"]}}
 
@@ -226,6 +231,7 @@ def test_required_argument_missing() -> None:
     assert reason == "arguments.path is missing, and the policy requires it."
 
 
+@pytest.mark.attack("argument constraint evasion")
 def test_required_needs_exact_name() -> None:
     constraints = {"repoPath": {"required": True, "path_under": ["/srv/policy-test/data"]}}
     schema = {"type": "object", "properties": {"repo_path": {"type": "string"}}}
@@ -239,6 +245,7 @@ def test_required_needs_exact_name() -> None:
     assert policy_name.kind == "auto"
 
 
+@pytest.mark.attack("argument constraint evasion")
 def test_schema_default_checked_when_missing() -> None:
     schema = {"type": "object", "properties": {"path": {"type": "string", "default": "/etc"}}}
 
@@ -249,6 +256,7 @@ def test_schema_default_checked_when_missing() -> None:
     )
 
 
+@pytest.mark.legitimate("argument constraint evasion")
 def test_schema_default_inside_allowed() -> None:
     schema = {
         "type": "object",
@@ -258,6 +266,7 @@ def test_schema_default_inside_allowed() -> None:
     assert decide_with(PATH, {}, schema).kind == "auto"
 
 
+@pytest.mark.attack("argument constraint evasion")
 def test_schema_never_loosens() -> None:
     # A schema that declares no such property does not stop the walk from finding it.
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "additionalProperties": False}
@@ -270,6 +279,7 @@ def test_schema_never_loosens() -> None:
     [PATH, QUERY, EXACT, SHORT, {"name": {"never_contains": "x"}}],
     ids=["path_under", "full_match", "full_match_exact", "max_length", "never_contains"],
 )
+@pytest.mark.attack("oversized or pathological input")
 def test_fifty_megabyte_string_denied_fast(constraints: dict[str, dict[str, Any]]) -> None:
     name = next(iter(constraints))
     huge = "a" * FIFTY_MB
@@ -282,6 +292,7 @@ def test_fifty_megabyte_string_denied_fast(constraints: dict[str, dict[str, Any]
     assert "52,428,800 characters" in reason
 
 
+@pytest.mark.attack("oversized or pathological input")
 def test_deep_nesting_denied_without_recursion() -> None:
     nested: dict[str, Any] = {"path": "/etc/passwd"}
     for _ in range(10_000):
@@ -292,6 +303,7 @@ def test_deep_nesting_denied_without_recursion() -> None:
     assert f"nested more than {MAX_DEPTH} levels deep" in reason
 
 
+@pytest.mark.attack("oversized or pathological input")
 def test_deep_array_nesting_denied() -> None:
     nested: list[Any] = []
     for _ in range(10_000):
@@ -302,6 +314,7 @@ def test_deep_array_nesting_denied() -> None:
     assert f"nested more than {MAX_DEPTH} levels deep" in reason
 
 
+@pytest.mark.attack("oversized or pathological input")
 def test_nesting_limit_is_exact() -> None:
     # arguments -> root -> (wraps) -> {"path": ...} -> the string: MAX_DEPTH levels with MAX_DEPTH - 2 wraps.
     at_limit: dict[str, Any] = {"path": "/srv/policy-test/data/x"}
@@ -313,6 +326,7 @@ def test_nesting_limit_is_exact() -> None:
     assert decide_with(PATH, {"root": over_limit}).kind == "deny"
 
 
+@pytest.mark.attack("oversized or pathological input")
 def test_too_many_values_denied() -> None:
     arguments = {"rows": [{"id": index} for index in range(MAX_NODES)]}
 
@@ -321,12 +335,14 @@ def test_too_many_values_denied() -> None:
     assert reason == f"The arguments contain more than {MAX_NODES:,} values; the policy rejects larger ones."
 
 
+@pytest.mark.attack("oversized or pathological input")
 def test_long_array_under_constrained_name() -> None:
     reason = reason_of(decide_with(ARGS, {"args": ["x"] * (MAX_NODES + 1)}))
 
     assert f"more than the {MAX_NODES:,} items the gateway checks" in reason
 
 
+@pytest.mark.legitimate("oversized or pathological input")
 def test_unconstrained_rule_does_not_walk() -> None:
     nested: dict[str, Any] = {}
     for _ in range(10_000):
@@ -341,6 +357,7 @@ def test_unconstrained_rule_does_not_walk() -> None:
     assert decision.kind == "auto"
 
 
+@pytest.mark.attack("oversized or pathological input")
 def test_fifty_megabyte_key_checked_fast() -> None:
     started = time.perf_counter()
 
@@ -352,6 +369,7 @@ def test_fifty_megabyte_key_checked_fast() -> None:
     assert unrelated.kind == "auto"
 
 
+@pytest.mark.attack("argument constraint evasion", attempts=2)
 def test_max_items_nested_arrays() -> None:
     constraints = {"args": {"max_items": 2, "no_leading_dash": True}}
 

@@ -76,23 +76,27 @@ def allowed(tree: Tree, value: str, base: str | None = None) -> bool:
     return decide_path([str(tree.root)], value, base).kind == "auto"
 
 
+@pytest.mark.legitimate("path escape")
 def test_file_inside_root_allowed(tree: Tree) -> None:
     assert allowed(tree, f"{tree.root}/notes.txt")
     assert allowed(tree, f"{tree.root}/sub/new-file.txt")
     assert allowed(tree, f"{tree.root}/sub/./../notes.txt")
 
 
+@pytest.mark.legitimate("path escape")
 def test_root_itself_allowed(tree: Tree) -> None:
     assert allowed(tree, str(tree.root))
     assert allowed(tree, f"{tree.root}/")
 
 
+@pytest.mark.attack("path escape", attempts=3)
 def test_dot_dot_escape_denied(tree: Tree) -> None:
     assert not allowed(tree, f"{tree.root}/../outside/secret.txt")
     assert not allowed(tree, f"{tree.root}/sub/../../outside/secret.txt")
     assert not allowed(tree, f"{tree.root}/missing/../../outside")
 
 
+@pytest.mark.attack("path escape", attempts=5)
 def test_percent_encoded_dots_denied(tree: Tree) -> None:
     for value in (
         f"{tree.root}/%2e%2e/outside/secret.txt",
@@ -106,18 +110,21 @@ def test_percent_encoded_dots_denied(tree: Tree) -> None:
         assert "percent-encoded sequence" in getattr(decision, "reason", ""), value
 
 
+@pytest.mark.attack("path escape", attempts=3)
 def test_absolute_path_outside_denied(tree: Tree) -> None:
     assert not allowed(tree, "/etc/passwd")
     assert not allowed(tree, f"{tree.outside}/secret.txt")
     assert not allowed(tree, "/")
 
 
+@pytest.mark.attack("path escape", attempts=3)
 def test_sibling_with_shared_prefix_denied(tree: Tree) -> None:
     assert not allowed(tree, str(tree.evil))
     assert not allowed(tree, f"{tree.evil}/file.txt")
     assert not allowed(tree, f"{tree.root}_evil/file.txt")
 
 
+@pytest.mark.attack("path escape via symlink", attempts=3)
 def test_symlink_escaping_root_denied(tree: Tree) -> None:
     decision = decide_path([str(tree.root)], f"{tree.root}/escape/secret.txt")
 
@@ -127,14 +134,17 @@ def test_symlink_escaping_root_denied(tree: Tree) -> None:
     assert not allowed(tree, f"{tree.root}/escape")
 
 
+@pytest.mark.attack("path escape via symlink")
 def test_dangling_symlink_escaping_root_denied(tree: Tree) -> None:
     assert not allowed(tree, f"{tree.root}/dangling")
 
 
+@pytest.mark.legitimate("path escape via symlink")
 def test_symlink_within_root_allowed(tree: Tree) -> None:
     assert allowed(tree, f"{tree.root}/inner/file.txt")
 
 
+@pytest.mark.attack("path escape via symlink")
 def test_root_given_as_symlink(tree: Tree) -> None:
     roots = [str(tree.base / "root_link")]
 
@@ -143,6 +153,7 @@ def test_root_given_as_symlink(tree: Tree) -> None:
     assert decide_path(roots, f"{tree.base}/root_link/escape/secret.txt").kind == "deny"
 
 
+@pytest.mark.attack("path escape")
 def test_relative_path_needs_base(tree: Tree) -> None:
     decision = decide_path([str(tree.root)], "notes.txt")
 
@@ -150,6 +161,7 @@ def test_relative_path_needs_base(tree: Tree) -> None:
     assert "is a relative path, but only absolute paths are allowed here" in getattr(decision, "reason", "")
 
 
+@pytest.mark.attack("path escape", attempts=3)
 def test_relative_path_joined_to_base(tree: Tree) -> None:
     base = str(tree.root)
 
@@ -161,11 +173,13 @@ def test_relative_path_joined_to_base(tree: Tree) -> None:
     assert not allowed(tree, "file:///etc/passwd", base)
 
 
+@pytest.mark.attack("path escape", attempts=2)
 def test_home_shorthand_denied(tree: Tree) -> None:
     assert not allowed(tree, "~/.ssh/id_rsa", str(tree.root))
     assert not allowed(tree, "~root/.ssh/id_rsa", str(tree.root))
 
 
+@pytest.mark.attack("path escape", attempts=4)
 def test_syntax_tricks_denied(tree: Tree) -> None:
     assert not allowed(tree, f"{tree.root}/notes.txt\0.png")
     assert not allowed(tree, f"{tree.root}\\..\\outside")
@@ -196,6 +210,7 @@ def test_resolver_is_injectable() -> None:
     assert calls == ["/link", "/data/allowed", "/data/allowed_evil", "/data/allowed"]
 
 
+@pytest.mark.attack("path escape via symlink")
 def test_resolver_errors_denied() -> None:
     def resolve(path: str) -> str:
         raise OSError("too many levels of symbolic links")
@@ -219,6 +234,7 @@ def shared_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
 
 @settings(max_examples=400, deadline=None)
 @given(segments=st.lists(SEGMENTS, max_size=8), relative=st.booleans())
+@pytest.mark.attack("path escape", attempts=400)
 def test_no_generated_path_escapes(shared_tree: Tree, segments: list[str], relative: bool) -> None:
     tail = "/".join(segments)
     value = tail if relative else f"{shared_tree.root}/{tail}"

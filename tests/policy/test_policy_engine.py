@@ -109,6 +109,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("client", "server", "tool", "arguments", "annotations", "kind", "rule_name"), CASES)
+@pytest.mark.attack("call no rule grants", params={"kind": "deny"})
+@pytest.mark.legitimate("call no rule grants", params={"kind": "auto"})
 def test_decision_table(
     client: str,
     server: str,
@@ -184,6 +186,7 @@ def test_first_deny_in_order_wins() -> None:
     assert decision.rule == "limited"
 
 
+@pytest.mark.attack("call no rule grants")
 def test_deny_rule_ignores_write_flag() -> None:
     # A deny rule with the default `write = false` still covers a tool that writes.
     rules = [rule("writes allowed", write=True), rule("no reset", tools=["git_reset"], decision="deny")]
@@ -244,6 +247,8 @@ VISIBILITY = [
 
 
 @pytest.mark.parametrize(("client", "server", "tool", "annotations", "expected"), VISIBILITY)
+@pytest.mark.attack("hidden tool probing", params={"expected": False})
+@pytest.mark.legitimate("hidden tool probing", params={"expected": True})
 def test_visibility_table(
     client: str, server: str, tool: str, annotations: dict[str, Any] | None, expected: bool
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ def decide(policy: PolicyEngine, now: datetime, first_use: FirstUse | None = Non
     )
 
 
+@pytest.mark.attack("expired time-limited rule revived")
 def test_not_before_boundary() -> None:
     policy = PolicyEngine([DECEMBER], CLIENTS, SERVERS)
 
@@ -41,6 +43,7 @@ def test_not_before_boundary() -> None:
     assert decide(policy, START).kind == "auto"
 
 
+@pytest.mark.attack("expired time-limited rule revived")
 def test_not_after_inclusive() -> None:
     policy = PolicyEngine([DECEMBER], CLIENTS, SERVERS)
 
@@ -66,6 +69,7 @@ def test_window_compares_instants_across_offsets() -> None:
 
 
 @given(st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=365 * 50)))
+@pytest.mark.attack("expired time-limited rule revived", attempts=100)
 def test_expired_window_stays_expired(after: timedelta) -> None:
     policy = PolicyEngine([DECEMBER], CLIENTS, SERVERS)
 
@@ -80,6 +84,7 @@ def test_first_call_starts_rule() -> None:
     assert decision == Allow(kind="auto", rule="five minutes", starts_rule="five minutes")
 
 
+@pytest.mark.legitimate("expired time-limited rule revived")
 def test_started_rule_not_started_again() -> None:
     policy = PolicyEngine([FIVE_MINUTES], CLIENTS, SERVERS)
 
@@ -88,6 +93,7 @@ def test_started_rule_not_started_again() -> None:
     assert decision == Allow(kind="auto", rule="five minutes", starts_rule=None)
 
 
+@pytest.mark.attack("expired time-limited rule revived", attempts=2)
 def test_active_for_ends_after_duration() -> None:
     policy = PolicyEngine([FIVE_MINUTES], CLIENTS, SERVERS)
     first_use = {"five minutes": START}
@@ -97,6 +103,7 @@ def test_active_for_ends_after_duration() -> None:
 
 
 @given(st.timedeltas(min_value=timedelta(seconds=300), max_value=timedelta(days=365 * 50)))
+@pytest.mark.attack("expired time-limited rule revived", attempts=100)
 def test_used_window_stays_expired(after: timedelta) -> None:
     policy = PolicyEngine([FIVE_MINUTES], CLIENTS, SERVERS)
 

@@ -55,6 +55,7 @@ async def admitted(lim: Limiter, now: float, count: int, **overrides: Any) -> in
     return sum(isinstance(outcome, Admission) for outcome in outcomes)
 
 
+@pytest.mark.attack("rate-limit reset by new session", attempts=250)
 async def test_session_rotation_keeps_client_count() -> None:
     lim = limiter({"name": "per-client", "requests_per_hour": 20})
     total = 0
@@ -65,6 +66,7 @@ async def test_session_rotation_keeps_client_count() -> None:
     assert total == 20
 
 
+@pytest.mark.attack("rate-limit burst", attempts=305)
 async def test_organisation_limit_is_shared() -> None:
     clients = {f"bot-{index}": {"organisation": "acme"} for index in range(100)}
     clients["outsider"] = {"organisation": "other"}
@@ -81,6 +83,7 @@ async def test_organisation_limit_is_shared() -> None:
     assert await admitted(lim, T0, 5, client="outsider", organisation="other") == 5
 
 
+@pytest.mark.attack("rate-limit burst", attempts=1440)
 async def test_daily_cap_stops_slow_calls() -> None:
     lim = limiter({"name": "daily", "requests_per_minute": 10, "requests_per_day": 100})
     outcomes = [await call(lim, T0 + minute * 60) for minute in range(24 * 60)]
@@ -92,6 +95,7 @@ async def test_daily_cap_stops_slow_calls() -> None:
     assert rejection.retry_after > 20 * 3600
 
 
+@pytest.mark.attack("rate-limit reset by restart or clock")
 async def test_clock_step_back_keeps_window() -> None:
     wall = [T0]
     monotonic = [5000.0]
@@ -105,6 +109,7 @@ async def test_clock_step_back_keeps_window() -> None:
     assert await admitted(lim, clock(), 3) == 3  # and the client is not locked out for an hour
 
 
+@pytest.mark.attack("rate-limit reset by restart or clock")
 async def test_restarted_clock_starts_at_mark() -> None:
     clock = SteadyClock(wall=lambda: T0 - 3600, monotonic=lambda: 0.0)
     clock.start_at_least(T0)
@@ -113,6 +118,7 @@ async def test_restarted_clock_starts_at_mark() -> None:
     assert clock() == T0
 
 
+@pytest.mark.attack("oversized or pathological input")
 async def test_large_input_rejected_first() -> None:
     lim = limiter({"name": "small", "max_input_tokens": 100, "requests_per_minute": 5})
     rejection = await call(lim, T0, input_tokens=101)
@@ -123,6 +129,7 @@ async def test_large_input_rejected_first() -> None:
     assert await admitted(lim, T0, 10, input_tokens=100) == 5
 
 
+@pytest.mark.attack("rate-limit burst", attempts=2)
 async def test_call_over_whole_limit_rejected() -> None:
     lim = limiter({"name": "tokens", "tokens_per_minute": 1000})
     rejection = await call(lim, T0, input_tokens=1001)
@@ -162,6 +169,7 @@ async def test_cost_reserved_then_settled() -> None:
     assert await lim.store.usage([plan.meters[0].charge], T0) == [pytest.approx(0.7)]
 
 
+@pytest.mark.attack("rate-limit burst")
 async def test_concurrent_calls_capped_and_freed() -> None:
     lim = limiter({"name": "two-at-once", "concurrent_calls": 2})
     first, second = await call(lim, T0), await call(lim, T0)
@@ -181,6 +189,7 @@ async def test_session_cap_per_session() -> None:
     assert await admitted(lim, T0, 5, session=None) == 5
 
 
+@pytest.mark.attack("approval flood", attempts=3)
 async def test_approvals_counted_only_when_asking() -> None:
     lim = limiter({"name": "fatigue", "approvals_per_hour": 2})
     # A call that needs approval is not counted when it passes the limits: it may find a grant.
@@ -189,6 +198,7 @@ async def test_approvals_counted_only_when_asking() -> None:
     assert [isinstance(outcome, Admission) for outcome in questions] == [True, True, False]
 
 
+@pytest.mark.attack("rate-limit reset by new session", attempts=6)
 async def test_unauthenticated_callers_share_bucket() -> None:
     lim = limiter(unauthenticated_requests_per_minute=4)
     assert await admitted(lim, T0, 3, anonymous=True, session="a") == 3
@@ -213,6 +223,7 @@ async def test_limit_scope_by_group_server_tool() -> None:
     assert await admitted(lim, T0, 3, server="other", tool="write") == 3
 
 
+@pytest.mark.attack("other clients' usage disclosed", attempts=2)
 async def test_rejection_hides_others_usage() -> None:
     lim = limiter(
         {"name": "mine", "requests_per_minute": 2},
@@ -231,6 +242,7 @@ async def test_rejection_hides_others_usage() -> None:
     assert "(the gateway's limit is 3 calls per minute)" in shared.message
 
 
+@pytest.mark.legitimate("rate-limit burst")
 async def test_exact_cost_limit_admits_every_fitting_call() -> None:
     lim = limiter(
         {"name": "budget", "cost_per_hour": 0.3},

@@ -57,6 +57,7 @@ def minute(key: str, limit: float, units: float = 1) -> WindowCharge:
     return WindowCharge(key=key, limit=limit, period=60, units=units)
 
 
+@pytest.mark.attack("rate-limit burst", attempts=20000)
 async def test_concurrent_calls_take_exact_remainder(store: LimitStore) -> None:
     for round_number in range(100):
         key = f"round-{round_number}"
@@ -79,6 +80,7 @@ async def test_concurrent_calls_take_exact_remainder(store: LimitStore) -> None:
         assert await store.usage([minute(f"{key}-hour", 10**6)], now) == [10]
 
 
+@pytest.mark.attack("rate-limit burst")
 async def test_charges_all_or_none(store: LimitStore) -> None:
     roomy, full = minute("roomy", 10), minute("full", 1)
     assert isinstance(await store.acquire([full], T0), Grant)
@@ -89,6 +91,7 @@ async def test_charges_all_or_none(store: LimitStore) -> None:
     assert await store.usage([roomy, full], T0 + 1) == [0, 1]
 
 
+@pytest.mark.attack("rate-limit window boundary", attempts=540)
 async def test_boundary_burst_stays_under_limit(
     store: LimitStore,
 ) -> None:
@@ -107,6 +110,7 @@ async def test_boundary_burst_stays_under_limit(
         assert len(in_span) <= limit, f"{len(in_span)} calls in the 60 s from {start - T0:+.2f}"
 
 
+@pytest.mark.legitimate("rate-limit window boundary")
 async def test_rejected_call_fits_at_retry_time(store: LimitStore) -> None:
     for step in range(5):
         assert isinstance(await store.acquire([minute("retry", 5)], T0 + step * 7), Grant)
@@ -173,6 +177,7 @@ async def test_slots_freed_on_release_and_expiry(store: LimitStore) -> None:
     assert isinstance(await store.acquire([slot], T0 + 31), Grant)
 
 
+@pytest.mark.attack("rate-limit burst", attempts=1440)
 async def test_daily_cap_over_24_hours(store: LimitStore) -> None:
     day = WindowCharge(key="daily", limit=1000, period=86_400, units=1)
     outcomes = [await store.acquire([day], T0 + minute_index * 60) for minute_index in range(24 * 60)]
@@ -198,6 +203,7 @@ async def test_memory_store_drops_idle_keys() -> None:
     assert store.key_count() <= 10 * 62 + 5000
 
 
+@pytest.mark.attack("rate-limit reset by restart or clock")
 async def test_sqlite_counts_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "limits.sqlite3"
     async with SqliteLimitStore(path) as first:
@@ -220,6 +226,7 @@ async def test_sqlite_deletes_expired_slices(tmp_path: Path) -> None:
         assert db.execute("SELECT COUNT(*) FROM window_slice").fetchone()[0] == 1
 
 
+@pytest.mark.attack("rate limits split across replicas", attempts=100)
 async def test_sqlite_shared_file_admits_limit(tmp_path: Path) -> None:
     path = tmp_path / "limits.sqlite3"
     admitted = 0
