@@ -21,9 +21,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -33,6 +33,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import TextContent
 
+from mcp_guard.audit import CallFilter, CallRecord, SqliteAuditStore
 from mcp_guard.config import GatewayConfig, load_config
 from mcp_guard.errors import ConfigError
 
@@ -51,6 +52,8 @@ PREVIOUS_STATE = (WORK_DIR / "state" / "limits.sqlite3", WORK_DIR / "state" / "a
 SESSION_TIMEOUT_SECONDS = 60
 # Each outcome is shown as at most this many lines of at most this many characters.
 SHOWN_LINES = 12
+# Bounds the wait for a step's outcome row, which the gateway commits in a batch just after it answers.
+AUDIT_WAIT_SECONDS = 5.0
 SHOWN_WIDTH = 100
 
 # Fixed identity and dates make the throwaway repository's commit hashes the same on every run.
@@ -99,9 +102,17 @@ class StepResult:
     outcome: Outcome
     milliseconds: float
     passed: bool
+    audited: str = ""
+    """The outcome the audit trail recorded for the step's call, if it has one."""
 
 
 REPO_ARGUMENTS = {"repo_path": str(GIT_REPO)}
+SUM_CODE = "print('adding up 1..100')\nsum(range(1, 101))"
+# The sandbox has its own empty network namespace: even this machine's loopback is out of reach.
+NETWORK_CODE = "import socket\nsocket.create_connection(('127.0.0.1', 8765), timeout=2)"
+HOST_FILES_CODE = "echo environment: $(env | cut -d= -f1); echo visible: $(ls /); " + (
+    f"cat /etc/passwd {FILES_DIR / 'notes.txt'}"
+)
 HELLO_PATH = str(FILES_DIR / "hello.txt")
 STEPS = (
     Step("git status", "git__git_status", REPO_ARGUMENTS, "ok", "README.md"),
@@ -147,6 +158,22 @@ STEPS = (
     ),
     # mcp-server-git has no push tool, so the gateway exports none.
     Step("call an unknown tool", "git__git_push", REPO_ARGUMENTS, "protocol error", "Unknown tool"),
+    # run_code runs in a bubblewrap sandbox: no network, no host files, an empty environment.
+    Step("run code", "run_code", {"language": "python", "code": SUM_CODE}, "ok", "value:\n5050"),
+    Step(
+        "code tries the network",
+        "run_code",
+        {"language": "python", "code": NETWORK_CODE},
+        "tool error",
+        "ConnectionRefusedError",
+    ),
+    Step(
+        "code looks for host files",
+        "run_code",
+        {"language": "shell", "code": HOST_FILES_CODE},
+        "tool error",
+        "No such file or directory",
+    ),
 )
 
 
@@ -243,10 +270,71 @@ async def run_session(config: GatewayConfig, log: TextIO) -> list[StepResult]:
             name = client.server_info.name if client.server_info else "the gateway"
             print(f"Connected to {name}, protocol {client.protocol_version}")
             results.append(await list_tools(client, config))
-            for step in STEPS:
-                person.choice = step.person
-                results.append(await run_step(client, step))
+            async with AuditTail.opened(Path(config.gateway.state_dir)) as trail:
+                for step in STEPS:
+                    person.choice = step.person
+                    result = await run_step(client, step)
+                    results.append(replace(result, audited=await trail.show_next()))
+    results.append(await verify_trail())
     return results
+
+
+class AuditTail:
+    """Reads the audit trail while the gateway writes it, to print the records of each step's call."""
+
+    def __init__(self, store: SqliteAuditStore, last_row: int) -> None:
+        self._store = store
+        self._last_row = last_row
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, state_dir: Path) -> AsyncIterator[AuditTail]:
+        """Open the trail read-only and yield a reader that starts after its newest record."""
+        async with SqliteAuditStore.in_state_dir(state_dir, read_only=True) as store:
+            newest = await store.search(CallFilter(), limit=1)
+            yield cls(store, newest[0].intent_row_id if newest else 0)
+
+    async def show_next(self) -> str:
+        """Print the audit records of the step just made, once their outcomes are written.
+
+        A 2026-07-28 client answers an approval question by sending the call again, so an approved
+        call has two records: the first ends as approval_pending. Returns the outcomes in order.
+        """
+        calls: list[CallRecord] = []
+        with anyio.move_on_after(AUDIT_WAIT_SECONDS):
+            while not calls or any(call.outcome is None for call in calls):
+                await anyio.sleep(0.02)
+                calls = await self._store.search(CallFilter(after_row_id=self._last_row), oldest_first=True)
+        outcomes = []
+        for call in calls:
+            if call.outcome is None:
+                continue
+            rule = f", rule {call.intent.rule!r}" if call.intent.rule else ""
+            detail = f" ({_shorten(call.outcome.detail)})" if call.outcome.detail else ""
+            print(f"  audit: {call.intent.server}/{call.intent.tool}: decision {call.intent.decision}{rule}")
+            print(f"         outcome {call.outcome.outcome}{detail}")
+            outcomes.append(call.outcome.outcome)
+            self._last_row = call.intent_row_id
+        if not outcomes:
+            print("  audit: no finished record found")
+            return "missing"
+        return " > ".join(outcomes)
+
+
+async def verify_trail() -> StepResult:
+    """Run `mcp-guard audit verify`, as an operator would, and check that the trail is intact."""
+    command = [sys.executable, "-m", "mcp_guard", "audit", "--config", str(POLICY), "verify"]
+    _print_heading("audit verify", "mcp-guard audit --config policies/demo.toml verify")
+    started = time.perf_counter()
+    completed = await anyio.run_process(command, cwd=REPO_ROOT, check=False)
+    milliseconds = (time.perf_counter() - started) * 1000
+
+    text = (completed.stdout + completed.stderr).decode("utf-8", "replace")
+    outcome: Outcome = "ok" if completed.returncode == 0 else "tool error"
+    print(f"  = {outcome}")
+    for line in _excerpt(text):
+        print(f"    {line}")
+    return StepResult("audit verify", outcome, milliseconds, passed=completed.returncode == 0)
 
 
 class ScriptedPerson:
@@ -317,11 +405,14 @@ async def run_step(client: Client, step: Step) -> StepResult:
 def print_summary(results: Sequence[StepResult], seconds: float) -> None:
     """Print one row per step (title, outcome, time) and the overall verdict."""
     width = max(len(result.title) for result in results)
-    print(f"\n{'step':<{width}}  {'outcome':<14}  {'ms':>6}  as expected")
-    print(f"{'-' * width}  {'-' * 14}  {'-' * 6}  {'-' * 11}")
+    print(f"\n{'step':<{width}}  {'outcome':<14}  {'audit trail':<36}  {'ms':>6}  as expected")
+    print(f"{'-' * width}  {'-' * 14}  {'-' * 36}  {'-' * 6}  {'-' * 11}")
     for result in results:
         verdict = "yes" if result.passed else "NO"
-        print(f"{result.title:<{width}}  {result.outcome:<14}  {result.milliseconds:>6.0f}  {verdict}")
+        print(
+            f"{result.title:<{width}}  {result.outcome:<14}  {result.audited:<36}  "
+            f"{result.milliseconds:>6.0f}  {verdict}"
+        )
     failed = sum(not result.passed for result in results)
     verdict = "every step behaved as expected" if not failed else f"{failed} steps did not behave as expected"
     print(f"\n{len(results)} steps in {seconds:.1f} s: {verdict}.")

@@ -209,8 +209,11 @@ def test_demo_rules(demo: GatewayConfig) -> None:
         "read the repository",
         "work in the scratch folder",
         "a person approves each write",
+        "run code in the sandbox",
     ]
     assert demo.gateway.default_client == "demo"
+    assert demo.sandbox is not None
+    assert demo.sandbox.backend == "local"
 
 
 def test_demo_git_reads_only(demo: GatewayConfig) -> None:
