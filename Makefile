@@ -5,10 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 LEGACY_VENV := .venv-legacy
 NODE_DIR := tests/node
+# Pyodide for the run_code tool's wasm backend, installed beside the package that uses it.
+WASM_DIR := mcp_guard/sandbox/wasm_runtime
 
 .PHONY: install demo test lint typecheck unit bench security clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(WASM_DIR)/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,10 @@ $(LEGACY_VENV)/.installed: tests/fixtures/legacy-requirements.txt
 	$(PYTHON) -m venv $(LEGACY_VENV)
 	$(LEGACY_VENV)/bin/pip install --quiet --upgrade pip
 	$(LEGACY_VENV)/bin/pip install --quiet -r tests/fixtures/legacy-requirements.txt
+	touch $@
+
+$(WASM_DIR)/node_modules/.installed: $(WASM_DIR)/package.json $(WASM_DIR)/package-lock.json
+	cd $(WASM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
@@ -50,4 +56,4 @@ bench: install
 	$(BIN)/python tests/bench/run.py
 
 clean:
-	rm -rf $(VENV) $(LEGACY_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LEGACY_VENV) $(NODE_DIR)/node_modules $(WASM_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,8 @@
 """The `mcp-guard` command line.
 
 `run` serves the gateway (stdio by default, where stdout belongs to the
-protocol); `check` validates a policy file and shows what clients would see;
+protocol); `init` writes a starter policy from a client's MCP configuration;
+`check` validates a policy file and shows what clients would see;
 `audit`, `pins`, `limits` and `approvals` read and manage the gateway's state.
 Every command writes its logs to stderr.
 """
@@ -23,8 +24,9 @@ from mcp_guard.approval.cli import add_approvals_commands, run_approvals_command
 from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
-from mcp_guard.downstream.catalog import Catalog
-from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
+from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_tool
+from mcp_guard.errors import ConfigError, GuardError, SandboxError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
 from mcp_guard.pinning import PinStore
@@ -35,6 +37,10 @@ from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
 from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
 from mcp_guard.ratelimit.limiter import names_client
+from mcp_guard.sandbox import open_backend
+from mcp_guard.sandbox.base import SandboxBackend
+from mcp_guard.sandbox.tool import tool_definition
+from mcp_guard.setup import add_init_command, run_init_command
 
 DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
@@ -48,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         return _new_key()
     configure_logging(args.log_level)
+    if args.command == "init":
+        return run_init_command(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -110,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(commands.choices["limits"])
     add_approvals_commands(commands)
     _add_config_argument(commands.choices["approvals"])
+    add_init_command(commands)
 
     keys = commands.add_parser("keys", help="create an API key for a client that connects over HTTP")
     keys.add_argument(
@@ -210,8 +219,18 @@ async def _check_servers(config: GatewayConfig) -> int:
     from mcp_guard.downstream.registry import DownstreamRegistry
 
     failed = 0
+    builtin: list[ExportedTool] = []
+    if config.sandbox is not None:
+        # Only checked, never started: starting would also remove sandboxes that look orphaned.
+        backend = open_backend(config.sandbox, os.environ)
+        try:
+            failed += await _print_sandbox(backend)
+        finally:
+            await backend.aclose()
+        definition = tool_definition(config.sandbox, backend.languages)
+        builtin.append(export_builtin_tool(SANDBOX_SERVER_ID, definition))
     with anyio.move_on_after(CHECK_CONNECT_SECONDS):
-        async with DownstreamRegistry(config).running() as registry:
+        async with DownstreamRegistry(config, builtin=builtin).running() as registry:
             for server_id, status in registry.status().items():
                 if status["state"] != "ready":
                     failed += 1
@@ -221,6 +240,21 @@ async def _check_servers(config: GatewayConfig) -> int:
                 _print_findings(registry.connection(server_id).listing.tools)
             await _print_clients(config, registry.catalog)
     return 1 if failed else 0
+
+
+async def _print_sandbox(backend: SandboxBackend) -> int:
+    """Print whether the run_code backend can run code here; return 1 when it cannot."""
+    try:
+        with anyio.fail_after(CHECK_CONNECT_SECONDS):
+            await backend.check()
+    except SandboxError as exc:
+        print(f"\n[sandbox] NOT AVAILABLE: {exc}")
+        return 1
+    except TimeoutError:
+        print(f"\n[sandbox] NOT AVAILABLE: the {backend.kind!r} backend's check timed out")
+        return 1
+    print(f"\n[sandbox] {backend.kind} backend ready, languages: {', '.join(sorted(backend.languages))}")
+    return 0
 
 
 def _print_findings(tools: Sequence[Mapping[str, Any]]) -> None:
@@ -254,7 +288,11 @@ async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
         ]
         print(f"\nclient {client} sees {len(visible)} {'tool' if len(visible) == 1 else 'tools'}:")
         for tool in visible:
-            status = pin_status.get((tool.server, tool.name), "approved")
+            status = (
+                "approved"
+                if tool.server == SANDBOX_SERVER_ID
+                else pin_status.get((tool.server, tool.name), "approved")
+            )
             note = (
                 ""
                 if status == "approved"

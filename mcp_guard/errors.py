@@ -2,7 +2,7 @@
 
 Each error carries the values it is about as attributes and formats its own
 message: what failed, on which value, and what to do next. Errors from
-dependencies (the MCP client, aiosqlite, e2b) are translated into these at the
+dependencies (the MCP client, aiosqlite, e2b, docker) are translated into these at the
 one module that talks to that dependency, so the rest of the gateway handles a
 single tree. `_mcp_error` in `gateway/server.py` turns any of them into the error the MCP client receives.
 
@@ -15,9 +15,13 @@ single tree. `_mcp_error` in `gateway/server.py` turns any of them into the erro
     │   ├── DownstreamRejected        the server responded with a JSON-RPC error (passed on as is)
     │   └── DownstreamProtocolError   the server responded with an invalid or unsupported result
     ├── NotFoundError             no exported tool, prompt or resource has that name or URI
-    └── AuditError                the audit trail cannot be written or read
-        ├── AuditUnavailable          the store cannot be written, so calls are denied
-        └── AuditCorrupted            the hash chain does not verify
+    ├── SetupError                `mcp-guard init` cannot go on; nothing was written
+    ├── AuditError                the audit trail cannot be written or read
+    │   ├── AuditUnavailable          the store cannot be written, so calls are denied
+    │   └── AuditCorrupted            the hash chain does not verify
+    └── SandboxError              run_code could not run the code (the code's own errors are results)
+        ├── SandboxUnavailable        the configured backend cannot run here; nothing ran
+        └── SandboxFailed             the sandbox failed while creating or running
 """
 
 from __future__ import annotations
@@ -138,6 +142,21 @@ class NotFoundError(GuardError):
         super().__init__(f"Unknown {kind}: {shown!r}")
 
 
+class SetupError(GuardError):
+    """`mcp-guard init` cannot go on; nothing was written.
+
+    Attributes:
+        source: The file the problems are about.
+        problems: One line per problem, each saying what is wrong and how to fix it.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{source}: mcp-guard init stopped, nothing was written:\n{lines}")
+
+
 class AuditError(GuardError):
     """The audit trail cannot be written or read."""
 
@@ -171,3 +190,43 @@ class AuditCorrupted(AuditError):
         self.detail = detail
         where = f"at row {row_id}" if row_id is not None else "at the end of the trail"
         super().__init__(f"The audit trail is broken {where}: {detail}.")
+
+
+class SandboxError(GuardError):
+    """run_code could not run the code. Errors raised by the code itself are part of its result.
+
+    Attributes:
+        backend: The configured sandbox backend ("local", "docker", "wasm", "e2b").
+    """
+
+    def __init__(self, backend: str, message: str) -> None:
+        self.backend = backend
+        super().__init__(message)
+
+
+class SandboxUnavailable(SandboxError):
+    """The configured sandbox backend cannot run code here, so nothing ran (never a fallback).
+
+    Attributes:
+        missing: What is missing, for example "bubblewrap (bwrap) is not installed".
+        fix: What the operator can do about it.
+    """
+
+    def __init__(self, backend: str, missing: str, fix: str) -> None:
+        self.missing = missing
+        self.fix = fix
+        super().__init__(
+            backend, f"The {backend!r} sandbox cannot run code here: {missing}. Nothing was run. {fix}"
+        )
+
+
+class SandboxFailed(SandboxError):
+    """The sandbox failed while being created or while running the code.
+
+    Attributes:
+        reason: What went wrong, without secrets.
+    """
+
+    def __init__(self, backend: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(backend, f"The {backend!r} sandbox failed: {reason}.")

@@ -76,9 +76,37 @@ async def test_check_marks_withheld_tools(tmp_path: Path) -> None:
     assert "  alpha__filler_000  (withheld: new definition" in output
 
 
-async def run_check(policy: Path) -> str:
+async def run_check(policy: Path, expect_code: int = 0) -> str:
     completed = await anyio.run_process(
         [sys.executable, "-m", "mcp_guard", "check", str(policy)], cwd=ROOT, check=False
     )
-    assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+    assert completed.returncode == expect_code, completed.stderr.decode()[-2000:]
     return completed.stdout.decode()
+
+
+async def test_check_reports_sandbox(tmp_path: Path) -> None:
+    rules = [*RULES, {**RULES[0], "name": "agent runs code", "server": "sandbox", "tools": ["run_code"]}]
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha")},
+        rules=rules,
+        clients={"agent": {}, "other": {}},
+        sandbox={"backend": "local"},
+    )
+
+    output = await run_check(policy)
+
+    assert "[sandbox] local backend ready, languages: javascript, python, shell" in output
+    assert "client agent sees 2 tools:\n  run_code\n  alpha__echo\n" in output
+    assert "client other sees 0 tools:" in output
+
+
+async def test_check_fails_without_sandbox(tmp_path: Path) -> None:
+    sandbox = {"backend": "local", "local": {"bwrap": str(tmp_path / "missing-bwrap")}}
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}}, sandbox=sandbox
+    )
+
+    output = await run_check(policy, expect_code=1)
+
+    assert "[sandbox] NOT AVAILABLE: The 'local' sandbox cannot run code here: bubblewrap" in output

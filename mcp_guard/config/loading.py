@@ -78,9 +78,9 @@ def parse_config(
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
-    problems = check_references(config.rules, config.clients, config.servers.keys())
+    problems = check_references(config.rules, config.clients, config.server_ids)
     problems += check_oauth_subjects(config.gateway.oauth, config.clients)
-    problems += check_limit_references(config.limits, config.clients, config.servers.keys())
+    problems += check_limit_references(config.limits, config.clients, config.server_ids)
     default = config.gateway.default_client
     if default is not None and default not in config.clients:
         problems.append(f"gateway.default_client: client {default!r} is not defined; add [clients.{default}]")
@@ -214,7 +214,13 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         gateway = gateway.model_copy(
             update={"oauth": gateway.oauth.model_copy(update={"jwks_file": jwks_file})}
         )
-    return config.model_copy(update={"servers": servers, "gateway": gateway})
+    sandbox = config.sandbox
+    if sandbox is not None and sandbox.wasm.pyodide_dir is not None:
+        wasm = sandbox.wasm.model_copy(
+            update={"pyodide_dir": str((base / sandbox.wasm.pyodide_dir).resolve())}
+        )
+        sandbox = sandbox.model_copy(update={"wasm": wasm})
+    return config.model_copy(update={"servers": servers, "gateway": gateway, "sandbox": sandbox})
 
 
 def _describe(error: ErrorDetails) -> str:

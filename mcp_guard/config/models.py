@@ -16,6 +16,7 @@ from mcp_guard.config.approval import ApprovalSettings
 from mcp_guard.config.limits import LimitsSettings
 from mcp_guard.config.oauth import OAuthSettings
 from mcp_guard.config.rules import ClientConfig, RuleList
+from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_HTTP_PATH = "/mcp"
@@ -282,6 +283,23 @@ class GatewayConfig(_Frozen):
     """Rate limits, tool costs and where their counts are kept."""
     approval: ApprovalSettings = ApprovalSettings()
     """The ways calls under `approve` rules reach a person, and how long they wait."""
+    sandbox: SandboxSettings | None = None
+    """The `run_code` tool and the sandbox backend it runs code in; absent, no such tool exists."""
+
+    @model_validator(mode="after")
+    def _sandbox_id_reserved(self) -> GatewayConfig:
+        if SANDBOX_SERVER_ID in self.servers:
+            raise ValueError(
+                f"the server id {SANDBOX_SERVER_ID!r} is reserved for the built-in run_code tool; "
+                "rename that server"
+            )
+        return self
+
+    @property
+    def server_ids(self) -> list[str]:
+        """Ids that rules may name: the configured servers, and `sandbox` when run_code is on."""
+        builtin = [SANDBOX_SERVER_ID] if self.sandbox is not None else []
+        return [*self.servers, *builtin]
 
     @model_validator(mode="after")
     def _prefixes_unique(self) -> GatewayConfig:

@@ -35,6 +35,8 @@ WILDCARD = "*"
 # Client ids and group names appear in logs and audit records, so they use a small character set.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# The built-in server that owns the run_code tool (see `sandbox.py`); rules name it like any other.
+SANDBOX_SERVER_ID = "sandbox"
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 URL_SCHEME_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*$"
 MAX_RULE_NAME_LENGTH = 128
@@ -387,7 +389,12 @@ def check_references(
     for index, rule in enumerate(rules):
         where = f"rules[{index}]"
         problems += audience_problems(where, f"rule {rule.name!r}", rule.clients, rule.groups, clients)
-        if rule.server != WILDCARD and rule.server not in server_ids:
+        if rule.server == SANDBOX_SERVER_ID and rule.server not in server_ids:
+            problems.append(
+                f"{where}.server: rule {rule.name!r} names the built-in server {rule.server!r} of the run_code "
+                "tool, which is off; add a [sandbox] section to turn it on"
+            )
+        elif rule.server != WILDCARD and rule.server not in server_ids:
             problems.append(
                 f"{where}.server: rule {rule.name!r} names server {rule.server!r}, which is not configured; "
                 f'add [servers.{rule.server}], use "*" or fix the name{suggestion(rule.server, server_ids)}'

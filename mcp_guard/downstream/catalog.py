@@ -124,9 +124,16 @@ class SourceListing:
 
 
 def build_catalog(
-    listings: Mapping[str, SourceListing], prefixes: Mapping[str, str], max_name_length: int
+    listings: Mapping[str, SourceListing],
+    prefixes: Mapping[str, str],
+    max_name_length: int,
+    builtin: Sequence[ExportedTool] = (),
 ) -> Catalog:
-    """Build a catalogue from each server's listing, in the order servers are configured."""
+    """Build a catalogue from each server's listing, in the order servers are configured.
+
+    `builtin` tools (the gateway's own, such as run_code) come first under their own names,
+    which contain no `__` and so never meet a downstream tool's `<prefix>__<tool>` name.
+    """
     tool_names = export_names(
         ((server, tool["name"]) for server, listing in listings.items() for tool in _named(listing.tools)),
         prefixes,
@@ -141,7 +148,7 @@ def build_catalog(
         prefixes,
         max_name_length,
     )
-    tools: dict[str, ExportedTool] = {}
+    tools: dict[str, ExportedTool] = {tool.exported: tool for tool in builtin}
     prompts: dict[str, ExportedPrompt] = {}
     for server, listing in listings.items():
         for tool in _named(listing.tools):
@@ -160,6 +167,14 @@ def build_catalog(
         completions=frozenset(server for server, listing in listings.items() if listing.completions),
         uri_rewrites=rewrites,
     )
+
+
+def export_builtin_tool(server: str, definition: dict[str, Any]) -> ExportedTool:
+    """Export one of the gateway's own tools under its own name, checked like a downstream tool."""
+    exported = _export_tool(server, definition, definition["name"])
+    if exported is None:
+        raise ValueError(f"the built-in tool {definition['name']!r} is invalid in every protocol era")
+    return exported
 
 
 def clean_meta(meta: Any) -> dict[str, Any] | None:

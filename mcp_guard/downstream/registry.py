@@ -9,7 +9,7 @@ allowed does not.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from mcp_guard.config.models import GatewayConfig
-from mcp_guard.downstream.catalog import Catalog, SourceListing, build_catalog
+from mcp_guard.downstream.catalog import Catalog, ExportedTool, SourceListing, build_catalog
 from mcp_guard.downstream.connection import DownstreamConnection, ServerState
 
 log = structlog.get_logger(module=__name__)
@@ -33,13 +33,21 @@ class DownstreamRegistry:
     until each has made its first attempt; leaving stops them all.
     """
 
-    def __init__(self, config: GatewayConfig, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        environ: Mapping[str, str] | None = None,
+        builtin: Sequence[ExportedTool] = (),
+    ) -> None:
         self._config = config
+        self._builtin = tuple(builtin)
         self.connections = {
             server_id: DownstreamConnection(server_id, server, environ=environ, on_listing=self._on_listing)
             for server_id, server in config.servers.items()
         }
-        self.catalog = Catalog()
+        # The gateway's own tools are listed from the start, before any server has answered.
+        self.catalog = build_catalog({}, {}, config.gateway.max_tool_name_length, self._builtin)
         self._listeners: list[ChangeListener] = []
         self._entered = False
 
@@ -114,7 +122,7 @@ class DownstreamRegistry:
             for server_id, conn in self.connections.items()
         }
         prefixes = {server_id: self._config.prefix_of(server_id) for server_id in self._config.servers}
-        return build_catalog(listings, prefixes, self._config.gateway.max_tool_name_length)
+        return build_catalog(listings, prefixes, self._config.gateway.max_tool_name_length, self._builtin)
 
 
 async def _run_connection(

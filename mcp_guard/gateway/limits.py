@@ -17,6 +17,7 @@ import anyio
 import structlog
 
 from mcp_guard.config.models import DEFAULT_CALL_TIMEOUT_SECONDS, GatewayConfig
+from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 from mcp_guard.gateway.results import is_input_required
 from mcp_guard.ratelimit.limiter import Admission, CallFacts, Limiter, LimitExceeded
@@ -79,7 +80,7 @@ class LimitStage:
             if admission is not None:
                 with anyio.CancelScope(shield=True):
                     # Seconds of the forwarded call only: a wait for a person's approval costs nothing.
-                    seconds = time.monotonic() - call.forwarded_at if call.forwarded_at is not None else 0.0
+                    seconds = _billed_seconds(call)
                     try:
                         await self.limiter.finish(admission, output_tokens, seconds, self._clock())
                     except LimitStoreUnavailable as exc:
@@ -88,6 +89,9 @@ class LimitStage:
     def _facts(self, call: ToolCall) -> CallFacts:
         server = self._config.servers.get(call.tool.server)
         call_timeout = server.call_timeout_seconds if server is not None else DEFAULT_CALL_TIMEOUT_SECONDS
+        sandbox = self._config.sandbox
+        if call.tool.server == SANDBOX_SERVER_ID and sandbox is not None:
+            call_timeout = sandbox.timeout_seconds
         needs_approval = call.decision == "approve"
         return CallFacts(
             client=call.client,
@@ -136,3 +140,10 @@ class LimitStage:
             retry_after=rejection.retry_after,
         )
         return tool_error(rejection.message)
+
+
+def _billed_seconds(call: ToolCall) -> float:
+    """Seconds a call is charged per-second costs for: its measured work, else the time since it was forwarded."""
+    if call.billed_seconds is not None:
+        return call.billed_seconds
+    return time.monotonic() - call.forwarded_at if call.forwarded_at is not None else 0.0

@@ -69,6 +69,9 @@ class ToolCall:
     started: float = field(default_factory=time.monotonic)
     forwarded_at: float | None = None
     """When the call was sent downstream (monotonic clock), for costs per second of the call itself."""
+    billed_seconds: float | None = None
+    """Seconds the call's own work took where the gateway measured it (run_code's sandbox time);
+    costs per second use it instead of the time since `forwarded_at`."""
     decision: Decision = "auto"
     """The policy decision, set by the policy stage before the call is audited."""
     rule: str | None = None

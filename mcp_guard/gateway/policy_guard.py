@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
 from mcp_guard.config.models import GatewayConfig
+from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
 from mcp_guard.downstream.catalog import ExportedTool
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import GuardError
@@ -72,7 +73,12 @@ class PolicyGuard:
         )
 
     def pinned(self, tool: ExportedTool) -> bool:
-        """Return whether the tool's current definition is the approved one."""
+        """Return whether the tool's current definition is the approved one.
+
+        The gateway's own run_code tool is defined by the policy file itself, so it needs no pin.
+        """
+        if tool.server == SANDBOX_SERVER_ID:
+            return True
         return self._approved.get((tool.server, tool.name)) == tool.digest
 
     async def observe(self, registry: DownstreamRegistry) -> bool:

@@ -33,6 +33,7 @@ from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import GuardError
 from mcp_guard.gateway.approval import ApprovalStage
+from mcp_guard.gateway.code_tool import running_code_tool
 from mcp_guard.gateway.identity import ApiKeyVerifier
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.oauth import CombinedVerifier, JwtVerifier
@@ -90,7 +91,11 @@ async def running_gateway(
         limits = LimitStage(Limiter(config.limits, config.clients, limit_store), config, limit_clock)
         engine = PolicyEngine(config.rules, config.clients, config.servers)
         policy = PolicyGuard(config, engine, pins, usage)
-        registry = DownstreamRegistry(config, environ=environ)
+        code_tool = await stack.enter_async_context(
+            running_code_tool(config.sandbox, os.environ if environ is None else environ)
+        )
+        builtin = [code_tool.exported] if code_tool is not None else []
+        registry = DownstreamRegistry(config, environ=environ, builtin=builtin)
         approvals = await stack.enter_async_context(ApprovalStore.in_state_dir(state_dir))
         page = ApprovalPage(approvals, config.approval) if config.approval.page_port is not None else None
         command = approvals_command(policy_path)
@@ -111,7 +116,7 @@ async def running_gateway(
             announce=announce,
         )
         guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval)
-        gateway = Gateway(config, registry, client=client, guards=guards)
+        gateway = Gateway(config, registry, client=client, guards=guards, code_tool=code_tool)
         await stack.enter_async_context(registry.running())
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)

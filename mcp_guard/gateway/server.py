@@ -33,12 +33,14 @@ from pydantic import ValidationError
 from mcp_guard import __version__
 from mcp_guard.audit import AuditedCall, AuditStore, CallIntent, new_call_id
 from mcp_guard.config.models import GatewayConfig
+from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
 from mcp_guard.downstream.catalog import LEGACY_ERA, MODERN_ERA, Catalog, ExportedTool
 from mcp_guard.downstream.connection import QuestionRelay
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import AuditUnavailable, DownstreamError, DownstreamRejected, GuardError, NotFoundError
 from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.auditing import AuditStage
+from mcp_guard.gateway.code_tool import CodeTool
 from mcp_guard.gateway.identity import ClientDirectory, ClientIdentity, http_client_name
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.notifications import ChangeNotifier
@@ -104,10 +106,12 @@ class Gateway:
         client: str,
         guards: Guards | None = None,
         directory: ClientDirectory | None = None,
+        code_tool: CodeTool | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.client = client
+        self.code_tool = code_tool
         self.guards = guards or Guards()
         self.directory = directory or ClientDirectory(config)
         self.notifier = ChangeNotifier()
@@ -191,6 +195,9 @@ class Gateway:
             url_question=_url_question(ctx),
             input_round=_input_round(ctx, params),
         )
+        if self.code_tool is not None and tool.server == SANDBOX_SERVER_ID and ctx.request is not None:
+            # NOTE: reads the SDK's private per-session connection, as `notifications.py` does.
+            self.code_tool.watch_session(getattr(ctx.session, "_connection", None), client.name, call.session)
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
         return await self.call_pipeline(call)
 
@@ -269,6 +276,10 @@ class Gateway:
         await self.notifier.publish(frozenset({"tools"}))
 
     async def _forward_call(self, call: ToolCall) -> ToolResult:
+        if call.tool.server == SANDBOX_SERVER_ID:
+            if self.code_tool is None:
+                raise _mcp_error(NotFoundError("tool", call.tool.exported))
+            return await self.code_tool(call)
         connection = self.registry.connection(call.tool.server)
         call.forwarded_at = time.monotonic()
         request = types.CallToolRequest(

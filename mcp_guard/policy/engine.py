@@ -261,6 +261,11 @@ class PolicyEngine:
             if not self._names_call(rule, client, server, tool):
                 continue
             if not self._passes_write_gate(rule, server, tool, annotations):
+                if server not in self._read_only:
+                    return (
+                        f"{reason} Rule {rule.name!r} grants only read-only tools, and {tool!r} is not one; "
+                        "add write = true to the rule to grant it."
+                    )
                 return (
                     f"{reason} Rule {rule.name!r} grants only read-only tools, and {tool!r} is not listed in "
                     f"servers.{server}.read_only_tools{self._annotation_hint(server)}."

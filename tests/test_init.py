@@ -1,0 +1,308 @@
+"""`mcp-guard init`: a policy and a client configuration from an existing MCP client setup.
+
+Each test writes a client configuration into its own folder and runs the real command
+line, which starts the configured servers (the fixture server, the published
+`mcp-server-time`) to list their tools. The end-to-end test then starts the gateway with the
+command, arguments and environment of the generated client configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client, MCPError, StdioServerParameters
+from support import FIXTURE_SERVER, LEGACY, clean_env, http_fixture, read_records
+
+from mcp_guard.config import load_config
+from mcp_guard.setup.importing import sanitize_server_id
+from mcp_guard.setup.sources import strip_json_comments
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "sk-test-0123456789abcdefghij"
+TIME_TOOLS = ["get_current_time", "convert_time"]
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def fixture_entry(record: Path) -> dict[str, Any]:
+    return {
+        "command": sys.executable,
+        "args": [str(FIXTURE_SERVER), "--name", "fixture", "--record", str(record)],
+        "env": {"FIXTURE_API_KEY": SECRET, "FIXTURE_MODE": "demo"},
+    }
+
+
+def write_desktop_config(folder: Path, record: Path) -> Path:
+    path = folder / "claude_desktop_config.json"
+    servers = {"fixture server": fixture_entry(record), "time": {"command": "mcp-server-time"}}
+    path.write_text(json.dumps({"globalShortcut": "Ctrl+Space", "mcpServers": servers}), encoding="utf-8")
+    return path
+
+
+async def run_init(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+    # The venv's bin folder comes first, so a bare "mcp-server-time" is found as a client would find it.
+    environ = clean_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env)
+    command = [sys.executable, "-m", "mcp_guard", "--log-level", "warning", "init", *args]
+    return await anyio.run_process(command, cwd=folder, env=environ, check=False)
+
+
+@pytest.fixture(scope="module")
+def desktop_init(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+    """Run init once on a Claude Desktop configuration; the tests below read what it wrote."""
+    folder = tmp_path_factory.mktemp("desktop")
+    source = write_desktop_config(folder, folder / "fixture.jsonl")
+    completed = anyio.run(lambda: run_init(folder, "--from", str(source)))
+    assert completed.returncode == 0, completed.stderr.decode()
+    return folder, completed
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def rules_for(policy: dict[str, Any], server: str) -> dict[str, dict[str, Any]]:
+    return {rule["decision"]: rule for rule in policy["rules"] if rule["server"] == server}
+
+
+def test_desktop_config_becomes_policy(desktop_init: tuple[Path, Any]) -> None:
+    folder, _completed = desktop_init
+
+    policy_path = folder / "mcp-guard.toml"
+    config = load_config(policy_path, environ={"FIXTURE_API_KEY": "any"})
+    assert config.gateway.default_client == "desktop"
+    assert config.gateway.state_dir == str(folder / ".mcp-guard")
+    assert list(config.servers) == ["fixture-server", "time"]
+    time_server = config.servers["time"]
+    assert time_server.read_only_tools == TIME_TOOLS
+    assert time_server.command == str(Path(VENV_BIN) / "mcp-server-time")  # type: ignore[union-attr]
+    fixture = config.servers["fixture-server"]
+    assert fixture.read_only_tools == []  # the fixture annotates no tool readOnlyHint
+    assert fixture.env == {"FIXTURE_MODE": "demo"}  # type: ignore[union-attr]
+    assert fixture.env_from == {"FIXTURE_API_KEY": "${FIXTURE_API_KEY}"}  # type: ignore[union-attr]
+    assert fixture.allow_new_tools is False
+
+    policy = read_toml(policy_path)
+    fixture_rules = rules_for(policy, "fixture-server")
+    assert fixture_rules["auto"]["tools"] == ["*"]
+    assert fixture_rules["auto"].get("write", False) is False
+    assert fixture_rules["approve"]["write"] is True
+    assert "write_file" in fixture_rules["approve"]["tools"]
+    assert "echo" in fixture_rules["approve"]["tools"]
+    assert set(rules_for(policy, "time")) == {"auto"}
+    assert "readOnlyHint annotations" in policy_path.read_text(encoding="utf-8")
+
+
+def test_secret_stays_out_of_policy(desktop_init: tuple[Path, Any]) -> None:
+    folder, completed = desktop_init
+
+    assert SECRET not in (folder / "mcp-guard.toml").read_text(encoding="utf-8")
+    assert SECRET not in completed.stdout.decode()
+    assert SECRET not in completed.stderr.decode()
+    assert "FIXTURE_API_KEY" in completed.stdout.decode()
+
+
+def test_client_config_routes_through_gateway(desktop_init: tuple[Path, Any]) -> None:
+    folder, _completed = desktop_init
+
+    client_path = folder / "claude_desktop_config.mcp-guard.json"
+    client = json.loads(client_path.read_text(encoding="utf-8"))
+    assert list(client["mcpServers"]) == ["mcp-guard"]
+    entry = client["mcpServers"]["mcp-guard"]
+    assert Path(entry["command"]).is_absolute()
+    assert entry["args"][-3:] == ["run", "--config", str(folder / "mcp-guard.toml")]
+    assert entry["env"] == {"FIXTURE_API_KEY": SECRET}
+    assert client["globalShortcut"] == "Ctrl+Space"
+    assert stat.S_IMODE(client_path.stat().st_mode) == 0o600
+    source = folder / "claude_desktop_config.json"
+    assert json.loads(source.read_text(encoding="utf-8"))["mcpServers"]["time"] == {
+        "command": "mcp-server-time"
+    }
+
+
+class Human:
+    """An elicitation callback with scripted answers, keeping the questions it was asked."""
+
+    def __init__(self, *answers: types.ElicitResult) -> None:
+        self.answers = list(answers)
+        self.questions: list[str] = []
+
+    async def __call__(self, ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.questions.append(params.message)
+        return self.answers.pop(0)
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+async def test_generated_setup_guards_calls(tmp_path: Path) -> None:
+    record = tmp_path / "fixture.jsonl"
+    completed = await run_init(tmp_path, "--from", str(write_desktop_config(tmp_path, record)))
+    assert completed.returncode == 0, completed.stderr.decode()
+    policy = tmp_path / "mcp-guard.toml"
+    # The server gains a tool after init ran; no rule names it.
+    text = policy.read_text(encoding="utf-8").replace('"--record"', '"--filler-tools", "1", "--record"')
+    policy.write_text(text, encoding="utf-8")
+    entry = json.loads((tmp_path / "claude_desktop_config.mcp-guard.json").read_text())["mcpServers"][
+        "mcp-guard"
+    ]
+    parameters = StdioServerParameters(command=entry["command"], args=entry["args"], env=entry["env"])
+    approve_once = types.ElicitResult(action="accept", content={"decision": "approve once"})
+    human = Human(approve_once, types.ElicitResult(action="decline"))
+
+    async with Client(parameters, mode=LEGACY, elicitation_callback=human) as client:
+        visible = {tool.name for tool in (await client.list_tools()).tools}
+        read = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
+        questions_after_read = len(human.questions)
+        env = await client.call_tool("fixture-server__env", {"name": "FIXTURE_API_KEY"})
+        write = await client.call_tool("fixture-server__write_file", {"path": "/tmp/a.txt", "content": "x"})
+        with pytest.raises(MCPError):
+            await client.call_tool("fixture-server__filler_000", {})
+
+    assert "time__get_current_time" in visible
+    assert "fixture-server__write_file" in visible
+    assert "fixture-server__filler_000" not in visible
+    assert read.is_error is False
+    assert questions_after_read == 0
+    assert env.is_error is False
+    assert text_of(env) == SECRET  # env_from gave the server the secret from the client's env block
+    assert write.is_error is True
+    assert "Tool: write_file" in human.questions[1]
+    called = [event["tool"] for event in read_records(record) if event["event"] == "call"]
+    assert called == ["env"]
+
+
+async def test_vscode_http_input_header(tmp_path: Path) -> None:
+    with http_fixture(tmp_path, "tickets") as url:
+        servers = {
+            "tickets": {
+                "type": "http",
+                "url": url,
+                "headers": {"Authorization": "Bearer ${input:tickets-token}", "X-Team": "ops"},
+            },
+            "old-events": {"type": "sse", "url": "http://127.0.0.1:9/sse"},
+            "broken": {"type": "stdio", "command": sys.executable, "args": ["-c", "raise SystemExit(3)"]},
+        }
+        inputs = [{"type": "promptString", "id": "tickets-token", "description": "Token", "password": True}]
+        folder = tmp_path / "project" / ".vscode"
+        folder.mkdir(parents=True)
+        body = json.dumps({"inputs": inputs, "servers": servers}, indent=2)
+        # VS Code accepts comments and trailing commas in mcp.json.
+        (folder / "mcp.json").write_text("// my servers\n" + body[:-2] + ",\n}\n", encoding="utf-8")
+
+        completed = await run_init(tmp_path / "project", "--from", "vscode", TICKETS_TOKEN="abc")
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    output = completed.stdout.decode()
+    policy = read_toml(tmp_path / "project" / "mcp-guard.toml")
+    assert list(policy["servers"]) == ["tickets", "broken"]
+    tickets = policy["servers"]["tickets"]
+    assert tickets["headers_from"] == {"Authorization": "Bearer ${TICKETS_TOKEN}"}
+    assert tickets["headers"] == {"X-Team": "ops"}
+    assert "echo" in rules_for(policy, "tickets")["approve"]["tools"]
+    assert rules_for(policy, "broken")["approve"]["tools"] == ["*"]
+    assert "init could not reach this server" in (tmp_path / "project" / "mcp-guard.toml").read_text()
+    assert "NOT IMPORTED 'old-events'" in output
+    assert "streamable HTTP only" in output
+    assert "${input:tickets-token}" in output
+    client = json.loads((tmp_path / "project" / "vscode-mcp.mcp-guard.json").read_text(encoding="utf-8"))
+    assert list(client["servers"]) == ["mcp-guard"]
+    assert client["servers"]["mcp-guard"]["type"] == "stdio"
+    assert client["servers"]["mcp-guard"]["env"] == {"TICKETS_TOKEN": "${input:tickets-token}"}
+    assert client["inputs"] == inputs
+
+
+async def test_existing_output_needs_force(tmp_path: Path) -> None:
+    source = write_desktop_config(tmp_path, tmp_path / "fixture.jsonl")
+    policy = tmp_path / "mcp-guard.toml"
+    policy.write_text("# mine\n", encoding="utf-8")
+
+    refused = await run_init(tmp_path, "--from", str(source), "--offline")
+
+    assert refused.returncode == 2
+    assert "already exists" in refused.stderr.decode()
+    assert "--force" in refused.stderr.decode()
+    assert policy.read_text(encoding="utf-8") == "# mine\n"
+    assert not (tmp_path / "claude_desktop_config.mcp-guard.json").exists()
+
+    forced = await run_init(tmp_path, "--from", str(source), "--offline", "--force")
+
+    assert forced.returncode == 0, forced.stderr.decode()
+    assert "[servers.time]" in policy.read_text(encoding="utf-8")
+
+
+async def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
+    source = tmp_path / "claude_desktop_config.json"
+    source.write_text('{\n  "mcpServers": {\n    "time": {"command": "mcp-server-time"}\n    "x": 1\n}\n')
+
+    completed = await run_init(tmp_path, "--from", str(source))
+
+    assert completed.returncode == 2
+    error = completed.stderr.decode()
+    assert str(source) in error
+    assert "invalid JSON at line 4" in error
+    assert "nothing was written" in error
+    assert os.listdir(tmp_path) == ["claude_desktop_config.json"]
+
+
+async def test_missing_desktop_config_is_reported(tmp_path: Path) -> None:
+    completed = await run_init(tmp_path, "--from", "claude-desktop", XDG_CONFIG_HOME=str(tmp_path / "config"))
+
+    assert completed.returncode == 2
+    error = completed.stderr.decode()
+    assert str(tmp_path / "config" / "Claude" / "claude_desktop_config.json") in error
+    assert "does not exist" in error
+
+
+async def test_offline_puts_every_tool_on_approve(tmp_path: Path) -> None:
+    record = tmp_path / "fixture.jsonl"
+    source = write_desktop_config(tmp_path, record)
+
+    completed = await run_init(tmp_path, "--from", str(source), "--offline")
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    policy = read_toml(tmp_path / "mcp-guard.toml")
+    for server_id in ("fixture-server", "time"):
+        assert policy["servers"][server_id]["read_only_tools"] == []
+        approve = rules_for(policy, server_id)["approve"]
+        assert approve["tools"] == ["*"]
+        assert approve["write"] is True
+    assert not record.exists()  # no server was started
+    assert "--offline" in completed.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("name", "taken", "expected"),
+    [
+        ("github", set(), "github"),
+        ("my server", set(), "my-server"),
+        ("1password", set(), "server-1password"),
+        ("sandbox", set(), "sandbox-2"),
+        ("git", {"Git"}, "git-2"),
+        ("a" * 40, set(), "a" * 32),
+        ("a" * 40, {"a" * 32}, "a" * 30 + "-2"),
+        ("日本", set(), "server"),
+    ],
+)
+def test_server_id_sanitized(name: str, taken: set[str], expected: str) -> None:
+    assert sanitize_server_id(name, taken) == expected
+
+
+def test_json_comments_keep_positions() -> None:
+    text = '{\n  // note\n  "a": "x // not a comment", /* gone */\n}'
+
+    stripped = strip_json_comments(text)
+
+    assert json.loads(stripped) == {"a": "x // not a comment"}
+    assert stripped.count("\n") == text.count("\n")
+    assert len(stripped) == len(text)
