@@ -24,6 +24,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -235,7 +236,8 @@ class LocalSandbox:
         user = self._programs.user
         return await anyio.open_process(
             [*self._rlimits(language), *self._bwrap(code_fd), *self._program(language, report_write)],
-            stdin=None,
+            # Never the gateway's own stdin: over stdio that is the client's protocol stream.
+            stdin=subprocess.DEVNULL,
             env={"PATH": "/usr/bin:/bin"},
             start_new_session=True,
             pass_fds=(code_fd, report_write),

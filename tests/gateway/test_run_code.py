@@ -124,6 +124,22 @@ async def test_run_code_gateway_environment_hidden(tmp_path: Path) -> None:
     assert "PATH=" in result.structured_content["stdout"]
 
 
+@pytest.mark.attack("sandbox reads the client's protocol stream")
+async def test_run_code_stdin_is_not_the_protocol_stream(tmp_path: Path) -> None:
+    # Over stdio the gateway's own stdin carries the client's requests; code must not read them.
+    read_stdin = {"language": "python", "code": "import os, sys\nos.read(0, 65536)"}
+
+    async with stdio_gateway(code_policy(tmp_path)) as client:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(client.call_tool, "run_code", read_stdin)
+            echo = await client.call_tool("alpha__echo", {"text": "reaches the gateway"})
+        again = await client.call_tool("run_code", read_stdin)
+
+    assert echo.is_error is False
+    assert again.structured_content is not None
+    assert again.structured_content["value"] == "b''"
+
+
 @pytest.mark.attack("sandbox resource exhaustion")
 async def test_run_code_sleep_blocks_no_calls(tmp_path: Path) -> None:
     echoes: list[float] = []
