@@ -56,8 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     if args.command == "init":
         return run_init_command(args)
+    if args.command == "check":
+        if args.config is not None and args.config_option is not None:
+            print(
+                "mcp-guard check: name the policy file once, either as FILE or with --config", file=sys.stderr
+            )
+            return 2
+        args.config = args.config or args.config_option or args.config_default
     try:
-        config = load_config(args.config)
+        # Only these commands start servers or reach the limit store, which need the secrets.
+        config = load_config(args.config, require_environment=args.command in {"run", "check", "limits"})
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -137,7 +145,12 @@ def _add_config_argument(parser: argparse.ArgumentParser, *, positional: bool = 
     default = os.environ.get("MCP_GUARD_CONFIG", DEFAULT_POLICY)
     help_text = f"policy file (default: {default}, or $MCP_GUARD_CONFIG)"
     if positional:
-        parser.add_argument("config", nargs="?", default=default, help=help_text)
+        # `--config` is accepted too, as every other command takes it.
+        parser.add_argument("config", nargs="?", default=None, help=help_text)
+        parser.add_argument(
+            "--config", "-c", dest="config_option", metavar="CONFIG", default=None, help=help_text
+        )
+        parser.set_defaults(config_default=default)
     else:
         parser.add_argument("--config", "-c", default=default, help=help_text)
 
@@ -227,7 +240,7 @@ async def _check_servers(config: GatewayConfig) -> int:
             failed += await _print_sandbox(backend)
         finally:
             await backend.aclose()
-        definition = tool_definition(config.sandbox, backend.languages)
+        definition = tool_definition(config.sandbox, backend.languages, backend.kind)
         builtin.append(export_builtin_tool(SANDBOX_SERVER_ID, definition))
     with anyio.move_on_after(CHECK_CONNECT_SECONDS):
         async with DownstreamRegistry(config, builtin=builtin).running() as registry:

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,8 @@ class Step:
     """Text that the outcome must contain."""
     person: str | None = None
     """The choice the scripted person makes if mcp-guard asks for approval during the step."""
+    aims_at_listener: bool = False
+    """The step's code tries to connect to the demo's listener on this machine, and must not arrive."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class StepResult:
 REPO_ARGUMENTS = {"repo_path": str(GIT_REPO)}
 SUM_CODE = "print('adding up 1..100')\nsum(range(1, 101))"
 # The sandbox has its own empty network namespace: even this machine's loopback is out of reach.
-NETWORK_CODE = "import socket\nsocket.create_connection(('127.0.0.1', 8765), timeout=2)"
+# The port is that of a listener the demo opens on this machine, which this machine itself reaches.
+NETWORK_CODE = "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
 HOST_FILES_CODE = "echo environment: $(env | cut -d= -f1); echo visible: $(ls /); " + (
     f"cat /etc/passwd {FILES_DIR / 'notes.txt'}"
 )
@@ -166,6 +170,7 @@ STEPS = (
         {"language": "python", "code": NETWORK_CODE},
         "tool error",
         "ConnectionRefusedError",
+        aims_at_listener=True,
     ),
     Step(
         "code looks for host files",
@@ -270,13 +275,55 @@ async def run_session(config: GatewayConfig, log: TextIO) -> list[StepResult]:
             name = client.server_info.name if client.server_info else "the gateway"
             print(f"Connected to {name}, protocol {client.protocol_version}")
             results.append(await list_tools(client, config))
-            async with AuditTail.opened(Path(config.gateway.state_dir)) as trail:
+            async with AuditTail.opened(Path(config.gateway.state_dir)) as trail, HostListener() as listener:
                 for step in STEPS:
                     person.choice = step.person
-                    result = await run_step(client, step)
+                    result = await run_step(client, listener.aim(step))
+                    if step.aims_at_listener:
+                        result = listener.check(result)
                     results.append(replace(result, audited=await trail.show_next()))
     results.append(await verify_trail())
     return results
+
+
+class HostListener:
+    """A TCP listener on 127.0.0.1 of this machine, which the sandboxed code must fail to reach."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(1)
+        self._socket.setblocking(False)
+        self.port = int(self._socket.getsockname()[1])
+
+    async def __aenter__(self) -> HostListener:
+        # This machine reaches the listener, so a refused connection from the sandbox is its doing.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2):
+            pass
+        self._socket.accept()[0].close()
+        print(f"\nThe demo listens on 127.0.0.1:{self.port}; this machine connected to it.")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._socket.close()
+
+    def aim(self, step: Step) -> Step:
+        """Put the listener's port into a step whose code tries to reach it."""
+        if not step.aims_at_listener:
+            return step
+        code = str(step.arguments["code"]).format(port=self.port)
+        return replace(step, arguments={**step.arguments, "code": code})
+
+    def check(self, result: StepResult) -> StepResult:
+        """Fail the step if any connection reached the listener while its code ran."""
+        try:
+            connection, _ = self._socket.accept()
+        except BlockingIOError:
+            print("  listener: no connection arrived")
+            return result
+        connection.close()
+        print("  ! listener: a connection arrived from the sandbox")
+        return replace(result, passed=False)
 
 
 class AuditTail:
@@ -374,6 +421,9 @@ async def list_tools(client: Client, config: GatewayConfig) -> StepResult:
             missing.append(server_id)
         wrapped = textwrap.fill(", ".join(tools) or "(none)", SHOWN_WIDTH, subsequent_indent=" " * 6)
         print(f"    {prefix}*  {len(tools)} tools:\n      {wrapped}")
+    own = [name for name in names if "__" not in name]
+    if own:
+        print(f"    the gateway's own:  {', '.join(own)}")
     if missing:
         print(f"  ! The gateway exports no tools from {', '.join(missing)}. Its logs say why.")
     return StepResult("list tools", "ok", milliseconds, passed=not missing)

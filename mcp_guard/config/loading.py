@@ -39,10 +39,17 @@ MAX_SHOWN_VALUE = 80
 USERINFO = re.compile(r"://[^/@\s]*@")
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_environment: bool = True,
+) -> GatewayConfig:
     """Read, validate and resolve the policy file at `path`.
 
-    Relative `cwd` and `state_dir` values are resolved against the file's folder.
+    Relative `cwd` and `state_dir` values are resolved against the file's folder. With
+    `require_environment` false, variables the file references need not be set: commands that
+    only read the gateway's state (audit, pins, approvals) never use the servers' secrets.
 
     Raises:
         ConfigError: The file is missing, is not valid TOML, or breaks any rule.
@@ -62,12 +69,21 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), [f"invalid TOML: {exc}"]) from None
     base = file.resolve().parent
-    config = parse_config(_absolute_roots(data, base), source=str(file), environ=environ)
+    config = parse_config(
+        _absolute_roots(data, base),
+        source=str(file),
+        environ=environ,
+        require_environment=require_environment,
+    )
     return _resolve_paths(config, base)
 
 
 def parse_config(
-    data: Mapping[str, Any], source: str = "<policy>", environ: Mapping[str, str] | None = None
+    data: Mapping[str, Any],
+    source: str = "<policy>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_environment: bool = True,
 ) -> GatewayConfig:
     """Validate already-parsed policy data.
 
@@ -103,7 +119,8 @@ def parse_config(
             "remove one of them"
         )
     problems += _redaction_problems(config)
-    problems += _missing_env_references(config, os.environ if environ is None else environ)
+    if require_environment:
+        problems += _missing_env_references(config, os.environ if environ is None else environ)
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -35,7 +35,7 @@ class CodeTool:
         self._watched: set[tuple[str, str]] = set()
         self.settings = runner.settings
         self.exported: ExportedTool = export_builtin_tool(
-            SANDBOX_SERVER_ID, tool_definition(self.settings, runner.backend.languages)
+            SANDBOX_SERVER_ID, tool_definition(self.settings, runner.backend.languages, runner.backend.kind)
         )
 
     async def __call__(self, call: ToolCall) -> ToolResult:

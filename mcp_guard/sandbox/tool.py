@@ -54,7 +54,9 @@ class CodeArgumentError(ValueError):
     """The run_code arguments are not usable; the message names the value and the fix."""
 
 
-def tool_definition(settings: SandboxSettings, languages: Iterable[Language]) -> dict[str, Any]:
+def tool_definition(
+    settings: SandboxSettings, languages: Iterable[Language], backend: str = "local"
+) -> dict[str, Any]:
     """Return the run_code tool definition for these settings and the backend's languages."""
     offered = [language for language in LANGUAGES if language in set(languages)]
     session = ", kept for this session's later calls," if settings.session_sandboxes else ""
@@ -68,7 +70,8 @@ def tool_definition(settings: SandboxSettings, languages: Iterable[Language]) ->
             timeout=settings.timeout_seconds,
             memory=settings.memory_mb,
             output=settings.max_output_bytes,
-        ),
+        )
+        + _environment_note(settings, backend),
         "inputSchema": {
             "type": "object",
             "properties": {
@@ -91,6 +94,18 @@ def tool_definition(settings: SandboxSettings, languages: Iterable[Language]) ->
             "openWorldHint": bool(settings.allowed_hosts),
         },
     }
+
+
+def _environment_note(settings: SandboxSettings, backend: str) -> str:
+    """Tell the model what the interpreters offer, so that it does not reach for what is not there."""
+    if backend == "local":
+        return " Shell code runs in POSIX sh, not bash. Python has its standard library only."
+    if backend == "docker":
+        return " Shell code runs in the image's sh. Python has what the image installed."
+    if backend == "wasm":
+        allowed = ", ".join(settings.wasm.allowed_imports)
+        return f" Python runs in Pyodide and may import only: {allowed}."
+    return " Shell code runs in bash. Python has the code interpreter's usual packages."
 
 
 def parse_arguments(

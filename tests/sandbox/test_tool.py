@@ -32,6 +32,15 @@ def test_definition_valid_in_both_eras() -> None:
     assert tool.definition["inputSchema"]["properties"]["language"]["enum"] == ["python", "shell"]
 
 
+def test_description_says_what_the_interpreters_offer() -> None:
+    local = tool_definition(SETTINGS, LANGUAGES, "local")["description"]
+    wasm = tool_definition(SETTINGS, {"python"}, "wasm")["description"]
+
+    assert "POSIX sh, not bash" in local
+    assert "standard library only" in local
+    assert "may import only: math, json" in wasm
+
+
 def test_language_unavailable_lists_choices() -> None:
     with pytest.raises(
         CodeArgumentError, match="language 'ruby' is not available in this sandbox; use one of python, shell"

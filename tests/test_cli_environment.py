@@ -1,0 +1,60 @@
+"""Which commands need the variables a policy file references, and the forms of `check`'s argument."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from support import ROOT, fixture_server, write_policy
+
+pytestmark = pytest.mark.anyio
+
+SECRET_VARIABLE = "MCP_GUARD_TEST_UNSET_SECRET"
+
+
+def policy_with_secret(tmp_path: Path) -> Path:
+    server = {**fixture_server("alpha"), "env_from": {"API_KEY": f"${{{SECRET_VARIABLE}}}"}}
+    return write_policy(tmp_path, {"alpha": server})
+
+
+async def mcp_guard(*args: str) -> tuple[int, str]:
+    environment = {name: value for name, value in os.environ.items() if name != SECRET_VARIABLE}
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", *args], cwd=ROOT, check=False, env=environment
+    )
+    return completed.returncode, (completed.stdout + completed.stderr).decode()
+
+
+@pytest.mark.parametrize("command", [["approvals", "list"], ["audit", "verify"], ["pins", "review"]])
+async def test_state_commands_run_without_server_secrets(tmp_path: Path, command: list[str]) -> None:
+    policy = policy_with_secret(tmp_path)
+
+    code, output = await mcp_guard(command[0], "--config", str(policy), *command[1:])
+
+    assert SECRET_VARIABLE not in output
+    assert code != 2
+
+
+async def test_check_still_needs_server_secrets(tmp_path: Path) -> None:
+    policy = policy_with_secret(tmp_path)
+
+    code, output = await mcp_guard("check", "--offline", str(policy))
+
+    assert code == 2
+    assert f"environment variable {SECRET_VARIABLE} is not set" in output
+
+
+async def test_check_takes_the_file_with_or_without_config(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+
+    positional = await mcp_guard("check", "--offline", str(policy))
+    option = await mcp_guard("check", "--offline", "--config", str(policy))
+    both = await mcp_guard("check", "--offline", str(policy), "--config", str(policy))
+
+    assert positional[0] == 0
+    assert option[0] == 0
+    assert option[1] == positional[1]
+    assert both[0] == 2
