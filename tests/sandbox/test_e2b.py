@@ -323,7 +323,8 @@ async def test_output_cap_stops_run_and_kills(backend: E2BBackend, fake: FakeE2B
     assert outcome.output_capped is True
     assert len(outcome.stdout.encode()) == 4096
     assert outcome.exit_code is None
-    assert time.monotonic() - started < STOP_SLACK_SECONDS
+    # Stopped at the cap, long before the 20 s time limit, even on a busy machine.
+    assert time.monotonic() - started < 10.0
     assert fake.killed_ids() == [sandbox.sandbox_id]
 
 
