@@ -46,7 +46,7 @@ class DownstreamRegistry:
             server_id: DownstreamConnection(server_id, server, environ=environ, on_listing=self._on_listing)
             for server_id, server in config.servers.items()
         }
-        # The gateway's own tools are listed from the start, before any server has answered.
+        # The gateway's own tools are listed from the start, before any server has responded.
         self.catalog = build_catalog({}, {}, config.gateway.max_tool_name_length, self._builtin)
         self._listeners: list[ChangeListener] = []
         self._entered = False

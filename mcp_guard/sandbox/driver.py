@@ -12,7 +12,7 @@ the result channel:
   that only have stdout and stderr).
 
 Everything in the JSON comes from the user's own code and goes back to the same
-caller, so code that forges it gains nothing; the backend still parses it strictly.
+caller, so code that forges it gains nothing. The backend still parses it strictly.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ parsing. It serves the few routes the backend uses:
 - `POST /execute` runs code: it streams the NDJSON lines of `execute_reply`,
 - `GET /health` responds to the SDK's liveness probe with 204.
 
-Every request is recorded before it is answered, so once an SDK call returns,
+Every request is recorded before the fake responds to it, so once an SDK call returns,
 the test can assert on what the fake received without waiting. The server runs
 in its own thread and event loop, so a stalled response never blocks the test.
 """
