@@ -53,7 +53,7 @@ PREVIOUS_STATE = (WORK_DIR / "state" / "limits.sqlite3", WORK_DIR / "state" / "a
 SESSION_TIMEOUT_SECONDS = 60
 # Each outcome is shown as at most this many lines of at most this many characters.
 SHOWN_LINES = 12
-# Bounds the wait for a step's outcome row, which the gateway commits in a batch just after it answers.
+# Bounds the wait for a step's outcome row, which the gateway commits in a batch just after it responds.
 AUDIT_WAIT_SECONDS = 5.0
 SHOWN_WIDTH = 100
 

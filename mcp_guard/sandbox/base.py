@@ -57,7 +57,7 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SandboxTag:
-    """Who a sandbox is for, recorded where the backend can store it (E2B metadata, container labels)."""
+    """The owner of a sandbox, recorded where the backend can store it (E2B metadata, container labels)."""
 
     client: str
     call_id: str
@@ -170,7 +170,7 @@ class SandboxBackend(Protocol):
         """Make sure the backend can run code here.
 
         Raises:
-            SandboxUnavailable: Something is missing; the message says what and how to fix it.
+            SandboxUnavailable: Something is missing. The message names it and the fix.
         """
         ...
 

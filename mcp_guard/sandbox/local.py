@@ -71,7 +71,7 @@ REAP_SECONDS = 5.0
 # Bounds the availability probe (one tiny bubblewrap run).
 PROBE_SECONDS = 10.0
 READ_CHUNK = 65_536
-# The only environment the code sees.
+# The whole environment of the sandboxed code.
 SANDBOX_ENV = {"HOME": WORKSPACE, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 

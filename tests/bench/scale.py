@@ -38,7 +38,7 @@ SERVERS = 20
 IDLE_CLIENTS = 50
 CALLS = 500
 WARMUP_CALLS = 100
-# The bound: the loaded p50 may be at most this many times the baseline p50.
+# The loaded p50 may be at most this many times the baseline p50.
 MAX_RATIO = 1.2
 ECHO_TEXT = "hello from the scale benchmark"
 
@@ -85,7 +85,7 @@ async def _measure(workdir: Path, servers: int, idle_clients: int) -> ScalePoint
 
 
 def _processes(gateway: psutil.Process) -> ServerProcesses:
-    # The scale run reads no CPU figures, so the gateway stands in for the fixture here.
+    # The scale run reads no CPU figures, so the gateway is passed in place of the fixture here.
     return ServerProcesses(fixture=gateway, gateway=gateway)
 
 

@@ -287,7 +287,7 @@ def write_policy(
         audit: Whether the gateway keeps its audit trail; off measures the gateway without it.
         limits: Whether every call passes a rate limit of four dimensions, counted in the default
             SQLite store, with limits high enough never to refuse a call of the benchmark.
-        constraints: Whether the rule also holds `echo`'s `text` argument to a length, a pattern and
+        constraints: Whether the rule also limits `echo`'s `text` argument to a length, a pattern and
             a forbidden substring, which every call of the benchmark meets.
     """
     # One rule lets every client call `echo`, and every other setting keeps its default.

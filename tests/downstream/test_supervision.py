@@ -101,7 +101,7 @@ async def test_hanging_server_times_out(tmp_path: Path) -> None:
 
     assert result.content[0].text == "ok"
     # Far below the 600 s the server hangs and the 30 s default start-up timeout, with room for a
-    # busy machine: the bound tells a 1 s start-up timeout from a wait for the hanging server.
+    # busy machine: the bound separates a 1 s start-up timeout from a wait for the hanging server.
     assert elapsed < 20
 
 
