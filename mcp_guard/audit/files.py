@@ -25,6 +25,10 @@ KEY_BYTES = 32
 # Shorter keys are rejected: HMAC-SHA256 needs 128 bits or more to resist guessing.
 MIN_KEY_BYTES = 16
 DEFAULT_KEY_ENV_VAR = "MCP_GUARD_AUDIT_KEY"
+# Bytes of the head file: a JSON record of the largest row id and a SHA-256 hash, padded
+# with spaces. Reads that overlap an update are repeated up to this many times.
+HEAD_RECORD_BYTES = 160
+HEAD_READ_ATTEMPTS = 5
 
 logger = structlog.get_logger(__name__)
 
@@ -125,13 +129,21 @@ def restrict_to_owner(*paths: Path) -> None:
 def read_head(head_path: Path) -> ChainLink | None:
     """Return the newest (row id, hash) from the head file, or None if it does not exist.
 
+    The gateway updates the file in place (`HeadWriter`), so a read that overlaps an update
+    could see half of each. The file is read until two reads in a row agree.
+
     Raises:
         ValueError: The file exists but does not hold a head.
     """
-    try:
-        text = head_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+    previous: str | None = None
+    for _ in range(HEAD_READ_ATTEMPTS):
+        try:
+            text = head_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        if text == previous:
+            break
+        previous = text
     try:
         data = json.loads(text)
         return ChainLink(int(data["row_id"]), str(data["hash"]))
@@ -142,22 +154,71 @@ def read_head(head_path: Path) -> ChainLink | None:
 def write_head(head_path: Path, head: ChainLink, fsync: bool = True) -> None:
     """Replace the head file atomically: write a temporary file, fsync it, rename it over.
 
-    With `fsync` false the file is renamed without being flushed to disk: a crash of the
-    process still leaves the whole new file (the page cache survives it), a power cut may not.
-
-    The directory is not fsynced. After a power cut the rename may be lost, leaving
-    the previous head, which verification accepts (rows past the head still chain).
-    The fsync before the rename is what matters: without it the new file could be
-    empty after a crash.
+    `HeadWriter` uses this only to create the file, so that no crash can leave an empty head
+    file behind. With `fsync` false the file is renamed without being flushed to disk: a
+    crash of the process still leaves the whole new file (the page cache survives it), a
+    power cut may not.
     """
     temporary = head_path.with_name(head_path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        json.dump({"row_id": head.row_id, "hash": head.hash}, file)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(_head_record(head))
         file.flush()
         if fsync:
             os.fsync(file.fileno())
     os.replace(temporary, head_path)
+
+
+class HeadWriter:
+    """Keeps the head file open while the store writes, and updates it in place.
+
+    The first update creates the file with `write_head`. Later ones overwrite its one
+    fixed-size record with a single `pwrite`. A write that small, within one page, leaves
+    the whole old or the whole new record after any crash of the process. With `fsync`
+    the record is also flushed to disk. Renaming a new file over the head on every batch
+    took more time than the SQLite commit in a profile on ext4, which starts writing a
+    file renamed over another to disk at once (its `auto_da_alloc` rule).
+
+    Args:
+        path: The head file.
+        fsync: Flush each update to disk, to survive a power cut.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._descriptor: int | None = None
+
+    def write(self, head: ChainLink) -> None:
+        """Record `head` as the newest row.
+
+        Raises:
+            OSError: The file cannot be created, opened or written.
+        """
+        if self._descriptor is None:
+            if not self.path.exists():
+                write_head(self.path, head, self._fsync)
+            self._descriptor = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        record = _head_record(head)
+        if os.pwrite(self._descriptor, record, 0) != len(record):
+            raise OSError(f"short write to {self.path}")
+        # A head written by an older version may be longer; the record must end the file.
+        if os.fstat(self._descriptor).st_size != len(record):
+            os.ftruncate(self._descriptor, len(record))
+        if self._fsync:
+            os.fdatasync(self._descriptor)
+
+    def close(self) -> None:
+        """Close the file; the next `write` opens it again."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def _head_record(head: ChainLink) -> bytes:
+    text = json.dumps({"row_id": head.row_id, "hash": head.hash})
+    # Padded to one length, so every update overwrites the whole previous record.
+    return text.ljust(HEAD_RECORD_BYTES - 1).encode("utf-8") + b"\n"
 
 
 class WriterLock:

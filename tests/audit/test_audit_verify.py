@@ -19,6 +19,7 @@ from mcp_guard.audit import (
     SqliteAuditStore,
     VerifyResult,
 )
+from mcp_guard.audit.files import HEAD_RECORD_BYTES, read_head
 
 pytestmark = pytest.mark.anyio
 
@@ -135,6 +136,53 @@ async def test_missing_head_file_is_detected(trail: Path, new_store: StoreFactor
 
     assert isinstance(result, ChainBroken)
     assert "head file" in result.detail
+
+
+@pytest.mark.attack("audit row deletion or reordering")
+async def test_newest_rows_deleted_while_open_detected(
+    new_store: StoreFactory, make_intent: IntentFactory, make_outcome: OutcomeFactory
+) -> None:
+    async with new_store() as store:
+        for _ in range(CALLS):
+            intent = make_intent()
+            await store.record_intent(intent)
+            await store.record_outcome(make_outcome(intent.call_id))
+        _execute(store.path, f"DELETE FROM audit_rows WHERE id > {2 * CALLS - 2}")
+
+        result = await _verify(new_store)
+
+    assert isinstance(result, ChainBroken)
+    assert "head" in result.detail
+
+
+async def test_head_file_updated_in_place(
+    new_store: StoreFactory, make_intent: IntentFactory, paths: AuditPaths
+) -> None:
+    async with new_store() as store:
+        await store.record_intent(make_intent())
+        inode = paths.head.stat().st_ino
+        for _ in range(CALLS):
+            await store.record_intent(make_intent())
+        during = (paths.head.stat().st_ino, paths.head.stat().st_size, read_head(paths.head))
+
+    assert during[0] == inode
+    assert during[1] == HEAD_RECORD_BYTES
+    assert during[2] is not None and during[2].row_id == CALLS + 1
+
+
+async def test_longer_head_file_is_trimmed(
+    trail: Path, new_store: StoreFactory, make_intent: IntentFactory, paths: AuditPaths
+) -> None:
+    head = read_head(paths.head)
+    assert head is not None
+    paths.head.write_text(json.dumps({"row_id": head.row_id, "hash": head.hash}) + " " * 400)
+
+    async with new_store() as store:
+        await store.record_intent(make_intent())
+        result = await store.verify()
+
+    assert isinstance(result, ChainIntact)
+    assert paths.head.stat().st_size == HEAD_RECORD_BYTES
 
 
 @pytest.mark.attack("audit row tampering")

@@ -1,21 +1,20 @@
 """SQL steps of the SQLite audit store, and the translation of SQLite errors.
 
-`store.SqliteAuditStore` calls these inside `translate_errors`, so no sqlite3 or
-aiosqlite exception leaves this package. Everything here runs on a connection
-the store passes in; the store owns the connections, the lock and the state.
+These are blocking functions on a plain `sqlite3` connection. `store.SqliteAuditStore`
+runs each group of them in one worker thread hand-off, inside `translate_errors`, so no
+sqlite3 exception leaves this package. The store owns the connections, the lock and the
+state.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-import anyio
 import structlog
 from pydantic import ValidationError
 
@@ -71,54 +70,55 @@ def sqlite_reason(exc: sqlite3.Error) -> str:
     return f"SQLite error [{name}]"
 
 
-@asynccontextmanager
-async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
     """Run the block in a write transaction, rolled back on any exception."""
     # IMMEDIATE takes the write lock up front, so the tail read inside cannot go stale.
-    await db.execute("BEGIN IMMEDIATE")
+    db.execute("BEGIN IMMEDIATE")
     try:
         yield
-        await db.execute("COMMIT")
+        db.execute("COMMIT")
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            if db.in_transaction:
-                try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.Error as exc:
-                    logger.warning("audit_rollback_failed", reason=sqlite_reason(exc))
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                logger.warning("audit_rollback_failed", reason=sqlite_reason(exc))
         raise
 
 
-async def configure_writer(
-    db: aiosqlite.Connection, busy_timeout_ms: int, *, power_safe: bool = False
-) -> None:
+def configure_writer(db: sqlite3.Connection, busy_timeout_ms: int, *, power_safe: bool = False) -> None:
     """Set WAL mode, the fsync level, the lock wait and zeroing of deleted content.
 
     In WAL mode, `synchronous = NORMAL` keeps every committed transaction across a crash of
     the process, because the WAL is written before the commit returns. A power cut can lose
     the last ones. `FULL` also fsyncs the WAL on each commit.
     """
-    await db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+    db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    rows = _fetchall(db, "PRAGMA journal_mode = WAL")
     mode = rows[0][0]
     if mode != "wal":
         raise AuditUnavailable(f"cannot switch the audit database to WAL mode (it stays in {mode!r} mode)")
-    await db.execute(f"PRAGMA synchronous = {'FULL' if power_safe else 'NORMAL'}")
-    await db.execute("PRAGMA secure_delete = ON")
+    db.execute(f"PRAGMA synchronous = {'FULL' if power_safe else 'NORMAL'}")
+    db.execute("PRAGMA secure_delete = ON")
 
 
-async def read_tail(db: aiosqlite.Connection) -> ChainLink:
+def _fetchall(db: sqlite3.Connection, query: str, parameters: Sequence[object] = ()) -> list[Any]:
+    return db.execute(query, parameters).fetchall()
+
+
+def read_tail(db: sqlite3.Connection) -> ChainLink:
     """Return the newest row's link, else the anchor, else genesis."""
-    rows = list(await db.execute_fetchall("SELECT id, row_hash FROM audit_rows ORDER BY id DESC LIMIT 1"))
+    rows = _fetchall(db, "SELECT id, row_hash FROM audit_rows ORDER BY id DESC LIMIT 1")
     if rows:
         return ChainLink(rows[0][0], rows[0][1])
-    anchor, _ = await read_anchor(db)
+    anchor, _ = read_anchor(db)
     return anchor or GENESIS
 
 
-async def read_anchor(db: aiosqlite.Connection) -> tuple[ChainLink | None, str | None]:
+def read_anchor(db: sqlite3.Connection) -> tuple[ChainLink | None, str | None]:
     """Return the pruning anchor and its stored MAC, or (None, None) if never pruned."""
-    rows = await db.execute_fetchall("SELECT name, value FROM audit_meta WHERE name LIKE 'anchor_%'")
+    rows = _fetchall(db, "SELECT name, value FROM audit_meta WHERE name LIKE 'anchor_%'")
     values = {name: value for name, value in rows}
     if not values:
         return None, None
@@ -129,37 +129,35 @@ async def read_anchor(db: aiosqlite.Connection) -> tuple[ChainLink | None, str |
         return ChainLink(0, ""), None
 
 
-async def fetch_row(db: aiosqlite.Connection, row_id: int) -> tuple[Any, ...] | None:
+def fetch_row(db: sqlite3.Connection, row_id: int) -> tuple[Any, ...] | None:
     """Return one row as `schema.SELECT_ROWS` lists it, or None."""
-    rows = list(await db.execute_fetchall(f"{schema.SELECT_ROWS} WHERE id = ?", [row_id]))
+    rows = _fetchall(db, f"{schema.SELECT_ROWS} WHERE id = ?", [row_id])
     return tuple(rows[0]) if rows else None
 
 
-async def stored_kinds(db: aiosqlite.Connection, call_ids: set[str]) -> set[tuple[str, str]]:
+def stored_kinds(db: sqlite3.Connection, call_ids: set[str]) -> set[tuple[str, str]]:
     """Return the (call id, kind) pairs already stored for these calls."""
     ids = sorted(call_ids)
     placeholders = ", ".join("?" * len(ids))
     query = f"SELECT call_id, kind FROM audit_rows WHERE call_id IN ({placeholders})"
-    return {(call_id, kind) for call_id, kind in await db.execute_fetchall(query, ids)}
+    return {(call_id, kind) for call_id, kind in _fetchall(db, query, ids)}
 
 
-async def delete_prefix(
-    db: aiosqlite.Connection, key: bytes, older_than: timedelta | None, max_rows: int | None
+def delete_prefix(
+    db: sqlite3.Connection, key: bytes, older_than: timedelta | None, max_rows: int | None
 ) -> PruneResult:
     """Delete the oldest rows within the limits and store the last one deleted as the anchor."""
-    cutoff = await _prune_cutoff(db, older_than, max_rows)
+    cutoff = _prune_cutoff(db, older_than, max_rows)
     if cutoff is None:
         return PruneResult(0, None)
-    rows = list(
-        await db.execute_fetchall(
-            "SELECT id, row_hash FROM audit_rows WHERE id <= ? ORDER BY id DESC LIMIT 1", [cutoff]
-        )
+    rows = _fetchall(
+        db, "SELECT id, row_hash FROM audit_rows WHERE id <= ? ORDER BY id DESC LIMIT 1", [cutoff]
     )
     if not rows:
         return PruneResult(0, None)
     anchor = ChainLink(rows[0][0], rows[0][1])
-    cursor = await db.execute("DELETE FROM audit_rows WHERE id <= ?", [anchor.row_id])
-    await db.executemany(
+    cursor = db.execute("DELETE FROM audit_rows WHERE id <= ?", [anchor.row_id])
+    db.executemany(
         "INSERT OR REPLACE INTO audit_meta (name, value) VALUES (?, ?)",
         [
             ("anchor_row_id", str(anchor.row_id)),
@@ -170,40 +168,38 @@ async def delete_prefix(
     return PruneResult(cursor.rowcount, anchor.row_id)
 
 
-async def _prune_cutoff(
-    db: aiosqlite.Connection, older_than: timedelta | None, max_rows: int | None
-) -> int | None:
+def _prune_cutoff(db: sqlite3.Connection, older_than: timedelta | None, max_rows: int | None) -> int | None:
     cutoffs: list[int] = []
     if older_than is not None:
         threshold = canonical_utc(datetime.now(UTC) - older_than)
-        first_kept = await _scalar(db, "SELECT MIN(id) FROM audit_rows WHERE time >= ?", [threshold])
+        first_kept = _scalar(db, "SELECT MIN(id) FROM audit_rows WHERE time >= ?", [threshold])
         if first_kept is None:
-            first_kept = await _scalar(db, "SELECT MAX(id) + 1 FROM audit_rows")
+            first_kept = _scalar(db, "SELECT MAX(id) + 1 FROM audit_rows")
         if first_kept is not None:
             cutoffs.append(first_kept - 1)
     if max_rows is not None:
         query = "SELECT id FROM audit_rows ORDER BY id DESC LIMIT 1 OFFSET ?"
-        newest_deleted = await _scalar(db, query, [max_rows])
+        newest_deleted = _scalar(db, query, [max_rows])
         if newest_deleted is not None:
             cutoffs.append(newest_deleted)
     if not cutoffs:
         return None
     # The intent of a call still running is kept, so its outcome can still be recorded.
-    oldest_unfinished = await _scalar(db, _OLDEST_UNFINISHED_INTENT)
+    oldest_unfinished = _scalar(db, _OLDEST_UNFINISHED_INTENT)
     if oldest_unfinished is not None:
         return min(max(cutoffs), int(oldest_unfinished) - 1)
     return max(cutoffs)
 
 
-async def _scalar(db: aiosqlite.Connection, query: str, parameters: Sequence[object] = ()) -> Any:
-    rows = list(await db.execute_fetchall(query, parameters))
+def _scalar(db: sqlite3.Connection, query: str, parameters: Sequence[object] = ()) -> Any:
+    rows = _fetchall(db, query, parameters)
     return rows[0][0] if rows else None
 
 
-async def close_quietly(connection: aiosqlite.Connection) -> None:
+def close_quietly(connection: sqlite3.Connection) -> None:
     """Close a connection, logging rather than raising an SQLite error."""
     try:
-        await connection.close()
+        connection.close()
     except sqlite3.Error as exc:
         logger.warning("audit_connection_close_failed", reason=sqlite_reason(exc))
 
