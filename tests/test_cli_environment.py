@@ -58,3 +58,13 @@ async def test_check_takes_the_file_with_or_without_config(tmp_path: Path) -> No
     assert option[0] == 0
     assert option[1] == positional[1]
     assert both[0] == 2
+
+
+async def test_unknown_approval_names_config(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+
+    code, output = await mcp_guard("approvals", "--config", str(policy), "approve", "no-such-request")
+
+    assert code == 1
+    assert "'no-such-request' does not exist" in output
+    assert f"mcp-guard approvals --config {policy.resolve()} list" in output

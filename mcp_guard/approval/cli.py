@@ -8,6 +8,7 @@ for some minutes), and the client's retry of exactly that call then runs.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -69,8 +70,11 @@ async def run_approvals_command(
                 channel="command line",
                 now=now,
             )
-    except (ApprovalStoreError, NotPending) as exc:
+    except ApprovalStoreError as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except NotPending as exc:
+        print(exc.message(f"{approvals_command(getattr(args, 'config', None))} list"), file=sys.stderr)
         return 1
     if approve:
         lasting = f"for {minutes} minutes" if minutes else "once"
@@ -81,6 +85,13 @@ async def run_approvals_command(
     else:
         print(f"Denied {request.id}: {request.binding.exported} will not run.", file=out)
     return 0
+
+
+def approvals_command(policy_path: str | None) -> str:
+    """Return the `mcp-guard approvals` command line for this policy file, as the operator would type it."""
+    if policy_path is None:
+        return "mcp-guard approvals"
+    return f"mcp-guard approvals --config {shlex.quote(str(Path(policy_path).resolve()))}"
 
 
 def _print_requests(requests: list[ApprovalRequest], now: float, out: TextIO) -> None:

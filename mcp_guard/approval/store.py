@@ -105,10 +105,12 @@ class NotPending(GuardError):
     def __init__(self, request_id: str, status: str | None) -> None:
         self.request_id = request_id
         self.status = status
-        where = "does not exist" if status is None else f"is {status}, not pending"
-        super().__init__(
-            f"Approval request {request_id!r} {where}; list the waiting ones with `mcp-guard approvals list`."
-        )
+        self.status_text = "does not exist" if status is None else f"is {status}, not pending"
+        super().__init__(self.message("mcp-guard approvals list"))
+
+    def message(self, list_command: str) -> str:
+        """Return the error message, naming `list_command` as the command that lists waiting requests."""
+        return f"Approval request {self.request_id!r} {self.status_text}; list the waiting ones with `{list_command}`."
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ arrives, and then stop every downstream connection.
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -25,6 +24,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 
+from mcp_guard.approval.cli import approvals_command
 from mcp_guard.approval.page import ApprovalPage
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore
 from mcp_guard.approval.webhook import post_webhook, webhook_message
@@ -159,13 +159,6 @@ async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
     older_than = timedelta(days=settings.retention_days) if settings.retention_days is not None else None
     pruned = await store.prune(older_than=older_than, max_rows=settings.max_rows)
     log.info("audit_pruned", result=str(pruned))
-
-
-def approvals_command(policy_path: str | None) -> str:
-    """Return the `mcp-guard approvals` command line for this policy file, as the operator would type it."""
-    if policy_path is None:
-        return "mcp-guard approvals"
-    return f"mcp-guard approvals --config {shlex.quote(str(Path(policy_path).resolve()))}"
 
 
 async def serve_stdio(config: GatewayConfig, *, client: str, policy_path: str | None = None) -> None:
