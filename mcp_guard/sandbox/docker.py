@@ -259,7 +259,7 @@ class DockerBackend:
                 KIND,
                 f"no Docker API answers at {where} ({_reason(exc)})",
                 "Start Docker, or start Podman's API with `podman system service --time=0 "
-                "unix:///run/podman/podman.sock`, and set [sandbox.docker] base_url (or DOCKER_HOST) "
+                f"{podman_socket_url()}`, and set [sandbox.docker] base_url (or DOCKER_HOST) "
                 "to its address.",
             ) from None
         self._client = client
@@ -675,6 +675,14 @@ async def _call(function: Callable[[], T], action: str) -> T:
         raise SandboxFailed(KIND, f"could not {action}: the container is gone") from None
     except (DockerException, OSError) as exc:
         raise SandboxFailed(KIND, f"could not {action} ({_reason(exc)})") from None
+
+
+def podman_socket_url() -> str:
+    """Return the address where Podman serves its API for this user by default."""
+    if os.geteuid() == 0:
+        return "unix:///run/podman/podman.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    return f"unix://{runtime}/podman/podman.sock"
 
 
 def _reason(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ tests aim only at a listener the test opens on 127.0.0.1.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from sandbox_support import TEST_LIMITS, limits, run_once
 from mcp_guard.config.sandbox import DockerSandboxSettings, SandboxSettings
 from mcp_guard.errors import SandboxUnavailable
 from mcp_guard.sandbox.base import CodeRun, OutputCapture, SandboxTag
-from mcp_guard.sandbox.docker import LABEL, LABEL_CLIENT, DockerBackend, DockerSandbox
+from mcp_guard.sandbox.docker import LABEL, LABEL_CLIENT, DockerBackend, DockerSandbox, podman_socket_url
 
 pytestmark = [
     pytest.mark.anyio,
@@ -410,6 +411,16 @@ async def test_a_missing_daemon_is_reported(api_url: str, image: str, tmp_path: 
         await backend.create(TEST_LIMITS, SandboxTag(client="test", call_id="1"))
 
     assert "podman system service" in str(raised.value)
+
+
+def test_podman_socket_suggestion_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    rootless = podman_socket_url()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    assert rootless == "unix:///run/user/1000/podman/podman.sock"
+    assert podman_socket_url() == "unix:///run/podman/podman.sock"
 
 
 @pytest.mark.attack("sandbox network escape")
