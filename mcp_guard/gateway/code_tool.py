@@ -20,7 +20,7 @@ from mcp_guard.downstream.catalog import ExportedTool, export_builtin_tool
 from mcp_guard.errors import SandboxError
 from mcp_guard.gateway.pipeline import ToolCall, ToolResult, tool_error
 from mcp_guard.sandbox import open_backend
-from mcp_guard.sandbox.base import SandboxTag
+from mcp_guard.sandbox.base import RunOutcome, SandboxTag
 from mcp_guard.sandbox.runner import CodeRunner
 from mcp_guard.sandbox.tool import CodeArgumentError, parse_arguments, render_outcome, tool_definition
 
@@ -56,6 +56,7 @@ class CodeTool:
             call.outcome, call.detail = "downstream_failed", str(exc)
             return tool_error(str(exc))
         call.billed_seconds = outcome.seconds
+        call.detail = run_summary(self.runner.backend.kind, run.language, outcome)
         log.info(
             "run_code_finished",
             call_id=call.call_id,
@@ -84,6 +85,17 @@ class CodeTool:
     def _forget(self, client: str, session: str) -> None:
         self._watched.discard((client, session))
         self.runner.session_ended(client, session)
+
+
+def run_summary(backend: str, language: str, outcome: RunOutcome) -> str:
+    """Describe a finished run for its audit record: where it ran, how long, how it ended."""
+    ending = "no exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
+    summary = f"{backend} sandbox, {language}, {outcome.seconds:.3f} s, {ending}"
+    if outcome.stopped is not None:
+        summary += f", stopped: {outcome.stopped}"
+    if outcome.output_capped:
+        summary += ", output cut at the limit"
+    return summary
 
 
 @asynccontextmanager

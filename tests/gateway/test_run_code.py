@@ -6,6 +6,7 @@ the fixture server. The clients are the SDK client over stdio and over HTTP.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -110,6 +111,9 @@ async def test_run_code_audited_with_code(tmp_path: Path) -> None:
     assert [(call.intent.server, call.intent.tool) for call in trail] == [("sandbox", "run_code")] * 2
     assert trail[0].intent.arguments == {"language": "python", "code": "print('audited')"}
     assert [call.outcome.outcome for call in trail if call.outcome] == ["succeeded", "tool_error"]
+    details = [call.outcome.detail or "" for call in trail if call.outcome]
+    assert re.fullmatch(r"local sandbox, python, \d+\.\d{3} s, exit code 0", details[0])
+    assert re.fullmatch(r"local sandbox, python, \d+\.\d{3} s, exit code 1", details[1])
 
 
 @pytest.mark.attack("sandbox reads gateway secrets")
