@@ -24,8 +24,9 @@ from mcp import Client, MCPError, StdioServerParameters
 from support import FIXTURE_SERVER, LEGACY, clean_env, http_fixture, read_records
 
 from mcp_guard.config import load_config
-from mcp_guard.setup.importing import sanitize_server_id
-from mcp_guard.setup.sources import strip_json_comments
+from mcp_guard.setup.importing import import_servers, sanitize_server_id
+from mcp_guard.setup.render import SYSTEM_PATH, gateway_path
+from mcp_guard.setup.sources import read_client_file, strip_json_comments
 
 pytestmark = pytest.mark.anyio
 
@@ -120,7 +121,10 @@ def test_client_config_routes_through_gateway(desktop_init: tuple[Path, Any]) ->
     entry = client["mcpServers"]["mcp-guard"]
     assert Path(entry["command"]).is_absolute()
     assert entry["args"][-3:] == ["run", "--config", str(folder / "mcp-guard.toml")]
-    assert entry["env"] == {"FIXTURE_API_KEY": SECRET}
+    assert entry["env"]["FIXTURE_API_KEY"] == SECRET
+    # A desktop client's own PATH lacks the folder where init found the bare mcp-server-time.
+    assert entry["env"]["PATH"].split(os.pathsep)[0] == VENV_BIN
+    assert set(entry["env"]) == {"FIXTURE_API_KEY", "PATH"}
     assert client["globalShortcut"] == "Ctrl+Space"
     assert stat.S_IMODE(client_path.stat().st_mode) == 0o600
     source = folder / "claude_desktop_config.json"
@@ -156,7 +160,9 @@ async def test_generated_setup_guards_calls(tmp_path: Path) -> None:
     entry = json.loads((tmp_path / "claude_desktop_config.mcp-guard.json").read_text())["mcpServers"][
         "mcp-guard"
     ]
-    parameters = StdioServerParameters(command=entry["command"], args=entry["args"], env=entry["env"])
+    # Only what a desktop client would give: its own minimal PATH, overridden by the entry's env.
+    client_env = {"PATH": "/usr/bin:/bin", **entry["env"]}
+    parameters = StdioServerParameters(command=entry["command"], args=entry["args"], env=client_env)
     approve_once = types.ElicitResult(action="accept", content={"decision": "approve once"})
     human = Human(approve_once, types.ElicitResult(action="decline"))
 
@@ -218,7 +224,10 @@ async def test_vscode_http_input_header(tmp_path: Path) -> None:
     client = json.loads((tmp_path / "project" / "vscode-mcp.mcp-guard.json").read_text(encoding="utf-8"))
     assert list(client["servers"]) == ["mcp-guard"]
     assert client["servers"]["mcp-guard"]["type"] == "stdio"
-    assert client["servers"]["mcp-guard"]["env"] == {"TICKETS_TOKEN": "${input:tickets-token}"}
+    assert client["servers"]["mcp-guard"]["env"] == {
+        "TICKETS_TOKEN": "${input:tickets-token}",
+        "PATH": os.pathsep.join(dict.fromkeys([VENV_BIN, *SYSTEM_PATH])),
+    }
     assert client["inputs"] == inputs
 
 
@@ -279,6 +288,22 @@ async def test_offline_puts_every_tool_on_approve(tmp_path: Path) -> None:
         assert approve["write"] is True
     assert not record.exists()  # no server was started
     assert "--offline" in completed.stdout.decode()
+
+
+def test_path_includes_node_folder(tmp_path: Path) -> None:
+    tools, runtime = tmp_path / "tools", tmp_path / "runtime"
+    tools.mkdir()
+    runtime.mkdir()
+    for program, text in ((tools / "server-files", "#!/usr/bin/env node\n"), (runtime / "node", "")):
+        program.write_text(text, encoding="utf-8")
+        program.chmod(0o755)
+    source = tmp_path / "claude_desktop_config.json"
+    source.write_text(json.dumps({"mcpServers": {"files": {"command": "server-files"}}}), encoding="utf-8")
+    imported = import_servers(read_client_file(str(source), {}), {})
+
+    path = gateway_path(imported, search_path=f"{tools}{os.pathsep}{runtime}")
+
+    assert path == os.pathsep.join([str(tools), str(runtime), *SYSTEM_PATH])
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ loader before anything is written.
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,10 @@ DEFAULT_STATE_DIR = ".mcp-guard"
 INLINE_ARRAY_WIDTH = 80
 COMMENT_WIDTH = 96
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# Folders every PATH init writes ends with; a desktop client's own PATH may lack them.
+SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+# How much of a program's first line is read to see whether it runs on Node.js.
+NODE_SHEBANG_BYTES = 256
 
 
 def render_policy(imported: ImportResult, listings: dict[str, ToolListing] | None) -> str:
@@ -73,6 +79,9 @@ def render_client_config(imported: ImportResult, launcher: Sequence[str], policy
     if kind != "claude-desktop":
         entry = {"type": "stdio", **entry}
     env = {name: variable.client_value for name, variable in sorted(imported.variables.items())}
+    path = gateway_path(imported)
+    if path is not None and "PATH" not in env:
+        env["PATH"] = path
     if env:
         entry["env"] = env
     if kind == "claude-code":
@@ -86,6 +95,41 @@ def render_client_config(imported: ImportResult, launcher: Sequence[str], policy
     data = copy.deepcopy(imported.client.data)
     data["mcpServers"] = {GATEWAY_ENTRY: entry}
     return data
+
+
+def gateway_path(imported: ImportResult, search_path: str | None = None) -> str | None:
+    """Return a PATH for the gateway that finds each stdio server's command, or None without one.
+
+    A desktop client starts the gateway with a minimal environment of its own rather than
+    the user's shell, so a bare command such as `npx` or `uvx` would not be found, and a
+    Node.js script (`#!/usr/bin/env node`) would not find `node`. The PATH lists the
+    folders where init finds those now (on `search_path`, else this process's PATH), then
+    the usual system folders.
+    """
+    commands = [server.table["command"] for server in imported.servers if "command" in server.table]
+    if not commands:
+        return None
+    folders: list[str] = []
+    for command in commands:
+        found = command if os.path.isabs(command) else shutil.which(command, path=search_path)
+        if found is None:
+            continue
+        folders.append(os.path.dirname(found))
+        node = shutil.which("node", path=search_path) if _runs_on_node(found) else None
+        if node is not None:
+            folders.append(os.path.dirname(node))
+    return os.pathsep.join(dict.fromkeys([*folders, *SYSTEM_PATH]))
+
+
+def _runs_on_node(program: str) -> bool:
+    if os.path.basename(program) in ("node", "npx", "npm"):
+        return True
+    try:
+        with open(program, "rb") as file:
+            first_line = file.readline(NODE_SHEBANG_BYTES)
+    except OSError:
+        return False
+    return first_line.startswith(b"#!") and b"node" in first_line
 
 
 def _header(imported: ImportResult, title: str) -> list[str]:
