@@ -144,6 +144,8 @@ def _summary(raw: str, top: int) -> str:
     """Summarise py-spy's raw output: one `frame;frame;... count` line per distinct stack."""
     by_group: Counter[str] = Counter()
     by_function: Counter[str] = Counter()
+    # Samples whose stack passes through each mcp_guard function: its own time and its callees'.
+    through_own: Counter[str] = Counter()
     idle = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -157,6 +159,10 @@ def _summary(raw: str, top: int) -> str:
         function, file = _parse_frame(leaf)
         by_function[f"{function} ({_PATH_PREFIX.sub('', file)})"] += count
         by_group[_group(file)] += count
+        own_frames = {frame for frame in stack.split(";") if "/mcp_guard/" in frame}
+        for frame in own_frames:
+            function, file = _parse_frame(frame)
+            through_own[f"{function} ({_PATH_PREFIX.sub('', file)})"] += count
 
     busy = sum(by_function.values())
     lines = [
@@ -167,6 +173,9 @@ def _summary(raw: str, top: int) -> str:
         "",
         f"Busy samples by function (self time, top {top}):",
         *(f"  {100 * n / busy:5.1f}%  {name}" for name, n in by_function.most_common(top)),
+        "",
+        f"Busy samples by mcp_guard function, with the time of what it calls (top {top}):",
+        *(f"  {100 * n / busy:5.1f}%  {name}" for name, n in through_own.most_common(top)),
     ]
     return "\n".join(lines)
 
