@@ -13,7 +13,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Literal
 
 import anyio
@@ -27,10 +26,11 @@ from e2b_fake import (
     stderr_line,
     stdout_line,
 )
+from sandbox_support import limits
 
 from mcp_guard.config.sandbox import E2BSandboxSettings, SandboxSettings
 from mcp_guard.errors import SandboxFailed, SandboxUnavailable
-from mcp_guard.sandbox.base import CodeError, CodeRun, OutputCapture, RichOutput, SandboxLimits, SandboxTag
+from mcp_guard.sandbox.base import CodeError, CodeRun, OutputCapture, RichOutput, SandboxTag
 from mcp_guard.sandbox.e2b import E2BBackend
 
 pytestmark = pytest.mark.anyio
@@ -44,15 +44,6 @@ LIFETIME_SECONDS = 120
 TAG = SandboxTag(client="alice", call_id="call-17", session="session-3")
 PNG_BASE64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg=="
-)
-# Matches the limits in support.py, which is not imported because tests/support.py shares its module name.
-BASE_LIMITS = SandboxLimits(
-    timeout_seconds=5.0,
-    cpu_seconds=5,
-    memory_bytes=256 * 1024 * 1024,
-    max_processes=32,
-    max_file_bytes=16 * 1024 * 1024,
-    max_output_bytes=64 * 1024,
 )
 # A stopped run must return within its timeout plus this much, the kill request included. The
 # SDK's own execution timeout fires at about twice its value, so this also shows the backend's
@@ -84,10 +75,6 @@ def _settings(fake: FakeE2B) -> SandboxSettings:
             lifetime_seconds=LIFETIME_SECONDS,
         ),
     )
-
-
-def limits(**changes: object) -> SandboxLimits:
-    return replace(BASE_LIMITS, **changes)  # type: ignore[arg-type]
 
 
 def _create_body(fake: FakeE2B) -> dict[str, object]:
