@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import docker  # type: ignore[import-untyped]
@@ -47,7 +46,6 @@ from docker.types import Ulimit  # type: ignore[import-untyped]
 from mcp_guard.config.sandbox import DockerSandboxSettings, SandboxSettings
 from mcp_guard.errors import SandboxFailed, SandboxUnavailable
 from mcp_guard.sandbox.base import (
-    CodeError,
     CodeRun,
     Language,
     OutputCapture,
@@ -56,8 +54,8 @@ from mcp_guard.sandbox.base import (
     SandboxTag,
     StopReason,
 )
+from mcp_guard.sandbox.docker_stream import ExecStream, run_outcome
 from mcp_guard.sandbox.owner import is_orphan, new_owner
-from mcp_guard.sandbox.report import parse_report, report_error, report_results
 
 log = structlog.get_logger(module=__name__)
 
@@ -84,8 +82,6 @@ LABEL_SESSION = "mcp-guard.session"
 
 # Open files one process may have.
 MAX_OPEN_FILES = 256
-# Largest driver report accepted; the driver caps its own values well below this.
-MAX_REPORT_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 65_536
 # Bounds each Docker API request (not the output stream, which the run's timeout bounds).
 API_SECONDS = 30.0
@@ -394,7 +390,7 @@ class DockerSandbox:
             )
         started = time.monotonic()
         marker = f"mcp-guard-report-{secrets.token_hex(16)}:"
-        stream = _ExecStream(output, ("\n" + marker).encode("ascii"))
+        stream = ExecStream(output, ("\n" + marker).encode("ascii"))
         stopped: list[StopReason] = []
         exit_code: int | None = None
         try:
@@ -405,7 +401,7 @@ class DockerSandbox:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._end_processes()
-        outcome = _outcome(stream, stopped, exit_code)
+        outcome = run_outcome(stream, stopped, exit_code)
         outcome.seconds = time.monotonic() - started
         return outcome
 
@@ -439,7 +435,7 @@ class DockerSandbox:
         return [*prelude, SHELL, "{code}"]
 
     async def _execute(
-        self, argv: list[str], code: str, stream: _ExecStream, stopped: list[StopReason]
+        self, argv: list[str], code: str, stream: ExecStream, stopped: list[StopReason]
     ) -> int | None:
         """Start the exec, send the code, and stream its output until it ends or reaches the cap."""
         api = self._client.api
@@ -502,82 +498,6 @@ class DockerSandbox:
         return current
 
 
-class _ExecStream:
-    """Demultiplexes an exec's output frames into `OutputCapture`, and splits the driver's report off stderr.
-
-    Each frame is an 8-byte header (stream number, three zero bytes, big-endian payload size)
-    followed by the payload. Payloads are passed on as they arrive, so a large frame never
-    collects in memory.
-    """
-
-    def __init__(self, output: OutputCapture, marker: bytes) -> None:
-        self.output = output
-        self.report = bytearray()
-        self._marker = marker
-        self._header = bytearray()
-        self._stream: Literal["stdout", "stderr"] | None = None
-        self._remaining = 0
-        self._pending = b""
-        self._in_report = False
-
-    def feed(self, data: bytes) -> bool:
-        """Take bytes read from the exec; return False once the output cap is reached."""
-        view = memoryview(data)
-        while view:
-            if self._remaining == 0:
-                take = 8 - len(self._header)
-                self._header += view[:take]
-                view = view[take:]
-                if len(self._header) == 8:
-                    self._stream = "stderr" if self._header[0] == 2 else "stdout"
-                    self._remaining = int.from_bytes(self._header[4:8], "big")
-                    self._header.clear()
-                continue
-            payload = bytes(view[: self._remaining])
-            view = view[len(payload) :]
-            self._remaining -= len(payload)
-            if not self._add(payload):
-                return False
-        return True
-
-    def finish(self) -> None:
-        """Pass on stderr bytes held back as a possible start of the marker."""
-        pending, self._pending = self._pending, b""
-        if pending and not self._in_report:
-            self.output.add("stderr", pending)
-
-    def _add(self, payload: bytes) -> bool:
-        if self._stream == "stdout":
-            return self.output.add("stdout", payload)
-        if self._in_report:
-            self._keep_report(payload)
-            return True
-        text = self._pending + payload
-        found = text.find(self._marker)
-        if found >= 0:
-            self._in_report = True
-            self._pending = b""
-            self._keep_report(text[found + len(self._marker) :])
-            return self.output.add("stderr", text[:found]) if found else True
-        # Hold back a tail that could be the start of the marker split across frames.
-        keep = _partial_marker_length(text, self._marker)
-        self._pending = text[len(text) - keep :] if keep else b""
-        passed = text[: len(text) - keep]
-        return self.output.add("stderr", passed) if passed else True
-
-    def _keep_report(self, data: bytes) -> None:
-        if len(self.report) + len(data) <= MAX_REPORT_BYTES:
-            self.report += data
-
-
-def _partial_marker_length(text: bytes, marker: bytes) -> int:
-    """Return the length of the longest end of `text` that is a start of `marker`."""
-    for length in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-length:]):
-            return length
-    return 0
-
-
 async def _send_code(raw: Any, code: str) -> None:
     data = code.encode("utf-8")
     payload = str(len(data)).encode("ascii") + b"\n" + data
@@ -585,7 +505,7 @@ async def _send_code(raw: Any, code: str) -> None:
         await anyio.to_thread.run_sync(raw.sendall, payload, abandon_on_cancel=True)
 
 
-async def _pump(raw: Any, stream: _ExecStream) -> bool:
+async def _pump(raw: Any, stream: ExecStream) -> bool:
     """Read the exec's output to its end; return False when it stopped at the output cap."""
     while True:
         try:
@@ -607,33 +527,6 @@ def _close_socket(raw: Any, connection: Any) -> None:
     for stream in (connection, raw):
         with suppress(OSError):
             stream.close()
-
-
-def _outcome(stream: _ExecStream, stopped: list[StopReason], exit_code: int | None) -> RunOutcome:
-    output = stream.output
-    report = parse_report(bytes(stream.report))
-    outcome = RunOutcome(
-        stdout=output.text("stdout"),
-        stderr=output.text("stderr"),
-        exit_code=None if stopped else exit_code,
-        seconds=0.0,
-        error=report_error(report.get("error")),
-        results=report_results(report.get("results")),
-        stopped=stopped[0] if stopped else None,
-        output_capped=output.capped,
-    )
-    # The prelude exits with 128 + N when signal N ended the code (the shell's convention), so an
-    # exit status of 129 to 159 set by the code itself reads as a signal too.
-    if not stopped and exit_code is not None and 128 < exit_code < 128 + signal.NSIG:
-        name = signal.Signals(exit_code - 128).name if exit_code - 128 in _SIGNAL_NUMBERS else str(exit_code)
-        outcome.exit_code = None
-        outcome.error = outcome.error or CodeError(
-            name="Killed", value=f"the code was ended by signal {name}", traceback=""
-        )
-    return outcome
-
-
-_SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
 
 
 def _ulimits(limits: SandboxLimits) -> list[Any]:
