@@ -20,9 +20,9 @@ from pathlib import Path
 
 import anyio
 import docker
-import psutil
 import pytest
-from sandbox_support import TEST_LIMITS, limits, run_once
+from containment import ContainmentContract, session_tag
+from sandbox_support import TEST_LIMITS, run_once
 
 from mcp_guard.config.sandbox import DockerSandboxSettings, SandboxSettings
 from mcp_guard.errors import SandboxUnavailable
@@ -38,8 +38,6 @@ pytestmark = [
 
 BUILD_SCRIPT = Path(__file__).parent / "docker" / "build_image.py"
 HOST_PYTHON = "/usr/bin/python3"
-# A stopped run may take this much longer than its time limit.
-STOP_MARGIN_SECONDS = 1.0
 # Bounds the wait for the Podman API to accept connections on its socket.
 SERVICE_START_SECONDS = 30.0
 
@@ -120,41 +118,10 @@ def api(api_url: str) -> Iterator[docker.DockerClient]:
     client.close()
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        server.settimeout(0.5)
-        yield server
-
-
-def elapsed_since(start: float) -> float:
-    return time.monotonic() - start
-
-
-def session_tag(name: str) -> SandboxTag:
-    return SandboxTag(client="test", call_id=name, session=name)
-
-
-@pytest.mark.legitimate("sandbox resource exhaustion")
-async def test_python_prints_and_returns_its_last_value(backend: DockerBackend) -> None:
-    outcome = await run_once(backend, "print('hello')\n6 * 7")
-
-    assert outcome.stdout == "hello\n"
-    assert outcome.stderr == ""
-    assert [result.data for result in outcome.results] == ["42"]
-    assert outcome.exit_code == 0
-
-
-@pytest.mark.legitimate("sandbox resource exhaustion")
-async def test_python_error_comes_back_with_its_traceback(backend: DockerBackend) -> None:
-    outcome = await run_once(backend, "def f():\n    return 1 / 0\nf()")
-
-    assert outcome.error is not None
-    assert outcome.error.name == "ZeroDivisionError"
-    assert 'File "<code>", line 2, in f' in outcome.error.traceback
-    assert outcome.exit_code == 1
+class TestDockerContainment(ContainmentContract):
+    # Each of these means the connection failed; which one depends on the container runtime.
+    connect_errors = frozenset({"ConnectionRefusedError", "OSError", "TimeoutError"})
+    unwritable_paths = ("/usr/mcp-guard-test", "/new-file", "/etc/new-file", "/usr/bin/python3")
 
 
 @pytest.mark.legitimate("sandbox resource exhaustion")
@@ -172,41 +139,6 @@ async def test_javascript_needs_node_in_the_image(backend: DockerBackend) -> Non
     assert backend.languages == frozenset(("python", "shell"))
 
 
-@pytest.mark.attack("sandbox network escape")
-async def test_connecting_to_a_host_listener_fails(backend: DockerBackend, listener: socket.socket) -> None:
-    port = listener.getsockname()[1]
-    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
-
-    outcome = await run_once(backend, code)
-
-    assert outcome.error is not None
-    assert outcome.error.name in {"ConnectionRefusedError", "OSError", "TimeoutError"}
-    with pytest.raises(TimeoutError):
-        listener.accept()
-
-
-@pytest.mark.attack("sandbox network escape")
-async def test_name_resolution_fails(backend: DockerBackend) -> None:
-    outcome = await run_once(backend, "import socket\nsocket.getaddrinfo('mcp-guard.test', 80)")
-
-    assert outcome.error is not None
-    assert outcome.error.name == "gaierror"
-
-
-@pytest.mark.attack("sandbox reads gateway secrets")
-async def test_gateway_environment_is_not_visible(
-    backend: DockerBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    canary = f"canary-{uuid.uuid4().hex}"
-    monkeypatch.setenv("MCP_GUARD_TEST_SECRET", canary)
-
-    python = await run_once(backend, "import os\n'MCP_GUARD_TEST_SECRET' in os.environ")
-    shell = await run_once(backend, "env; cat /proc/1/environ", "shell")
-
-    assert python.results[0].data == "False"
-    assert canary not in shell.stdout
-
-
 @pytest.mark.attack("sandbox reads host files")
 async def test_root_only_host_file_is_unreadable(backend: DockerBackend, tmp_path: Path) -> None:
     canary = tmp_path / f"canary-{uuid.uuid4().hex}"
@@ -217,116 +149,6 @@ async def test_root_only_host_file_is_unreadable(backend: DockerBackend, tmp_pat
 
     assert outcome.error is not None
     assert outcome.error.name in {"FileNotFoundError", "PermissionError"}
-
-
-@pytest.mark.attack("sandbox reads host files")
-async def test_etc_shadow_is_not_readable(backend: DockerBackend) -> None:
-    outcome = await run_once(backend, "open('/etc/shadow').read()")
-
-    assert outcome.error is not None
-    assert outcome.error.name in {"FileNotFoundError", "PermissionError"}
-
-
-@pytest.mark.parametrize(
-    "code",
-    [
-        pytest.param("import os\nwhile True:\n    os.fork()", id="fork-bomb"),
-        pytest.param("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", id="memory-bomb"),
-        pytest.param("while True:\n    pass", id="infinite-loop"),
-        pytest.param("import time\ntime.sleep(1000)", id="sleep"),
-    ],
-)
-@pytest.mark.attack("sandbox resource exhaustion")
-async def test_runaway_code_is_stopped_within_the_time_limit(backend: DockerBackend, code: str) -> None:
-    sandbox_limits = limits(timeout_seconds=2.0)
-    sandbox = await backend.create(sandbox_limits, session_tag("runaway"))
-    try:
-        start = time.monotonic()
-        outcome = await sandbox.run(CodeRun("python", code), OutputCapture(1024))
-        seconds = elapsed_since(start)
-        after = await sandbox.run(CodeRun("python", "'still serving'"), OutputCapture(1024))
-    finally:
-        await sandbox.aclose()
-
-    assert seconds < sandbox_limits.timeout_seconds + STOP_MARGIN_SECONDS
-    assert outcome.exit_code != 0
-    assert after.results[0].data == "'still serving'"
-
-
-@pytest.mark.attack("sandbox resource exhaustion")
-async def test_timed_out_run_reports_timeout(backend: DockerBackend) -> None:
-    outcome = await run_once(
-        backend, "import time\ntime.sleep(1000)", sandbox_limits=limits(timeout_seconds=1.0)
-    )
-
-    assert outcome.stopped == "timeout"
-    assert outcome.exit_code is None
-
-
-@pytest.mark.attack("sandbox resource exhaustion")
-async def test_endless_output_stops_at_cap(backend: DockerBackend) -> None:
-    gateway = psutil.Process()
-    before = gateway.memory_info().rss
-    start = time.monotonic()
-
-    outcome = await run_once(backend, "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
-
-    assert outcome.output_capped
-    assert outcome.stopped == "output_cap"
-    assert len(outcome.stdout.encode()) <= TEST_LIMITS.max_output_bytes
-    assert elapsed_since(start) < TEST_LIMITS.timeout_seconds
-    assert gateway.memory_info().rss - before < 50 * 1024 * 1024
-
-
-@pytest.mark.attack("sandbox reads host files")
-async def test_writing_outside_the_workspace_fails(backend: DockerBackend) -> None:
-    targets = ["/usr/mcp-guard-test", "/new-file", "/etc/new-file", "/usr/bin/python3"]
-
-    outcome = await run_once(backend, f"failed = 0\n{_each_fails(targets)}\nfailed")
-
-    assert outcome.results[0].data == str(len(targets))
-
-
-def _each_fails(paths: list[str]) -> str:
-    lines = []
-    for path in paths:
-        lines += ["try:", f"    open({path!r}, 'w')", "except OSError:", "    failed += 1"]
-    return "\n".join(lines)
-
-
-@pytest.mark.attack("sandbox resource exhaustion")
-async def test_workspace_size_is_limited(backend: DockerBackend) -> None:
-    code = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * 1024 * 1024)"
-
-    outcome = await run_once(backend, code)
-
-    assert outcome.error is not None
-    assert outcome.error.name == "OSError"
-
-
-@pytest.mark.attack("sandbox state leaks between runs")
-async def test_file_is_gone_in_next_sandbox(backend: DockerBackend) -> None:
-    await run_once(backend, "open('note.txt', 'w').write('left behind')")
-
-    outcome = await run_once(backend, "import os\nos.path.exists('note.txt')")
-
-    assert outcome.results[0].data == "False"
-
-
-@pytest.mark.attack("sandbox state leaks between runs")
-async def test_a_kept_sandbox_keeps_files_between_its_runs_only(backend: DockerBackend) -> None:
-    first = await backend.create(TEST_LIMITS, session_tag("s1"))
-    other = await backend.create(TEST_LIMITS, session_tag("s2"))
-    try:
-        await first.run(CodeRun("python", "open('note.txt', 'w').write('kept')"), OutputCapture(1024))
-        again = await first.run(CodeRun("python", "open('note.txt').read()"), OutputCapture(1024))
-        elsewhere = await other.run(CodeRun("python", "import os\nos.listdir('.')"), OutputCapture(1024))
-    finally:
-        await first.aclose()
-        await other.aclose()
-
-    assert again.results[0].data == "'kept'"
-    assert elsewhere.results[0].data == "[]"
 
 
 @pytest.mark.attack("sandbox outlives its run")
@@ -421,12 +243,6 @@ def test_podman_socket_suggestion_per_user(monkeypatch: pytest.MonkeyPatch) -> N
 
     assert rootless == "unix:///run/user/1000/podman/podman.sock"
     assert podman_socket_url() == "unix:///run/podman/podman.sock"
-
-
-@pytest.mark.attack("sandbox network escape")
-async def test_allowed_hosts_are_refused_rather_than_ignored(backend: DockerBackend) -> None:
-    with pytest.raises(SandboxUnavailable, match="no network"):
-        await backend.create(limits(allowed_hosts=("pypi.org",)), SandboxTag(client="test", call_id="1"))
 
 
 async def test_aclose_removes_the_container(backend: DockerBackend, api: docker.DockerClient) -> None:
