@@ -44,11 +44,11 @@ def main() -> None:
     report = run(source)
     write_report(channel, report)
     sys.stdout.flush()
-    os._exit(1 if report["error"] else 0)
+    os._exit(report["exit_status"])
 
 
 def run(source: str) -> dict[str, Any]:
-    report: dict[str, Any] = {"results": [], "error": None}
+    report: dict[str, Any] = {"results": [], "error": None, "exit_status": 0}
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         tree = ast.parse(source, "<code>", "exec")
@@ -62,15 +62,26 @@ def run(source: str) -> dict[str, Any]:
             value = eval(compile(last, "<code>", "eval"), namespace)
             report["results"] = describe(value)
     except SystemExit as exc:
+        report["exit_status"] = exit_status(exc.code)
         if exc.code not in (None, 0):
             report["error"] = {"name": "SystemExit", "value": str(exc.code), "traceback": ""}
     except BaseException as exc:  # the code's own error is its result
+        report["exit_status"] = 1
         report["error"] = {
             "name": type(exc).__name__,
             "value": str(exc),
             "traceback": user_traceback(exc),
         }
     return report
+
+
+def exit_status(code: object) -> int:
+    """Return the status a Python process exits with after `sys.exit(code)`."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code % 256
+    return 1
 
 
 def describe(value: object) -> list[dict[str, str]]:

@@ -33,6 +33,13 @@ def report_error(value: object) -> CodeError | None:
     return CodeError(name=name, value=text, traceback=traceback)
 
 
+def report_exit_status(value: object, error: CodeError | None) -> int:
+    """Return the report's exit status when it is one (0 to 255), else 1 after an error and 0 without."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
+    return 1 if error is not None else 0
+
+
 def report_results(value: object) -> list[RichOutput]:
     """Return the report's results that are text or PNG entries with string data."""
     if not isinstance(value, list):

@@ -53,7 +53,7 @@ from mcp_guard.sandbox.base import (
     SandboxTag,
     StopReason,
 )
-from mcp_guard.sandbox.report import report_error, report_results
+from mcp_guard.sandbox.report import report_error, report_exit_status, report_results
 
 log = structlog.get_logger(module=__name__)
 
@@ -431,7 +431,7 @@ def _outcome(output: OutputCapture, report: dict[str, Any]) -> RunOutcome:
     return RunOutcome(
         stdout=output.text("stdout"),
         stderr=output.text("stderr"),
-        exit_code=1 if error is not None else 0,
+        exit_code=report_exit_status(report.get("exit_status"), error),
         seconds=0.0,
         error=error,
         results=report_results(report.get("results")),

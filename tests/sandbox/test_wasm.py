@@ -120,6 +120,15 @@ async def test_exception_reports_name_and_traceback(kept: WasmSandbox) -> None:
     assert "harness" not in outcome.error.traceback
 
 
+async def test_sys_exit_status_kept(kept: WasmSandbox) -> None:
+    failed = await run(kept, "import sys\nsys.exit(3)")
+    succeeded = await run(kept, "import sys\nsys.exit()")
+
+    assert failed.exit_code == 3
+    assert succeeded.exit_code == 0
+    assert succeeded.error is None
+
+
 async def test_globals_and_files_persist_in_kept_sandbox(kept: WasmSandbox) -> None:
     await run(kept, "kept_value = 'still here'\nopen('/tmp/kept.txt', 'w').write('file here')")
 

@@ -141,7 +141,7 @@ def _imported_by_module(importer_globals: object) -> bool:
 
 def run_code(source: str) -> str:
     """Run `source` in the kept namespace and return the JSON report."""
-    report: dict[str, Any] = {"results": [], "error": None}
+    report: dict[str, Any] = {"results": [], "error": None, "exit_status": 0}
     try:
         tree = ast.parse(source, CODE_FILENAME, "exec")
         last = None
@@ -154,9 +154,18 @@ def run_code(source: str) -> str:
             value = eval(compile(last, CODE_FILENAME, "eval"), _user_namespace)
             report["results"] = _describe(value)
     except SystemExit as exc:
-        if exc.code not in (None, 0):
-            report["error"] = {"name": "SystemExit", "value": str(exc.code), "traceback": ""}
+        # The status a Python process would exit with after sys.exit(code).
+        code = exc.code
+        if code is None:
+            report["exit_status"] = 0
+        elif isinstance(code, int):
+            report["exit_status"] = code % 256
+        else:
+            report["exit_status"] = 1
+        if code not in (None, 0):
+            report["error"] = {"name": "SystemExit", "value": str(code), "traceback": ""}
     except BaseException as exc:  # the code's own error is its result
+        report["exit_status"] = 1
         report["error"] = _describe_error(exc)
     finally:
         _flush()
