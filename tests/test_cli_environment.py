@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -65,6 +66,9 @@ async def test_unknown_approval_names_config(tmp_path: Path) -> None:
 
     code, output = await mcp_guard("approvals", "--config", str(policy), "approve", "no-such-request")
 
+    hint = shlex.split(output.split("`")[1])
     assert code == 1
     assert "'no-such-request' does not exist" in output
-    assert f"mcp-guard approvals --config {policy.resolve()} list" in output
+    assert Path(hint[0]).is_absolute()
+    assert await anyio.Path(hint[0]).is_file()
+    assert hint[1:] == ["approvals", "--config", str(policy.resolve()), "list"]

@@ -8,7 +8,6 @@ for some minutes), and the client's retry of exactly that call then runs.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import TextIO
 
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore, ApprovalStoreError, NotPending, Status
 from mcp_guard.config.models import GatewayConfig
+from mcp_guard.launcher import command_line
 from mcp_guard.pinning.cli import operator_name
 
 
@@ -88,10 +88,10 @@ async def run_approvals_command(
 
 
 def approvals_command(policy_path: str | None) -> str:
-    """Return the `mcp-guard approvals` command line for this policy file, as the operator would type it."""
+    """Return the `mcp-guard approvals` command line for this policy file, ready to paste."""
     if policy_path is None:
-        return "mcp-guard approvals"
-    return f"mcp-guard approvals --config {shlex.quote(str(Path(policy_path).resolve()))}"
+        return command_line("approvals")
+    return command_line("approvals", "--config", str(Path(policy_path).resolve()))
 
 
 def _print_requests(requests: list[ApprovalRequest], now: float, out: TextIO) -> None:

@@ -22,6 +22,7 @@ import structlog
 from mcp_guard.audit.redaction import DEFAULT_REDACTOR
 from mcp_guard.config import load_config
 from mcp_guard.errors import ConfigError, SetupError
+from mcp_guard.launcher import command_line, launcher
 from mcp_guard.log import configure_logging
 from mcp_guard.setup.importing import ImportResult, import_servers
 from mcp_guard.setup.probe import ToolListing, list_tools
@@ -104,16 +105,6 @@ def _init(args: argparse.Namespace) -> int:
     log.info("init_finished", servers=len(imported.servers), policy=str(outputs.policy))
     _print_summary(imported, listings, outputs)
     return 0
-
-
-def launcher() -> list[str]:
-    """Return the absolute command that starts this mcp-guard: its script, or `python -m mcp_guard`."""
-    scripts = Path(sys.executable).absolute().parent
-    for name in ("mcp-guard", "mcp-guard.exe"):
-        script = scripts / name
-        if script.is_file():
-            return [str(script)]
-    return [str(Path(sys.executable).absolute()), "-m", "mcp_guard"]
 
 
 def _outputs(output: Path, imported: ImportResult) -> _Outputs:
@@ -211,12 +202,14 @@ def _print_summary(
         print(f"  WARNING {comment_text(warning)}")
     _print_variables(imported)
     print("\nWrote:")
-    print(f"  policy:               {outputs.policy}")
-    print(f"  {title} configuration: {outputs.client_config} (readable only by you)")
+    labels = ("policy:", f"{title} configuration:")
+    width = max(map(len, labels))
+    print(f"  {labels[0]:<{width}} {outputs.policy}")
+    print(f"  {labels[1]:<{width}} {outputs.client_config} (readable only by you)")
     print("\nNext:")
     needed = " ".join(f"{name}=..." for name in sorted(imported.variables))
     prefix = f"{needed} " if needed else ""
-    print(f"  1. Review the policy, then check it: {prefix}{' '.join(launcher())} check {outputs.policy}")
+    print(f"  1. Review the policy, then check it: {prefix}{command_line('check', str(outputs.policy))}")
     print(f"  2. {_paste_instructions(imported, outputs)}")
 
 
