@@ -291,19 +291,28 @@ async def test_offline_puts_every_tool_on_approve(tmp_path: Path) -> None:
 
 
 def test_path_includes_node_folder(tmp_path: Path) -> None:
-    tools, runtime = tmp_path / "tools", tmp_path / "runtime"
-    tools.mkdir()
-    runtime.mkdir()
-    for program, text in ((tools / "server-files", "#!/usr/bin/env node\n"), (runtime / "node", "")):
+    node_tools, python_tools, runtime = (
+        tmp_path / "node-tools",
+        tmp_path / "python-tools",
+        tmp_path / "runtime",
+    )
+    programs = {
+        node_tools / "server-files": "#!/usr/bin/env node\n",
+        python_tools / "server-notes": "#!/usr/bin/python3\n",
+        runtime / "node": "",
+    }
+    for program, text in programs.items():
+        program.parent.mkdir(exist_ok=True)
         program.write_text(text, encoding="utf-8")
         program.chmod(0o755)
+    servers = {"files": {"command": "server-files"}, "notes": {"command": "server-notes"}}
     source = tmp_path / "claude_desktop_config.json"
-    source.write_text(json.dumps({"mcpServers": {"files": {"command": "server-files"}}}), encoding="utf-8")
+    source.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
     imported = import_servers(read_client_file(str(source), {}), {})
 
-    path = gateway_path(imported, search_path=f"{tools}{os.pathsep}{runtime}")
+    path = gateway_path(imported, search_path=os.pathsep.join(map(str, (node_tools, python_tools, runtime))))
 
-    assert path == os.pathsep.join([str(tools), str(runtime), *SYSTEM_PATH])
+    assert path == os.pathsep.join([str(node_tools), str(python_tools), str(runtime), *SYSTEM_PATH])
 
 
 @pytest.mark.parametrize(

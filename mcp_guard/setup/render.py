@@ -109,13 +109,14 @@ def gateway_path(imported: ImportResult, search_path: str | None = None) -> str 
     commands = [server.table["command"] for server in imported.servers if "command" in server.table]
     if not commands:
         return None
-    folders: list[str] = []
+    found: list[str] = []
     for command in commands:
-        found = command if os.path.isabs(command) else shutil.which(command, path=search_path)
-        if found is None:
-            continue
-        folders.append(os.path.dirname(found))
-        node = shutil.which("node", path=search_path) if _runs_on_node(found) else None
+        program = command if os.path.isabs(command) else shutil.which(command, path=search_path)
+        if program is not None:
+            found.append(program)
+    folders = [os.path.dirname(program) for program in found]
+    if any(_runs_on_node(program) for program in found):
+        node = shutil.which("node", path=search_path)
         if node is not None:
             folders.append(os.path.dirname(node))
     return os.pathsep.join(dict.fromkeys([*folders, *SYSTEM_PATH]))
