@@ -301,7 +301,6 @@ class HostListener:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2):
             pass
         self._socket.accept()[0].close()
-        print(f"\nThe demo listens on 127.0.0.1:{self.port}; this machine connected to it.")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -311,6 +310,10 @@ class HostListener:
         """Put the listener's port into a step whose code tries to reach it."""
         if not step.aims_at_listener:
             return step
+        print(
+            f"\nThe demo listens on 127.0.0.1:{self.port}, and a connection from this machine reached it."
+            " The next step's code tries the same from inside the sandbox."
+        )
         code = str(step.arguments["code"]).format(port=self.port)
         return replace(step, arguments={**step.arguments, "code": code})
 
