@@ -47,6 +47,8 @@ def call_line(call: CallRecord) -> str:
         outcome.outcome if outcome is not None else "running",
         f"{outcome.latency_ms:.1f}ms" if outcome is not None else "-",
     ]
+    if outcome is not None and outcome.detail:
+        fields.append(f"[{outcome.detail}]")
     if outcome is not None and outcome.preview:
         fields.append(outcome.preview)
     return "  ".join(_cell(field) for field in fields)

@@ -68,6 +68,21 @@ async def test_search_lists_matching_calls(calls: list[CallIntent], state_dir: P
     assert calls[0].call_id not in output
 
 
+async def test_search_line_shows_outcome_detail(
+    new_store: StoreFactory, make_intent: IntentFactory, make_outcome: OutcomeFactory, state_dir: Path
+) -> None:
+    intent = make_intent(server="sandbox", tool="run_code")
+    async with new_store() as store:
+        await store.record_intent(intent)
+        await store.record_outcome(
+            make_outcome(intent.call_id, detail="local sandbox, python, 0.031 s, exit code 0", preview="7")
+        )
+
+    _, output = await _run(state_dir, "search", "--tool", "run_code")
+
+    assert output.rstrip().endswith("[local sandbox, python, 0.031 s, exit code 0]  7")
+
+
 async def test_search_filters_by_outcome_and_time(calls: list[CallIntent], state_dir: Path) -> None:
     _, declined = await _run(state_dir, "search", "--outcome", "approval_declined")
     _, old = await _run(state_dir, "search", "--until", "2021-01-01")
