@@ -94,6 +94,24 @@ class Target(Protocol):
 
 
 @dataclass(frozen=True)
+class Goals:
+    """What a gateway case must reach, compared with its direct baseline."""
+
+    max_p50_ratio: float
+    min_throughput_ratio: float = 0.6
+    max_cpu_ms: float = 1.0
+    max_rss_mib: float | None = None
+
+
+# The bare gateway (no audit trail, no limits) against a direct stdio call.
+BARE_GOALS = Goals(max_p50_ratio=1.6)
+# Every guard on: argument rules, SQLite limits and the audit trail.
+GUARDED_STDIO_GOALS = Goals(max_p50_ratio=2.0, max_rss_mib=80.0)
+# Every guard on, over HTTP in front of a stdio fixture, against a direct HTTP call.
+GUARDED_HTTP_GOALS = Goals(max_p50_ratio=1.2, max_rss_mib=80.0)
+
+
+@dataclass(frozen=True)
 class Case:
     """One way of reaching the fixture's `echo` tool."""
 
@@ -103,6 +121,8 @@ class Case:
     baseline: str | None
     """Key of the direct case this gateway case is compared with."""
     start: Callable[[Path], AbstractContextManager[Target]]
+    goals: Goals | None = None
+    """The targets of this case; a case without any is compared with its baseline only."""
 
 
 class StdioTarget:
@@ -175,17 +195,24 @@ def cases() -> list[Case]:
     return [
         Case("direct-stdio", "client → fixture (stdio)", None, _direct_stdio),
         Case("gateway-stdio", "client → gateway (stdio) → fixture (stdio)", "direct-stdio", _gateway_stdio),
-        Case("bare-stdio", "as gateway-stdio, audit trail off", "direct-stdio", _bare_stdio),
+        Case("bare-stdio", "as gateway-stdio, audit trail off", "direct-stdio", _bare_stdio, BARE_GOALS),
         Case("limits-stdio", "as gateway-stdio, with SQLite rate limits", "direct-stdio", _limits_stdio),
         Case(
             "guarded-stdio",
             "as gateway-stdio, all guards: argument rules, SQLite limits, audit",
             "direct-stdio",
             _guarded_stdio,
+            GUARDED_STDIO_GOALS,
         ),
         Case("direct-http", "client → fixture (HTTP)", None, _direct_http),
         Case("gateway-http", "client → gateway (HTTP) → fixture (stdio)", "direct-http", _gateway_http),
-        Case("guarded-http", "as gateway-http, all guards as in guarded-stdio", "direct-http", _guarded_http),
+        Case(
+            "guarded-http",
+            "as gateway-http, all guards as in guarded-stdio",
+            "direct-http",
+            _guarded_http,
+            GUARDED_HTTP_GOALS,
+        ),
         Case(
             "gateway-stdio-http",
             "client → gateway (stdio) → fixture (HTTP)",
