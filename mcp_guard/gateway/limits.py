@@ -10,8 +10,10 @@ call is rejected, unless the policy file chose `on_store_failure = "allow"`.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import structlog
@@ -40,6 +42,8 @@ class LimitStage:
         self._config = config
         self._clock = clock
         self._fail_open = config.limits.on_store_failure == "allow"
+        # Settlements still running; the event loop keeps only weak references to tasks.
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Reject the call if it does not fit its limits; otherwise run it and settle its costs."""
@@ -78,13 +82,29 @@ class LimitStage:
             return result
         finally:
             if admission is not None:
-                with anyio.CancelScope(shield=True):
-                    # Seconds of the forwarded call only: a wait for a person's approval costs nothing.
-                    seconds = _billed_seconds(call)
-                    try:
-                        await self.limiter.finish(admission, output_tokens, seconds, self._clock())
-                    except LimitStoreUnavailable as exc:
-                        log.warning("limits_not_settled", call_id=call.call_id, reason=exc.reason)
+                self._settle_soon(call, admission, output_tokens)
+
+    def _settle_soon(self, call: ToolCall, admission: Admission, output_tokens: int) -> None:
+        """Settle the call's tokens, cost and slot without holding up its result.
+
+        The settlement runs as a task of its own. Its first step queues it with the store
+        (or, in memory, completes it) before the result can reach the client, so a call the
+        client sends next is decided after it.
+        """
+        # Seconds of the forwarded call only: a wait for a person's approval costs nothing.
+        seconds = _billed_seconds(call)
+        settlement = self.limiter.finish(admission, output_tokens, seconds, self._clock())
+        task = asyncio.get_running_loop().create_task(self._settle(call.call_id, settlement))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, call_id: str, settlement: Coroutine[Any, Any, None]) -> None:
+        try:
+            await settlement
+        except LimitStoreUnavailable as exc:
+            log.warning("limits_not_settled", call_id=call_id, reason=exc.reason)
+        except Exception:
+            log.exception("limits_settlement_failed", call_id=call_id)
 
     def _facts(self, call: ToolCall) -> CallFacts:
         server = self._config.servers.get(call.tool.server)

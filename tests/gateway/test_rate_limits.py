@@ -164,6 +164,25 @@ async def test_slow_call_holds_its_slot(tmp_path: Path) -> None:
     assert after.is_error is False
 
 
+BACK_TO_BACK_CALLS = 30
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
+@pytest.mark.legitimate("rate-limit burst")
+async def test_back_to_back_calls_fit_one_slot(tmp_path: Path, store: str, redis_prefix: str) -> None:
+    # A call's slot is given back after its result is sent; the next call must still find it free.
+    limits = {"store": store, "key_prefix": redis_prefix} if store == "redis" else {"store": store}
+    policy = limited_policy(tmp_path, {"name": "one-at-a-time", "concurrent_calls": 1}, **limits)
+
+    async with stdio_gateway(policy) as client:
+        results = [
+            await client.call_tool("alpha__echo", {"text": f"call {number}"})
+            for number in range(BACK_TO_BACK_CALLS)
+        ]
+
+    assert [text_of(result) for result in results if result.is_error] == []
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 @pytest.mark.attack("rate-limit reset by restart or clock")
 async def test_killed_gateway_keeps_window_count(tmp_path: Path, store: str, redis_prefix: str) -> None:
