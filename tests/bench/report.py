@@ -179,7 +179,12 @@ The client, gateway and fixture share the machine's cores.
 
 Each gateway case is compared with the direct call a client would make without the gateway.
 The stdio gateway in front of a stdio fixture is compared with `direct-stdio`. The two cases with
-an HTTP hop are compared with `direct-http`, where the client reaches an HTTP fixture itself."""
+an HTTP hop are compared with `direct-http`, where the client reaches an HTTP fixture itself.
+
+`proxy-stdio` puts `tests/bench/line_proxy.py` where the gateway would be: a few lines of asyncio
+that copy each JSON-RPC line to the other side after parsing it as JSON, with no MCP session, no
+validation and no policy. It shows the cost of the extra process and pipe hops alone, the floor
+for any proxy written in Python. Its CPU and RSS figures are the proxy's, in the gateway columns."""
 
 
 def _results_table(rows: Sequence[Measurement], cases: Sequence[Case], settings: Settings) -> str:

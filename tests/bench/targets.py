@@ -33,6 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_SERVER = ROOT / "tests" / "fixtures" / "fixture_server.py"
+LINE_PROXY = Path(__file__).parent / "line_proxy.py"
 HOST = "127.0.0.1"
 FIXTURE_ID = "fixture"
 # Exported names are `<server id>__<tool>`.
@@ -129,9 +130,11 @@ class StdioTarget:
     """A server that each session starts as a child process and speaks to over stdio.
 
     Args:
-        gateway: Whether the command runs the gateway rather than the fixture itself.
+        gateway: Whether the command runs a process between the client and the fixture (the
+            gateway, or the minimal proxy) rather than the fixture itself.
         fixture: The fixture process, when it runs in the background instead of below the
             spawned command.
+        marker: Part of the command line that identifies that process among the client's children.
     """
 
     def __init__(
@@ -142,12 +145,14 @@ class StdioTarget:
         *,
         gateway: bool,
         fixture: psutil.Process | None = None,
+        marker: str = "mcp_guard",
     ) -> None:
         self.tool = tool
         self._command = list(command)
         self._log_path = log_path
         self._gateway = gateway
         self._fixture = fixture
+        self._marker = marker
 
     @asynccontextmanager
     async def connect(self, mode: str) -> AsyncIterator[Session]:
@@ -158,7 +163,7 @@ class StdioTarget:
                 yield Session(client, self._find_processes)
 
     def _find_processes(self) -> ServerProcesses:
-        marker = "mcp_guard" if self._gateway else FIXTURE_SERVER.name
+        marker = self._marker if self._gateway else FIXTURE_SERVER.name
         spawned = _only_child(psutil.Process(), marker)
         if not self._gateway:
             return ServerProcesses(fixture=spawned, gateway=None)
@@ -194,6 +199,12 @@ def cases() -> list[Case]:
     """Return every case, each direct case before the gateway cases compared with it."""
     return [
         Case("direct-stdio", "client → fixture (stdio)", None, _direct_stdio),
+        Case(
+            "proxy-stdio",
+            "client → minimal line proxy (stdio) → fixture (stdio)",
+            "direct-stdio",
+            _proxy_stdio,
+        ),
         Case("gateway-stdio", "client → gateway (stdio) → fixture (stdio)", "direct-stdio", _gateway_stdio),
         Case("bare-stdio", "as gateway-stdio, audit trail off", "direct-stdio", _bare_stdio, BARE_GOALS),
         Case("limits-stdio", "as gateway-stdio, with SQLite rate limits", "direct-stdio", _limits_stdio),
@@ -225,6 +236,12 @@ def cases() -> list[Case]:
 @contextmanager
 def _direct_stdio(workdir: Path) -> Iterator[Target]:
     yield StdioTarget(fixture_command(), DIRECT_TOOL, workdir / "fixture.log", gateway=False)
+
+
+@contextmanager
+def _proxy_stdio(workdir: Path) -> Iterator[Target]:
+    command = [sys.executable, str(LINE_PROXY), *fixture_command()]
+    yield StdioTarget(command, DIRECT_TOOL, workdir / "proxy.log", gateway=True, marker=LINE_PROXY.name)
 
 
 @contextmanager
