@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-# Longest line accepted; the fixture's largest result is a few megabytes.
+# Maximum line length; the fixture's largest result is a few megabytes.
 LINE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
