@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -35,6 +37,8 @@ class Settings:
     warmup_calls: int
     """Untimed calls before each batch, so lazy imports, caches and connection pools settle."""
     setup_runs: int
+    rounds: int = 1
+    """Times every case is measured; each figure reported is the median over the rounds."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,18 @@ class Measurement:
     gateway_cpu_ms_n: float | None
     gateway_peak_rss_mib: float | None
     """The gateway's VmHWM at the end of the measured session."""
+
+
+def median_measurement(rounds: Sequence[Measurement]) -> Measurement:
+    """Combine the rounds of one case in one mode into the median of each figure."""
+    first = rounds[0]
+    values: dict[str, Any] = {"case": first.case, "mode": first.mode}
+    for field in fields(Measurement):
+        if field.name in values:
+            continue
+        figures = [getattr(measurement, field.name) for measurement in rounds]
+        values[field.name] = None if None in figures else statistics.median(figures)
+    return Measurement(**values)
 
 
 async def measure_case(case: str, target: Target, mode: str, settings: Settings) -> Measurement:

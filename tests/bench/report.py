@@ -162,6 +162,10 @@ gateway picks the protocol it speaks to the fixture (`protocol = "auto"`). Each 
 on 127.0.0.1 or is a child process on a pipe, and fresh servers are started for each case and mode.
 The client, gateway and fixture share the machine's cores.
 
+Every case is measured in {settings.rounds} rounds, and each figure below is the median of its
+rounds. A round measures every case once, so a slow spell of the machine falls on all cases
+rather than on one.
+
 - **set-up**: median of {settings.setup_runs} fresh sessions, each timed from spawning the
   stdio server (or opening the HTTP connection) through the handshake to the end of the first
   `tools/list`. Over stdio this includes starting Python, and for the gateway also the gateway

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 from audit_rate import measure_audit_rate, render_audit_rates
 from limits_rate import measure_decision_rates, render_decision_rates
-from measure import Measurement, Settings, measure_case
+from measure import Measurement, Settings, measure_case, median_measurement
 from report import check_targets, machine_description, render_generated, render_results, write_document
 from scale import IDLE_CLIENTS as SCALE_CLIENTS
 from scale import SERVERS as SCALE_SERVERS
@@ -35,6 +35,9 @@ DEFAULT_CONCURRENT_CALLS = 2000
 DEFAULT_CONCURRENCY = 16
 DEFAULT_WARMUP_CALLS = 200
 DEFAULT_SETUP_RUNS = 5
+# This virtual machine's speed drifts by a third or more within minutes, so every case is
+# measured this many times, the rounds interleaved, and each figure is the median.
+DEFAULT_ROUNDS = 3
 # Above this 1-minute load average something else is using the cores, and the run prints a warning.
 BUSY_LOAD_AVERAGE = 0.5
 
@@ -48,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         warmup_calls=args.warmup_calls,
         setup_runs=args.setup_runs,
+        rounds=args.rounds,
     )
     chosen = [case for case in cases() if not args.case or case.key in args.case]
     modes = args.mode or list(MODES)
@@ -110,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         "--mode", action="append", choices=MODES, help="client mode to measure (repeatable; default: both)"
     )
 
+    parser.add_argument(
+        "--rounds",
+        type=_at_least(1),
+        default=DEFAULT_ROUNDS,
+        help=f"times every case is measured; each figure is the median (default: {DEFAULT_ROUNDS})",
+    )
     parser.add_argument(
         "--calls",
         type=_at_least(2),
@@ -179,12 +189,16 @@ def _find_benchmark_error(exc: BaseException) -> BenchmarkError | None:
 
 
 async def _measure_all(chosen: Sequence[Case], modes: Sequence[str], settings: Settings) -> list[Measurement]:
-    measurements = []
-    for mode in modes:
-        for case in chosen:
-            print(f"measuring {case.key} in client mode {mode}", file=sys.stderr)
-            measurements.append(await _measure_one(case, mode, settings))
-    return measurements
+    rounds: dict[tuple[str, str], list[Measurement]] = {}
+    for number in range(1, settings.rounds + 1):
+        for mode in modes:
+            for case in chosen:
+                print(
+                    f"round {number} of {settings.rounds}: measuring {case.key} in client mode {mode}",
+                    file=sys.stderr,
+                )
+                rounds.setdefault((case.key, mode), []).append(await _measure_one(case, mode, settings))
+    return [median_measurement(measurements) for measurements in rounds.values()]
 
 
 async def _measure_one(case: Case, mode: str, settings: Settings) -> Measurement:
