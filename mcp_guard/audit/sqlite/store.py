@@ -8,9 +8,10 @@ connection in WAL mode, so a committed row survives any crash of the gateway pro
 which WAL mode lets run beside the writer.
 
 Each connection is a plain `sqlite3` connection, used by one thread at a time under
-its own lock. By default a record is committed on the event loop itself: in WAL mode
+its own lock. By default records are committed on the event loop itself: in WAL mode
 with `synchronous = NORMAL` a commit writes to the page cache and does not wait for the
 disk, which takes about a tenth of a millisecond, less than handing it to a thread.
+Records written at the same moment share a transaction (`_lead_batch`).
 The writes that do wait for the disk, the WAL checkpoints, run in a worker thread
 (`_checkpoint`). With `power_safe` every commit waits for an fsync, so records go
 through `GroupCommitter`: concurrent calls share a transaction, which runs in a worker
@@ -25,6 +26,7 @@ A trail whose newest rows do not match the head file, or the key, raises
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -53,9 +55,9 @@ DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
 CLOSE_TIMEOUT_SECONDS = 10.0
 # Maximum wait of a commit on the event loop for a database lock, before the write fails.
 LOOP_BUSY_TIMEOUT_SECONDS = 0.2
-# Commits on the event loop between two WAL checkpoints in a worker thread. SQLite's own
+# Records committed on the event loop between two WAL checkpoints in a worker thread. SQLite's own
 # automatic checkpoint (every 1000 pages) would run, and fsync, on the event loop.
-CHECKPOINT_EVERY_COMMITS = 500
+CHECKPOINT_EVERY_RECORDS = 500
 
 logger = structlog.get_logger(__name__)
 _State = Literal["new", "open", "closing", "closed"]
@@ -118,8 +120,12 @@ class SqliteAuditStore:
         self._committer: GroupCommitter[CallIntent | CallOutcome] | None = None
         self._max_queue = max_queue
         self._writer_done = anyio.Event()
-        self._commits_since_checkpoint = 0
+        self._records_since_checkpoint = 0
         self._checkpointing = False
+        # The batch a writer waiting for the write lock leads, which later writers join.
+        self._batch: list[tuple[CallIntent | CallOutcome, asyncio.Future[Exception | None] | None]] | None = (
+            None
+        )
         # The newest row as of the last commit, or None when it must be read from the database.
         self._tail: ChainLink | None = None
         self._max_batch = max_batch
@@ -344,26 +350,69 @@ class SqliteAuditStore:
             self._writer_done.set()
 
     async def _write(self, record: CallIntent | CallOutcome) -> None:
-        """Commit one redacted record, through the group committer in power-safe mode."""
+        """Commit one redacted record, through the group committer in power-safe mode.
+
+        Otherwise the first writer to arrive leads: while it waits for the write lock, the
+        records of writers arriving meanwhile join its batch, and it commits them all in one
+        transaction. A writer alone pays for no more than its own commit.
+        """
         committer = self._require_writable()
         if committer is not None:
             await committer.submit(record)
             return
-        async with self._write_lock:
-            await self._ensure_checked_writer()
-            try:
-                error = self._append_blocking([record])[0]
-            except AuditUnavailable:
-                raise
-            except Exception:
-                logger.exception("audit_write_failed", call_id=record.call_id)
-                raise AuditUnavailable("an internal error stopped the write; see the gateway log") from None
-        self._commits_since_checkpoint += 1
-        if self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS and not self._checkpointing:
-            self._checkpointing = True
-            self._task_group.start_soon(self._checkpoint)
+        if self._batch is not None:
+            follower: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+            self._batch.append((record, follower))
+            # Shielded, so the caller always learns whether its record was committed.
+            with anyio.CancelScope(shield=True):
+                error = await follower
+        else:
+            error = await self._lead_batch(record)
         if error is not None:
             raise error
+
+    async def _lead_batch(self, record: CallIntent | CallOutcome) -> Exception | None:
+        """Commit `record` and the records that join it while the write lock is taken."""
+        batch: list[tuple[CallIntent | CallOutcome, asyncio.Future[Exception | None] | None]] = [
+            (record, None)
+        ]
+        self._batch = batch
+        results: list[Exception | None] | None = None
+        try:
+            # Shielded: followers' records depend on this commit, so cancelling it would lose them.
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with self._write_lock:
+                        self._batch = None
+                        await self._ensure_checked_writer()
+                        results = self._commit_on_loop([item for item, _ in batch])
+                except AuditUnavailable as exc:
+                    # Each caller gets its own exception object, as one raised in many tasks would
+                    # collect every task's traceback.
+                    results = [AuditUnavailable(exc.reason) for _ in batch]
+        finally:
+            if self._batch is batch:
+                self._batch = None
+            if results is None:  # Reached only on an error the block above did not expect.
+                results = [AuditUnavailable("the audit store failed during the write") for _ in batch]
+            for (_, follower), result in zip(batch[1:], results[1:], strict=True):
+                if follower is not None:
+                    follower.set_result(result)
+        return results[0]
+
+    def _commit_on_loop(self, records: list[CallIntent | CallOutcome]) -> list[Exception | None]:
+        try:
+            results = self._append_blocking(records)
+        except AuditUnavailable:
+            raise
+        except Exception:
+            logger.exception("audit_write_failed", records=len(records))
+            raise AuditUnavailable("an internal error stopped the write; see the gateway log") from None
+        self._records_since_checkpoint += len(records)
+        if self._records_since_checkpoint >= CHECKPOINT_EVERY_RECORDS and not self._checkpointing:
+            self._checkpointing = True
+            self._task_group.start_soon(self._checkpoint)
+        return results
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the database in a worker thread, where its fsyncs cannot stall the loop."""
@@ -375,7 +424,7 @@ class SqliteAuditStore:
             # The WAL keeps growing until a checkpoint succeeds; no record is lost.
             logger.warning("audit_checkpoint_failed", path=str(self.path), reason=exc.reason)
         finally:
-            self._commits_since_checkpoint = 0
+            self._records_since_checkpoint = 0
             self._checkpointing = False
 
     def _checkpoint_blocking(self, db: sqlite3.Connection) -> None:
