@@ -1,11 +1,10 @@
 """The SQLite audit store: durable, hash-chained, and failing closed.
 
-Only this package imports sqlite3. Every SQLite error is translated in it into
+In the audit package only this subpackage imports sqlite3. Every SQLite error is translated in it into
 `AuditUnavailable` with a reason that names the file and the kind of failure, never
-row contents. Rows are written by one writer task (`batching.GroupCommitter`) on one
-connection in WAL mode, so a committed row survives any crash of the gateway process
-(and, with `power_safe`, a power cut). Reads use a second, read-only connection,
-which WAL mode lets run beside the writer.
+row contents. Rows are written on one connection in WAL mode, so a committed row
+survives any crash of the gateway process (and, with `power_safe`, a power cut).
+Reads use a second, read-only connection, which WAL mode lets run beside the writer.
 
 Each connection is a plain `sqlite3` connection, used by one thread at a time under
 its own lock. By default records are committed on the event loop itself: in WAL mode
@@ -61,6 +60,8 @@ CHECKPOINT_EVERY_RECORDS = 500
 
 logger = structlog.get_logger(__name__)
 _State = Literal["new", "open", "closing", "closed"]
+# A record in a batch, with the future its writer waits on (None for the writer leading it).
+_BatchEntry = tuple[CallIntent | CallOutcome, asyncio.Future[Exception | None] | None]
 
 
 class SqliteAuditStore:
@@ -123,9 +124,7 @@ class SqliteAuditStore:
         self._records_since_checkpoint = 0
         self._checkpointing = False
         # The batch a writer waiting for the write lock leads, which later writers join.
-        self._batch: list[tuple[CallIntent | CallOutcome, asyncio.Future[Exception | None] | None]] | None = (
-            None
-        )
+        self._batch: list[_BatchEntry] | None = None
         # The newest row as of the last commit, or None when it must be read from the database.
         self._tail: ChainLink | None = None
         self._max_batch = max_batch
@@ -373,9 +372,7 @@ class SqliteAuditStore:
 
     async def _lead_batch(self, record: CallIntent | CallOutcome) -> Exception | None:
         """Commit `record` and the records that join it while the write lock is taken."""
-        batch: list[tuple[CallIntent | CallOutcome, asyncio.Future[Exception | None] | None]] = [
-            (record, None)
-        ]
+        batch: list[_BatchEntry] = [(record, None)]
         self._batch = batch
         results: list[Exception | None] | None = None
         try:
@@ -452,7 +449,7 @@ class SqliteAuditStore:
     def _append_blocking(self, records: Sequence[CallIntent | CallOutcome]) -> list[Exception | None]:
         """Write the records in one transaction, then the head file (blocking)."""
         db = self._require_writer()
-        # The store is the only writer, so it knows the newest row after each commit. After a
+        # The store is the only writer, so the newest row is its own last commit. After a
         # failure, a prune or a reconnect the row is read from the database again.
         tail = self._tail
         self._tail = None
