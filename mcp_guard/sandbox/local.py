@@ -426,6 +426,11 @@ async def _kill(process: Process) -> None:
     _kill_group(process)
     with anyio.move_on_after(REAP_SECONDS):
         await process.wait()
+    # The pipes are closed here rather than when the process object is garbage collected,
+    # which would leave their file descriptors open until then.
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            await stream.aclose()
 
 
 def _kill_group(process: Process) -> None:
