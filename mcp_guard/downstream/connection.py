@@ -39,6 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 from mcp_guard import __version__
 from mcp_guard.config.loading import resolve_templates
 from mcp_guard.config.models import HttpServerConfig, ServerConfig, StdioServerConfig
+from mcp_guard.downstream.stdio import DirectLane, stdio_transport
 from mcp_guard.errors import (
     ConfigError,
     DownstreamCrashed,
@@ -109,6 +110,7 @@ class ServerListing:
 @dataclass
 class _Session:
     client: Client
+    lane: DirectLane | None = None
     closed: anyio.Event = field(default_factory=anyio.Event)
     refresh: anyio.Event = field(default_factory=anyio.Event)
 
@@ -136,6 +138,7 @@ class DownstreamConnection:
         self._environ = os.environ if environ is None else environ
         self._on_listing = on_listing
         self._session: _Session | None = None
+        self._lane: DirectLane | None = None
         self._first_attempt: anyio.abc.TaskStatus[None] | None = None
         self._log = log.bind(server=server_id)
         # The question relays of the calls in flight, by a number of this connection's own.
@@ -162,6 +165,57 @@ class DownstreamConnection:
         finally:
             self.state = ServerState.STOPPED
 
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        progress_callback: ProgressCallback | None = None,
+        question_relay: QuestionRelay | None = None,
+    ) -> dict[str, Any]:
+        """Call one tool of the server and return its result as a wire dict.
+
+        A call without progress to a stdio server takes the transport's direct lane; any other
+        goes through the SDK session. Both raise the errors `request()` raises.
+        """
+        session = self._session
+        lane = session.lane if session is not None else None
+        version = self.protocol_version
+        if (
+            lane is None
+            or version is None
+            or progress_callback is not None
+            or self.state is not ServerState.READY
+        ):
+            request = types.CallToolRequest(
+                params=types.CallToolRequestParams(name=name, arguments=arguments)
+            )
+            return await self.request(
+                request, progress_callback=progress_callback, question_relay=question_relay
+            )
+        assert session is not None
+        data: dict[str, Any] = {"method": "tools/call", "params": {"name": name, "arguments": arguments}}
+        # NOTE: the SDK session's stamp is private; it adds the `_meta` that a 2026-07-28 server
+        # needs on every request (protocol version, client info and capabilities).
+        session.client.session._stamp(data, {})  # pyright: ignore[reportPrivateUsage]
+        number = self._hold_relay(question_relay)
+        try:
+            return await lane.request(
+                data["method"], data["params"], version, self.config.call_timeout_seconds
+            )
+        except DownstreamCrashed:
+            session.closed.set()
+            raise
+        finally:
+            self._relays.pop(number, None)
+
+    def _hold_relay(self, question_relay: QuestionRelay | None) -> int:
+        number = self._next_relay
+        self._next_relay += 1
+        if question_relay is not None:
+            self._relays[number] = question_relay
+        return number
+
     async def request(
         self,
         request: types.ClientRequest,
@@ -186,10 +240,7 @@ class DownstreamConnection:
         if session is None or self.state is not ServerState.READY:
             raise DownstreamUnavailable(self.server_id, self.state.value)
         seconds = self.config.call_timeout_seconds if read_timeout_seconds is None else read_timeout_seconds
-        number = self._next_relay
-        self._next_relay += 1
-        if question_relay is not None:
-            self._relays[number] = question_relay
+        number = self._hold_relay(question_relay)
         try:
             result: dict[str, Any] = await session.client.session.send_request(
                 request,
@@ -239,7 +290,7 @@ class DownstreamConnection:
         try:
             with anyio.CancelScope(deadline=deadline) as startup:
                 async with self._client() as client:
-                    session = _Session(client)
+                    session = _Session(client, self._lane)
                     self.protocol_version = client.protocol_version
                     self.listing = await self._fetch_listing(client)
                     startup.deadline = math.inf
@@ -376,15 +427,36 @@ class DownstreamConnection:
         )
 
     def _transport(self) -> AbstractAsyncContextManager[Any]:
+        self._lane = None
         if isinstance(self.config, StdioServerConfig):
-            return _watched(stdio_client(self._stdio_parameters(self.config), errlog=sys.stderr), self)
+            if sys.platform == "win32":  # the direct lane's transport is written for POSIX process groups
+                return _watched(stdio_client(self._stdio_parameters(self.config), errlog=sys.stderr), self)
+            self._lane = DirectLane(self.server_id)
+            config = self.config
+            transport = stdio_transport(
+                config.command,
+                list(config.args),
+                env=self._stdio_environment(config),
+                cwd=config.cwd,
+                errlog=sys.stderr,
+                lane=self._lane,
+            )
+            return _watched(transport, self)
         return _watched(self._http_transport(self.config), self)
 
-    def _stdio_parameters(self, config: StdioServerConfig) -> StdioServerParameters:
+    def _stdio_environment(self, config: StdioServerConfig) -> dict[str, str]:
         env = {name: self._environ[name] for name in SAFE_BASE_ENVIRONMENT if name in self._environ}
         env.update(config.env)
         env.update(resolve_templates(config.env_from, self._environ))
-        return StdioServerParameters(command=config.command, args=list(config.args), cwd=config.cwd, env=env)
+        return env
+
+    def _stdio_parameters(self, config: StdioServerConfig) -> StdioServerParameters:
+        return StdioServerParameters(
+            command=config.command,
+            args=list(config.args),
+            cwd=config.cwd,
+            env=self._stdio_environment(config),
+        )
 
     @asynccontextmanager
     async def _http_transport(self, config: HttpServerConfig) -> AsyncIterator[Any]:

@@ -282,12 +282,12 @@ class Gateway:
             return await self.code_tool(call)
         connection = self.registry.connection(call.tool.server)
         call.forwarded_at = time.monotonic()
-        request = types.CallToolRequest(
-            params=types.CallToolRequestParams(name=call.tool.name, arguments=call.arguments)
-        )
         try:
-            result = await connection.request(
-                request, progress_callback=call.progress, question_relay=self._question_relay(call)
+            result = await connection.call_tool(
+                call.tool.name,
+                call.arguments,
+                progress_callback=call.progress,
+                question_relay=self._question_relay(call),
             )
         except DownstreamRejected as exc:
             call.outcome, call.detail = "downstream_failed", str(exc)
