@@ -38,6 +38,7 @@ from mcp_types import methods
 from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 
 from mcp_guard.errors import DownstreamCrashed, DownstreamProtocolError, DownstreamRejected, DownstreamTimeout
+from mcp_guard.processes import close_transport
 
 log = structlog.get_logger(module=__name__)
 
@@ -104,7 +105,7 @@ class DirectLane:
             return False
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return False
         if not isinstance(message, dict) or "method" in message:
             return False
@@ -308,11 +309,7 @@ async def _stop(process: anyio.abc.Process) -> None:
     _signal_group(process.pid, signal.SIGKILL)
     with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
         await process.stdout.aclose()
-    transport = getattr(getattr(process, "_process", None), "_transport", None)
-    if transport is not None:
-        # NOTE: asyncio's subprocess transport is not public. It is closed here so that no pipe
-        # stays open (and warns) while a stray grandchild keeps its end open.
-        transport.close()
+    close_transport(process)
 
 
 async def _exited(process: anyio.abc.Process, seconds: float) -> bool:

@@ -39,6 +39,7 @@ from anyio.abc import ByteReceiveStream, Process
 
 from mcp_guard.config.sandbox import SandboxSettings
 from mcp_guard.errors import SandboxFailed, SandboxUnavailable
+from mcp_guard.processes import close_transport
 from mcp_guard.sandbox.base import (
     CodeError,
     CodeRun,
@@ -431,6 +432,7 @@ async def _kill(process: Process) -> None:
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             await stream.aclose()
+    close_transport(process)
 
 
 def _kill_group(process: Process) -> None:

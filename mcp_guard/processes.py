@@ -1,0 +1,19 @@
+"""Helpers for child processes started with `anyio.open_process`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def close_transport(process: Any) -> None:
+    """Close the asyncio transport of a process that has ended, and with it the process's pipes.
+
+    A grandchild that still holds a pipe open keeps the transport open after the process dies,
+    until garbage collection closes it with a ResourceWarning.
+    NOTE: the transport is not public in anyio or asyncio, hence the attribute walk; on another
+    event loop this does nothing.
+    """
+    transport = getattr(getattr(process, "_process", None), "_transport", None)
+    close = getattr(transport, "close", None)
+    if callable(close):
+        close()
