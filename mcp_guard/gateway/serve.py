@@ -34,6 +34,7 @@ from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import GuardError
 from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.code_tool import running_code_tool
+from mcp_guard.gateway.direct import DirectCalls
 from mcp_guard.gateway.identity import ApiKeyVerifier
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.oauth import CombinedVerifier, JwtVerifier
@@ -164,12 +165,15 @@ async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
 async def serve_stdio(config: GatewayConfig, *, client: str, policy_path: str | None = None) -> None:
     """Serve one client over this process's stdin and stdout until stdin closes."""
     async with (
-        running_gateway(config, client=client, policy_path=policy_path) as (_gateway, server),
+        running_gateway(config, client=client, policy_path=policy_path) as (gateway, server),
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
         log.info("gateway_started", transport="stdio", servers=len(config.servers), client=client)
-        async with gateway_stdio() as (read_stream, write_stream):
+        async with gateway_stdio(DirectCalls(gateway, server.server_info_stamp)) as (
+            read_stream,
+            write_stream,
+        ):
             await server.run(read_stream, write_stream, server.create_initialization_options())
         tasks.cancel_scope.cancel()
     log.info("gateway_stopped", transport="stdio")

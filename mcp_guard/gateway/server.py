@@ -26,7 +26,9 @@ from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types import methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -73,6 +75,8 @@ _PRIVATE = CacheHint(ttl_ms=0, scope="private")
 # The rule recorded for prompts, resources and completions, which follow server-level visibility.
 SERVER_VISIBILITY_RULE = "(a tool of this server is visible to the client)"
 _CACHEABLE = cast("frozenset[CacheableMethod]", CACHEABLE_METHODS)
+# The parameters a tools/call request of the direct lane may carry; any other goes through the SDK.
+_DIRECT_PARAMS = frozenset({"name", "arguments", "_meta"})
 
 
 class GatewayServer(Server[Any]):
@@ -117,6 +121,9 @@ class Gateway:
         self.notifier = ChangeNotifier()
         # A stdio gateway serves one connection, its only session.
         self.stdio_session = f"stdio-{uuid.uuid4().hex}"
+        # The protocol version of the stdio connection once the SDK has served a tool request on
+        # it; until then no call takes the direct lane.
+        self.stdio_version: str | None = None
         self.call_pipeline = assemble_call_pipeline(self._forward_call, self.guards, config)
         if self.guards.policy is not None:
             registry.add_listener(self._observe_pins)
@@ -200,6 +207,80 @@ class Gateway:
             self.code_tool.watch_session(getattr(ctx.session, "_connection", None), client.name, call.session)
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
         return await self.call_pipeline(call)
+
+    def direct_call(self, params: dict[str, Any]) -> ToolCall | None:
+        """Return the call a stdio `tools/call` request's `params` describes, if it may take the direct lane.
+
+        The call must be valid for the connection's protocol era and need nothing of the SDK
+        session: no progress, no question to the user, no notification, no sandbox. Any other
+        request returns None and goes through the SDK.
+        """
+        version = self._direct_version(params)
+        if version is None:
+            return None
+        name, arguments = params.get("name"), params.get("arguments") or {}
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            return None
+        try:
+            methods.validate_client_request("tools/call", version, params)
+        except (ValidationError, KeyError, ValueError):
+            return None
+        client = self.directory.get(self.client)
+        tool = self.catalog.tools.get(name)
+        if tool is None or tool.server == SANDBOX_SERVER_ID or not self.can_see(client, tool, version):
+            return None
+        connection = self.registry.connections.get(tool.server)
+        if connection is None or connection.config.relay_questions:
+            return None
+        policy = self.guards.policy
+        if policy is not None and policy.involves_caller(client.name, tool, arguments):
+            return None
+        return ToolCall(
+            client=client.name,
+            organisation=client.organisation,
+            session=self.stdio_session,
+            protocol_version=version,
+            tool=tool,
+            arguments=dict(arguments),
+        )
+
+    def _direct_version(self, params: dict[str, Any]) -> str | None:
+        """Return the protocol version a direct call's `params` are read in, or None if they cannot be."""
+        served = self.stdio_version
+        meta = params.get("_meta") or {}
+        if served is None or not _DIRECT_PARAMS.issuperset(params) or not isinstance(meta, dict):
+            return None
+        if "progressToken" in meta:
+            return None
+        if served not in MODERN_PROTOCOL_VERSIONS:
+            # The SDK rejects a 2026-07-28 envelope on a handshake-era connection.
+            return None if types.PROTOCOL_VERSION_META_KEY in meta else served
+        route = classify_inbound_request({"method": "tools/call", "params": params})
+        if isinstance(route, InboundLadderRejection):
+            return None
+        return route.protocol_version
+
+    async def run_call(self, call: ToolCall) -> ToolResult:
+        """Run a call of the direct lane through the call pipeline."""
+        log.debug(
+            "tool_call_received",
+            call_id=call.call_id,
+            server=call.tool.server,
+            tool=call.tool.name,
+            direct=True,
+        )
+        return await self.call_pipeline(call)
+
+    async def note_stdio_era(self, ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+        """Middleware: record the stdio connection's protocol version once the SDK served a tool request.
+
+        A tool request gets this far only after the SDK's handshake check on a handshake-era
+        connection, so the version recorded is the negotiated one (or 2026-07-28).
+        """
+        result = await call_next(ctx)
+        if self.stdio_version is None and ctx.request is None and ctx.method in ("tools/list", "tools/call"):
+            self.stdio_version = ctx.protocol_version
+        return result
 
     async def _record_unknown(
         self, client: ClientIdentity, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
@@ -514,6 +595,7 @@ def build_server(gateway: Gateway) -> GatewayServer:
     # Right after the SDK's tracing middleware, so it also covers every later middleware.
     server.middleware.insert(1, hide_internal_errors)
     server.middleware.append(gateway.notifier.track_sessions)
+    server.middleware.append(gateway.note_stdio_era)
     return server
 
 

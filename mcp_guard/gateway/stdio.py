@@ -8,6 +8,10 @@ itself while serving: fd 0 reads the null device and fd 1 writes to stderr, so
 a stray `print` or a child process cannot corrupt the wire. When stdin or stdout
 is not a pipe or socket (a terminal, a regular file), it falls back to the SDK's
 transport, because the event loop cannot wait on those.
+
+A `LineTaker` (the direct lane for tool calls) may take lines off the wire
+before they are parsed for the SDK, and write its responses on the same wire.
+Whole lines never interleave: one writer at a time owns the pipe.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 import mcp_types as types
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
-from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 
 log = structlog.get_logger(module=__name__)
@@ -31,9 +36,55 @@ log = structlog.get_logger(module=__name__)
 READ_CHUNK_BYTES = 1 << 16
 
 
+class LineTaker(Protocol):
+    """Something that handles some incoming lines itself instead of passing them to the SDK."""
+
+    def attach(self, wire: Wire, tasks: anyio.abc.TaskGroup) -> None:
+        """Start taking lines: write responses to `wire`, and run work in `tasks`."""
+
+    def take(self, line: bytes) -> bool:
+        """Handle `line` and return True, or return False to pass it to the SDK."""
+
+
+class Wire:
+    """The outgoing pipe, written one whole line at a time by any task."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._busy = False
+        self._idle = anyio.Event()
+
+    async def send(self, data: bytes) -> None:
+        """Write `data` whole, after any line already being written."""
+        while self._busy:
+            await self._idle.wait()
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        if written == len(data):
+            return
+        # The pipe is full: keep the wire until the rest of this line is out.
+        self._busy, self._idle = True, anyio.Event()
+        try:
+            data = data[written:]
+            while data:
+                await anyio.wait_writable(self._fd)
+                try:
+                    data = data[os.write(self._fd, data) :]
+                except BlockingIOError:
+                    continue
+        finally:
+            self._busy = False
+            self._idle.set()
+
+
 @asynccontextmanager
-async def gateway_stdio() -> AsyncIterator[tuple[Any, Any]]:
-    """Serve MCP over this process's stdin and stdout; yield the SDK's read and write streams."""
+async def gateway_stdio(taker: LineTaker | None = None) -> AsyncIterator[tuple[Any, Any]]:
+    """Serve MCP over this process's stdin and stdout; yield the SDK's read and write streams.
+
+    `taker`, if given, receives each incoming line first (not on the SDK's fallback transport).
+    """
     if not (_is_pollable(0) and _is_pollable(1)):
         async with stdio_server() as streams:
             yield streams
@@ -46,18 +97,21 @@ async def gateway_stdio() -> AsyncIterator[tuple[Any, Any]]:
     os.close(null)
     os.set_blocking(wire_in, False)
     os.set_blocking(wire_out, False)
-    incoming_send, incoming = create_context_streams[SessionMessage | Exception](0)
-    outgoing, outgoing_receive = create_context_streams[SessionMessage](0)
+    incoming_send, incoming = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    outgoing, outgoing_receive = anyio.create_memory_object_stream[SessionMessage](0)
+    wire = Wire(wire_out)
     try:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_read_messages, wire_in, incoming_send)
-            tasks.start_soon(_write_messages, wire_out, outgoing_receive)
+            if taker is not None:
+                taker.attach(wire, tasks)
+            tasks.start_soon(_read_messages, wire_in, incoming_send, taker)
+            tasks.start_soon(_write_messages, wire, outgoing_receive)
             yield incoming, outgoing
             tasks.cancel_scope.cancel()
     finally:
-        for wire in (wire_in, wire_out):
-            os.set_blocking(wire, True)
-            os.close(wire)
+        for fd in (wire_in, wire_out):
+            os.set_blocking(fd, True)
+            os.close(fd)
         os.dup2(saved_in, 0)
         os.dup2(saved_out, 1)
         os.close(saved_in)
@@ -69,8 +123,10 @@ def _is_pollable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-async def _read_messages(fd: int, messages: Any) -> None:
-    """Split stdin into lines and pass each parsed message on; end at end of file."""
+async def _read_messages(
+    fd: int, messages: MemoryObjectSendStream[SessionMessage | Exception], taker: LineTaker | None
+) -> None:
+    """Split stdin into lines and pass each one to `taker` or, parsed, to the SDK, until end of file."""
     pending = b""
     async with messages:
         while True:
@@ -83,8 +139,9 @@ async def _read_messages(fd: int, messages: Any) -> None:
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                if line.strip():
-                    await messages.send(_parse(line))
+                if not line.strip() or (taker is not None and taker.take(line)):
+                    continue
+                await _hand_over(messages, _parse(line))
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
@@ -94,13 +151,18 @@ def _parse(line: bytes) -> SessionMessage | Exception:
         return exc
 
 
-async def _write_messages(fd: int, messages: Any) -> None:
-    """Write each outgoing message as one line, waiting whenever the pipe is full."""
+async def _hand_over(messages: MemoryObjectSendStream[Any], item: Any) -> None:
+    """Send `item`, without a trip through the event loop when the receiver is already waiting."""
+    try:
+        messages.send_nowait(item)
+    except anyio.WouldBlock:
+        await messages.send(item)
+
+
+async def _write_messages(wire: Wire, messages: MemoryObjectReceiveStream[SessionMessage]) -> None:
+    """Write each message from the SDK as one line."""
     async with messages:
         async for message in messages:
-            data = (message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode()
-            while data:
-                try:
-                    data = data[os.write(fd, data) :]
-                except BlockingIOError:
-                    await anyio.wait_writable(fd)
+            await wire.send(
+                (message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode()
+            )

@@ -1,0 +1,273 @@
+"""The direct lane for stdio tool calls: same responses as the SDK's path, and only for plain calls.
+
+Each test drives the gateway over raw stdio lines. That way it can send the same call once on
+the lane and once on the SDK's path, because a progress token keeps a call on the SDK's path.
+The gateway's debug log shows which path served each call.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from support import ALLOW_ALL, ERAS, MODERN, ROOT, fixture_server, read_records, wait_until, write_policy
+
+pytestmark = pytest.mark.anyio
+
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+NOTIFY_SEARCH = {
+    "name": "searches notify",
+    "clients": ["*"],
+    "server": "alpha",
+    "tools": ["search"],
+    "decision": "notify",
+    "write": True,
+}
+# Calls whose responses cover every kind of content and both kinds of error.
+SAME_ON_BOTH_PATHS = [
+    ("alpha__echo", {"text": "grüße 👋"}),
+    ("alpha__image", {"size": 1000}),
+    ("alpha__structured", {"value": 21}),
+    ("alpha__annotated", {}),
+    ("alpha__embedded_resource", {}),
+    ("alpha__resource_link", {}),
+    ("alpha__unicode", {}),
+    ("alpha__fail_tool", {"message": "tool failed"}),
+    ("alpha__fail_protocol", {"message": "protocol failed"}),
+    ("alpha__no_such_tool", {}),
+]
+
+
+class RawClient:
+    """A client that writes JSON-RPC lines itself, in either protocol era."""
+
+    def __init__(self, process: anyio.abc.Process, mode: str) -> None:
+        self._process = process
+        self._mode = mode
+        self._next_id = 0
+        self._buffer = b""
+
+    async def request(self, method: str, params: dict[str, Any], *, progress: bool = False) -> dict[str, Any]:
+        """Send a request and return its response."""
+        request_id = await self.send_request(method, params, progress=progress)
+        return await self.response(request_id)
+
+    async def send_request(self, method: str, params: dict[str, Any], *, progress: bool = False) -> int:
+        """Send a request and return its id."""
+        self._next_id += 1
+        meta: dict[str, Any] = dict(ENVELOPE) if self._mode == MODERN else {}
+        if progress:
+            meta["progressToken"] = f"progress-{self._next_id}"
+        body = {**params, "_meta": meta} if meta else params
+        await self.send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": body})
+        return self._next_id
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one message as a line."""
+        assert self._process.stdin is not None
+        await self._process.stdin.send(json.dumps(message).encode() + b"\n")
+
+    async def response(self, request_id: int, seconds: float = 30) -> dict[str, Any]:
+        """Return the response to `request_id`, skipping notifications."""
+        with anyio.fail_after(seconds):
+            while True:
+                message = await self._read_message()
+                if message.get("id") == request_id and "method" not in message:
+                    return message
+
+    async def messages_for(self, seconds: float) -> list[dict[str, Any]]:
+        """Return every message that arrives within `seconds`."""
+        received: list[dict[str, Any]] = []
+        with anyio.move_on_after(seconds):
+            while True:
+                received.append(await self._read_message())
+        return received
+
+    async def _read_message(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        while b"\n" not in self._buffer:
+            self._buffer += await self._process.stdout.receive()
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return dict(json.loads(line))
+
+
+@asynccontextmanager
+async def raw_gateway(
+    policy: Path, log: Path, mode: str, *, handshake: bool = True
+) -> AsyncIterator[RawClient]:
+    command = [sys.executable, "-m", "mcp_guard", "--log-level", "debug", "run", "--config", str(policy)]
+    with log.open("wb") as errors:
+        async with await anyio.open_process(command, cwd=ROOT, stderr=errors) as process:
+            client = RawClient(process, mode)
+            if mode != MODERN and handshake:
+                await client.request(
+                    "initialize",
+                    {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    },
+                )
+                await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            yield client
+            assert process.stdin is not None
+            await process.stdin.aclose()
+            with anyio.fail_after(10):
+                await process.wait()
+
+
+def served_directly(log: Path) -> list[bool]:
+    """Return, for each call the gateway received in order, whether the direct lane served it."""
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [bool(event.get("direct")) for event in events if event.get("event") == "tool_call_received"]
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    record = tmp_path / "alpha.jsonl"
+    return write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha", record=record)},
+        rules=[NOTIFY_SEARCH, {**ALLOW_ALL, "write": True}],
+    )
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_lane_responses_match_sdk_path(policy: Path, tmp_path: Path, mode: str) -> None:
+    log = tmp_path / "gateway.log"
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    async with raw_gateway(policy, log, mode) as client:
+        await client.request("tools/list", {})
+        for name, arguments in SAME_ON_BOTH_PATHS:
+            params = {"name": name, "arguments": arguments}
+            direct = await client.request("tools/call", params)
+            through_sdk = await client.request("tools/call", params, progress=True)
+            pairs.append((direct, through_sdk))
+
+    for (name, _arguments), (direct, through_sdk) in zip(SAME_ON_BOTH_PATHS, pairs, strict=True):
+        assert {**direct, "id": 0} == {**through_sdk, "id": 0}, name
+    assert pairs[0][0]["result"]["content"] == [{"type": "text", "text": "grüße 👋"}]
+    assert "error" in pairs[-2][0]
+    assert "error" in pairs[-1][0]
+    # The unknown name is rejected before the pipeline, so it is not a received call.
+    assert served_directly(log) == [True, False] * (len(SAME_ON_BOTH_PATHS) - 1)
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_call_needing_client_keeps_sdk_path(policy: Path, tmp_path: Path, mode: str) -> None:
+    log = tmp_path / "gateway.log"
+    async with raw_gateway(policy, log, mode) as client:
+        await client.request("tools/list", {})
+        request_id = await client.send_request(
+            "tools/call", {"name": "alpha__search", "arguments": {"query": "q"}}
+        )
+        messages = await client.messages_for(3)
+
+    response = next(message for message in messages if message.get("id") == request_id)
+    assert response["result"]["content"][0]["text"] == "alpha results for q"
+    assert served_directly(log) == [False]
+    if mode != MODERN:
+        # Handshake-era clients get the notify rule's log message. 2026-07-28 clients must opt in to logs.
+        notices = [message for message in messages if message.get("method") == "notifications/message"]
+        assert "which notifies" in notices[0]["params"]["data"]
+
+
+async def test_no_lane_before_handshake(policy: Path, tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    echo = {"name": "alpha__echo", "arguments": {"text": "too early"}}
+    async with raw_gateway(policy, log, "legacy", handshake=False) as client:
+        first = await client.request("tools/call", echo)
+        second = await client.request("tools/call", echo)
+
+    assert first["error"]["code"] == second["error"]["code"]
+    assert "result" not in second
+    assert served_directly(log) == []
+    assert read_records(tmp_path / "alpha.jsonl") == []
+
+
+async def test_modern_envelope_on_legacy_rejected(policy: Path, tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    async with raw_gateway(policy, log, "legacy") as client:
+        await client.request("tools/list", {})
+        enveloped = {"name": "alpha__echo", "arguments": {"text": "hi"}, "_meta": ENVELOPE}
+        response = await client.request("tools/call", enveloped)
+
+    assert "error" in response
+    assert served_directly(log) == []
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_invalid_arguments_get_sdk_error(policy: Path, tmp_path: Path, mode: str) -> None:
+    log = tmp_path / "gateway.log"
+    async with raw_gateway(policy, log, mode) as client:
+        await client.request("tools/list", {})
+        response = await client.request(
+            "tools/call", {"name": "alpha__echo", "arguments": ["not", "an", "object"]}
+        )
+
+    assert response["error"]["code"] == -32602
+    assert served_directly(log) == []
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_cancelled_direct_call_gets_no_response(policy: Path, tmp_path: Path, mode: str) -> None:
+    log, record = tmp_path / "gateway.log", tmp_path / "alpha.jsonl"
+    async with raw_gateway(policy, log, mode) as client:
+        await client.request("tools/list", {})
+        slow = await client.send_request(
+            "tools/call", {"name": "alpha__slow", "arguments": {"seconds": 30, "steps": 3}}
+        )
+        await wait_until(lambda: any(r["event"] == "call" for r in read_records(record)), 10, "call")
+        await client.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": slow, "reason": "test"},
+            }
+        )
+        await wait_until(lambda: any(r["event"] == "cancelled" for r in read_records(record)), 10, "cancel")
+        after = await client.request("tools/call", {"name": "alpha__echo", "arguments": {"text": "after"}})
+        late = await client.messages_for(1)
+
+    assert after["result"]["content"][0]["text"] == "after"
+    assert not any(message.get("id") == slow for message in late)
+    assert served_directly(log) == [True, True]
+
+
+@pytest.mark.attack("approval skipped on the direct lane", attempts=2)
+@pytest.mark.parametrize("mode", ERAS)
+async def test_approval_call_never_runs_directly(tmp_path: Path, mode: str) -> None:
+    log, record = tmp_path / "gateway.log", tmp_path / "alpha.jsonl"
+    approve_writes = {
+        "name": "writes need approval",
+        "clients": ["*"],
+        "server": "alpha",
+        "tools": ["write_file"],
+        "decision": "approve",
+        "write": True,
+    }
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha", record=record)},
+        rules=[approve_writes, {**ALLOW_ALL, "write": True}],
+    )
+    write = {"name": "alpha__write_file", "arguments": {"path": "/tmp/x", "content": "data"}}
+    async with raw_gateway(policy, log, mode) as client:
+        await client.request("tools/list", {})
+        await client.request("tools/call", {"name": "alpha__echo", "arguments": {"text": "lane is open"}})
+        # The client declared no elicitation, so the call waits for an approval out of band.
+        response = await client.request("tools/call", write)
+
+    assert "would write" not in json.dumps(response)
+    assert [event["tool"] for event in read_records(record) if event["event"] == "call"] == ["echo"]
+    assert served_directly(log) == [True, False]
