@@ -4,18 +4,21 @@ Counts survive restarts, and gateway processes on one host may share the file:
 each call's checks and charges run in one `BEGIN IMMEDIATE` transaction, which
 holds SQLite's write lock, so two processes cannot both take the last unit.
 
-The whole transaction runs as one function on a worker thread rather than as
-one aiosqlite statement at a time: a decision costs one thread hand-off
-instead of seven, and the lock is held for the shortest time. Calls decided
-at the same moment share one transaction (`DecisionBatcher`), each decided in
-turn. The file is in WAL mode with
-`synchronous = NORMAL`: a crash or kill of the gateway loses nothing, a power
-cut may lose the last moments of counts. No sqlite3 exception leaves this
-module.
+The whole transaction runs as one function. While the write lock is free it
+runs on the event loop: in WAL mode with `synchronous = NORMAL` a commit writes
+to the page cache only, which costs less than handing the transaction to a
+thread and back. When another process holds the lock, SQLite reports it at once
+and the transaction waits for the lock in a worker thread instead, so the event
+loop never waits for another process. The WAL checkpoints, the only writes that
+wait for the disk, run in a worker thread too. Calls decided at the same moment
+share one transaction (`DecisionBatcher`), each decided in turn. A crash or kill
+of the gateway loses nothing. A power cut may lose the last moments of counts.
+No sqlite3 exception leaves this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +28,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import structlog
 
 from mcp_guard.ratelimit.batching import DecisionBatcher
 from mcp_guard.ratelimit.store import (
@@ -41,6 +45,8 @@ from mcp_guard.ratelimit.store import (
     slice_seconds,
     window_rejection,
 )
+
+log = structlog.get_logger(module=__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS window_slice (
@@ -64,6 +70,9 @@ FILE_NAME = "limits.sqlite3"
 BUSY_TIMEOUT_SECONDS = 5.0
 # Expired rows are deleted at most this often.
 SWEEP_EVERY_SECONDS = 60.0
+# Transactions committed between two WAL checkpoints. SQLite's own automatic checkpoint would run,
+# and wait for the disk, inside a commit on the event loop.
+CHECKPOINT_EVERY_TRANSACTIONS = 200
 
 T = TypeVar("T")
 
@@ -76,6 +85,10 @@ class SqliteLimitStore:
         self.description = f"SQLite file {str(path)!r}"
         self._db: sqlite3.Connection | None = None
         self._worker = anyio.CapacityLimiter(1)
+        # Worker thread jobs using or waiting for the connection; the event loop leaves it alone until 0.
+        self._worker_jobs = 0
+        self._transactions_since_checkpoint = 0
+        self._checkpoint: asyncio.Task[None] | None = None
         self._last_sweep = float("-inf")
         self._batcher: DecisionBatcher[_Acquire | _Finish, Grant | Rejection | None] = DecisionBatcher(
             self._decide
@@ -109,33 +122,68 @@ class SqliteLimitStore:
     async def aclose(self) -> None:
         """Close the file."""
         await self._batcher.drain()
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
         if self._db is not None:
             db, self._db = self._db, None
             await self._run(db.close, opened=False)
 
     async def _decide(self, batch: Sequence[_Acquire | _Finish]) -> list[Grant | Rejection | None]:
-        return await self._run(self._run_batch, batch)
+        results: list[Grant | Rejection | None] | None = None
+        if not self._worker_jobs:
+            try:
+                results = self._run_batch(batch)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise LimitStoreUnavailable(self.description, str(exc)) from None
+            except sqlite3.Error as exc:
+                raise LimitStoreUnavailable(self.description, str(exc)) from None
+            except OSError as exc:
+                raise LimitStoreUnavailable(self.description, exc.strerror or str(exc)) from None
+        if results is None:
+            # Another process holds the write lock: wait for it away from the event loop.
+            results = await self._run(self._run_batch_waiting, batch)
+        self._transactions_since_checkpoint += 1
+        if self._transactions_since_checkpoint >= CHECKPOINT_EVERY_TRANSACTIONS and self._checkpoint is None:
+            self._checkpoint = asyncio.create_task(self._checkpoint_soon())
+        return results
+
+    async def _checkpoint_soon(self) -> None:
+        # On the store's own connection, so that no transaction of this process commits during
+        # the checkpoint and the WAL starts over from its beginning after it.
+        try:
+            await self._run(self._checkpoint_blocking)
+        except LimitStoreUnavailable as exc:
+            # The WAL keeps growing until a checkpoint succeeds. No count is lost.
+            log.warning("limits_checkpoint_failed", path=str(self.path), reason=exc.reason)
+        finally:
+            self._transactions_since_checkpoint = 0
+            self._checkpoint = None
 
     async def _run(self, function: Callable[..., T], *args: Any, opened: bool = True) -> T:
+        # A cancelled caller still waits for the thread to finish, so the count stays true.
+        self._worker_jobs += 1
         try:
             return await anyio.to_thread.run_sync(lambda: function(*args), limiter=self._worker)
         except sqlite3.Error as exc:
             raise LimitStoreUnavailable(self.description, str(exc)) from None
         except OSError as exc:
             raise LimitStoreUnavailable(self.description, exc.strerror or str(exc)) from None
+        finally:
+            self._worker_jobs -= 1
 
-    # Everything below runs on the worker thread.
+    # Everything below runs on the worker thread, except `_run_batch` while the write lock is free.
 
     def _open(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.touch(mode=0o600, exist_ok=True)
         os.chmod(self.path, 0o600)
-        db = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
+        # No busy timeout: a transaction on the event loop must fail at once if the lock is taken.
+        db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint = 0")
             db.executescript(SCHEMA)
         except sqlite3.Error:
             db.close()
@@ -146,6 +194,18 @@ class SqliteLimitStore:
         if self._db is None:
             raise sqlite3.OperationalError("the store is not open")
         return self._db
+
+    def _checkpoint_blocking(self) -> None:
+        self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _run_batch_waiting(self, batch: Sequence[_Acquire | _Finish]) -> list[Grant | Rejection | None]:
+        """Run `batch` as `_run_batch` does, waiting up to `BUSY_TIMEOUT_SECONDS` for the write lock."""
+        db = self._connection()
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        try:
+            return self._run_batch(batch)
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
 
     def _run_batch(self, batch: Sequence[_Acquire | _Finish]) -> list[Grant | Rejection | None]:
         """Decide or finish every call of `batch` in order, in one transaction."""

@@ -6,6 +6,8 @@ The SQLite store uses a real file and the Redis store the Redis at
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -215,8 +217,6 @@ async def test_sqlite_counts_survive_reopening(tmp_path: Path) -> None:
 
 
 async def test_sqlite_deletes_expired_slices(tmp_path: Path) -> None:
-    import sqlite3
-
     path = tmp_path / "limits.sqlite3"
     async with SqliteLimitStore(path) as store:
         for index in range(500):
@@ -241,6 +241,58 @@ async def test_sqlite_shared_file_admits_limit(tmp_path: Path) -> None:
             for index in range(100):
                 tasks.start_soon(one_call, first if index % 2 else second)
     assert admitted == 25
+
+
+async def test_sqlite_waits_for_lock_off_loop(tmp_path: Path) -> None:
+    path = tmp_path / "limits.sqlite3"
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with SqliteLimitStore(path) as store, anyio.create_task_group() as tasks:
+        await store.acquire([minute("warm", 5)], T0)
+        other_process = sqlite3.connect(path, isolation_level=None)
+        other_process.execute("BEGIN IMMEDIATE")
+        tasks.start_soon(tick)
+        started = time.monotonic()
+        decision: Grant | Rejection | None = None
+        waiting = anyio.Event()
+
+        async def decide() -> None:
+            nonlocal decision
+            decision = await store.acquire([minute("locked", 5)], T0)
+            waiting.set()
+
+        tasks.start_soon(decide)
+        await anyio.sleep(0.5)
+        ticks_while_locked = ticks
+        other_process.execute("COMMIT")
+        other_process.close()
+        await waiting.wait()
+        seconds = time.monotonic() - started
+        tasks.cancel_scope.cancel()
+
+    assert isinstance(decision, Grant)
+    assert seconds >= 0.5
+    # The event loop kept running while the decision waited for the other process's lock.
+    assert ticks_while_locked >= 20
+
+
+async def test_sqlite_checkpoints_keep_wal_small(tmp_path: Path) -> None:
+    path = tmp_path / "limits.sqlite3"
+    largest = 0
+    async with SqliteLimitStore(path) as store:
+        for index in range(3000):
+            grant = await store.acquire([minute(f"client-{index % 50}", 1000)], T0 + index / 100)
+            assert isinstance(grant, Grant)
+            largest = max(largest, (tmp_path / "limits.sqlite3-wal").stat().st_size)
+
+    # Without checkpoints, these 3000 transactions grow the WAL to about 38 MB.
+    assert largest < 4 * 1024 * 1024
 
 
 async def test_redis_keys_expire_after_their_window() -> None:
