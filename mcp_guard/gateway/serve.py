@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -37,7 +37,6 @@ from mcp_guard.gateway.code_tool import running_code_tool
 from mcp_guard.gateway.direct import DirectCalls
 from mcp_guard.gateway.identity import ApiKeyVerifier
 from mcp_guard.gateway.limits import LimitStage
-from mcp_guard.gateway.oauth import CombinedVerifier, JwtVerifier
 from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
 from mcp_guard.gateway.stdio import gateway_stdio
@@ -46,6 +45,9 @@ from mcp_guard.policy import PolicyEngine
 from mcp_guard.ratelimit import Limiter, open_limit_store
 from mcp_guard.state.clock import HighWaterClock, SteadyClock
 from mcp_guard.state.usage import UsageStore
+
+if TYPE_CHECKING:
+    from mcp_guard.gateway.oauth import JwtVerifier
 
 log = structlog.get_logger(module=__name__)
 
@@ -198,6 +200,10 @@ async def serve_http(
     port = http.port if port is None else port
     # Read the JWKS before anything starts, so a bad file stops the gateway with a ConfigError.
     oauth = config.gateway.oauth
+    # Imported here: the JWT library and its cryptography add about 4 MB to a gateway that never
+    # serves HTTP.
+    from mcp_guard.gateway.oauth import JwtVerifier
+
     jwts = JwtVerifier(oauth, config.clients) if oauth is not None else None
     async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
         app = server.streamable_http_app(
@@ -237,6 +243,8 @@ def _auth_options(gateway: Gateway, jwts: JwtVerifier | None) -> dict[str, Any]:
     if not gateway.directory.has_credentials:
         # The command line refuses this case unless `allow_unauthenticated_as` names a client.
         return {}
+    from mcp_guard.gateway.oauth import CombinedVerifier  # imported with JwtVerifier, see serve_http
+
     # No OAuth endpoints are served, so the issuer only fills a required field.
     return {
         "auth": AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
