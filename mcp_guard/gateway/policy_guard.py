@@ -26,7 +26,7 @@ from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import GuardError
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 from mcp_guard.pinning import PinStore
-from mcp_guard.policy import Allow, Decision, Deny, PolicyEngine, RequireApproval
+from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
 from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
@@ -149,13 +149,20 @@ class PolicyGuard:
 
     # The call path
 
-    def involves_caller(self, client: str, tool: ExportedTool, arguments: Mapping[str, Any]) -> bool:
-        """Return whether a call would, as of now, ask a person for approval or notify the client."""
+    def involves_caller(self, client: str, tool: ExportedTool) -> bool:
+        """Return whether a call could, as of now, ask a person for approval or notify the client.
+
+        A tool whose definition awaits review is denied without either.
+        """
         if not self.pinned(tool):
             return False
-        decision = self._decision(client, tool, arguments)
-        return isinstance(decision, RequireApproval) or (
-            isinstance(decision, Allow) and decision.kind == "notify"
+        return self._engine.may_involve_caller(
+            client,
+            tool.server,
+            tool.name,
+            annotations=tool.definition.get("annotations"),
+            now=self._usage.clock.now(),
+            first_use=self._usage.first_uses(client),
         )
 
     async def decide(self, call: ToolCall, next_handler: Handler) -> ToolResult:
@@ -167,24 +174,21 @@ class PolicyGuard:
                 f"the definition of {tool.exported!r} changed and awaits review (mcp-guard pins review)"
             )
             return await next_handler(call)
-        decision = self._decision(call.client, tool, call.arguments)
+        decision = self._engine.decide(
+            call.client,
+            tool.server,
+            tool.name,
+            annotations=tool.definition.get("annotations"),
+            arguments=call.arguments,
+            now=self._usage.clock.now(),
+            first_use=self._usage.first_uses(call.client),
+            input_schema=tool.definition.get("inputSchema"),
+        )
         call.decision, call.rule = decision.kind, decision.rule
         call.policy = decision
         if isinstance(decision, Deny):
             call.detail = decision.reason
         return await next_handler(call)
-
-    def _decision(self, client: str, tool: ExportedTool, arguments: Mapping[str, Any]) -> Decision:
-        return self._engine.decide(
-            client,
-            tool.server,
-            tool.name,
-            annotations=tool.definition.get("annotations"),
-            arguments=arguments,
-            now=self._usage.clock.now(),
-            first_use=self._usage.first_uses(client),
-            input_schema=tool.definition.get("inputSchema"),
-        )
 
     async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Stage: reject what the decision does not allow, check the arguments, then pass the call on."""

@@ -233,7 +233,7 @@ class Gateway:
         if connection is None or connection.config.relay_questions:
             return None
         policy = self.guards.policy
-        if policy is not None and policy.involves_caller(client.name, tool, arguments):
+        if policy is not None and policy.involves_caller(client.name, tool):
             return None
         return ToolCall(
             client=client.name,

@@ -167,6 +167,25 @@ class PolicyEngine:
                 strictest = outcome
         return strictest
 
+    def may_involve_caller(
+        self,
+        client: str,
+        server: str,
+        tool: str,
+        *,
+        annotations: Mapping[str, Any] | None,
+        now: datetime,
+        first_use: FirstUse,
+    ) -> bool:
+        """Return whether a call of `tool` by `client` could be decided `approve` or `notify` now.
+
+        Only a rule with one of those decisions can produce it, so the answer does not depend
+        on the call's arguments: it may be True for a call that `decide` then denies.
+        """
+        _require_timezone(now)
+        matching = self._matching(client, server, tool, annotations, now, first_use)
+        return any(rule.decision in ("approve", "notify") for rule in matching)
+
     def next_change(self, client: str, now: datetime, first_use: FirstUse) -> datetime | None:
         """Return the next instant after `now` at which a rule for `client` starts or ends, or None.
 

@@ -268,3 +268,26 @@ def test_naive_now_rejected() -> None:
             now=datetime(2026, 1, 1),
             first_use={},
         )
+
+
+@pytest.mark.attack("approval skipped on the direct lane", params={"kind": "approve"})
+@pytest.mark.parametrize(("client", "server", "tool", "arguments", "annotations", "kind", "rule_name"), CASES)
+def test_may_involve_caller_covers_decisions(
+    client: str,
+    server: str,
+    tool: str,
+    arguments: Mapping[str, Any] | None,
+    annotations: Mapping[str, Any] | None,
+    kind: str,
+    rule_name: str | None,
+) -> None:
+    policy = engine()
+
+    involved = policy.may_involve_caller(client, server, tool, annotations=annotations, now=NOW, first_use={})
+
+    # Every call decided approve or notify must be flagged, whatever its arguments.
+    if kind in ("approve", "notify"):
+        assert involved
+    # A call that only auto rules match is not.
+    if (client, server, tool) in {("desktop", "git", "git_status"), ("desktop", "db", "vacuum")}:
+        assert not involved
