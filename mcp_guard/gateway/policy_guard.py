@@ -31,6 +31,9 @@ from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
 
+# Decisions that reach the calling client during the call: a question to a person, a log message.
+_INVOLVE_CALLER = frozenset({"approve", "notify"})
+
 # Arguments nested deeper than this, or with more values than this, are rejected before any
 # schema validation runs, so a hostile argument cannot exhaust the stack or the CPU.
 MAX_ARGUMENT_DEPTH = 64
@@ -60,10 +63,17 @@ class PolicyGuard:
     # Visibility
 
     def visible(self, client: str, tool: ExportedTool) -> bool:
-        """Return whether `client` may see (and so call) `tool` now."""
+        """Return whether `client` may see (and so call) `tool` now.
+
+        A tool is visible when an active rule grants it and no active deny rule names it.
+        """
         if not self.pinned(tool):
             return False
-        return self._engine.visible(
+        decisions = self._rule_decisions(client, tool)
+        return bool(decisions) and "deny" not in decisions
+
+    def _rule_decisions(self, client: str, tool: ExportedTool) -> frozenset[str]:
+        return self._engine.rule_decisions(
             client,
             tool.server,
             tool.name,
@@ -156,14 +166,7 @@ class PolicyGuard:
         """
         if not self.pinned(tool):
             return False
-        return self._engine.may_involve_caller(
-            client,
-            tool.server,
-            tool.name,
-            annotations=tool.definition.get("annotations"),
-            now=self._usage.clock.now(),
-            first_use=self._usage.first_uses(client),
-        )
+        return not _INVOLVE_CALLER.isdisjoint(self._rule_decisions(client, tool))
 
     async def decide(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Stage: decide the call and record the decision on it, leaving rejection to `enforce`."""

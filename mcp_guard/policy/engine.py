@@ -117,9 +117,10 @@ class PolicyEngine:
         A tool is visible when at least one active rule grants it and no active deny rule names it:
         deny wins whatever the arguments, so such a tool could never be called.
         """
-        _require_timezone(now)
-        matching = self._matching(client, server, tool, annotations, now, first_use)
-        return bool(matching) and all(rule.decision != "deny" for rule in matching)
+        decisions = self.rule_decisions(
+            client, server, tool, annotations=annotations, now=now, first_use=first_use
+        )
+        return bool(decisions) and "deny" not in decisions
 
     def decide(
         self,
@@ -167,7 +168,7 @@ class PolicyEngine:
                 strictest = outcome
         return strictest
 
-    def may_involve_caller(
+    def rule_decisions(
         self,
         client: str,
         server: str,
@@ -176,15 +177,16 @@ class PolicyEngine:
         annotations: Mapping[str, Any] | None,
         now: datetime,
         first_use: FirstUse,
-    ) -> bool:
-        """Return whether a call of `tool` by `client` could be decided `approve` or `notify` now.
+    ) -> frozenset[str]:
+        """Return the decisions of the active rules that apply to calls of `tool` by `client` at `now`.
 
-        Only a rule with one of those decisions can produce it, so the answer does not depend
-        on the call's arguments: it may be True for a call that `decide` then denies.
+        A call can only be decided one of these (or denied by an argument constraint), whatever
+        its arguments.
         """
         _require_timezone(now)
-        matching = self._matching(client, server, tool, annotations, now, first_use)
-        return any(rule.decision in ("approve", "notify") for rule in matching)
+        return frozenset(
+            rule.decision for rule in self._matching(client, server, tool, annotations, now, first_use)
+        )
 
     def next_change(self, client: str, now: datetime, first_use: FirstUse) -> datetime | None:
         """Return the next instant after `now` at which a rule for `client` starts or ends, or None.

@@ -272,7 +272,7 @@ def test_naive_now_rejected() -> None:
 
 @pytest.mark.attack("approval skipped on the direct lane", params={"kind": "approve"})
 @pytest.mark.parametrize(("client", "server", "tool", "arguments", "annotations", "kind", "rule_name"), CASES)
-def test_may_involve_caller_covers_decisions(
+def test_rule_decisions_cover_decision(
     client: str,
     server: str,
     tool: str,
@@ -283,11 +283,14 @@ def test_may_involve_caller_covers_decisions(
 ) -> None:
     policy = engine()
 
-    involved = policy.may_involve_caller(client, server, tool, annotations=annotations, now=NOW, first_use={})
+    decisions = policy.rule_decisions(client, server, tool, annotations=annotations, now=NOW, first_use={})
 
-    # Every call decided approve or notify must be flagged, whatever its arguments.
-    if kind in ("approve", "notify"):
-        assert involved
-    # A call that only auto rules match is not.
+    # A call is decided as one of its matching rules decide, or denied. The direct lane relies
+    # on this to keep every call that could need approval off its path, whatever the arguments.
+    if kind != "deny":
+        assert kind in decisions
+    # The default deny: no rule applies at all.
+    if rule_name is None:
+        assert decisions == frozenset()
     if (client, server, tool) in {("desktop", "git", "git_status"), ("desktop", "db", "vacuum")}:
-        assert not involved
+        assert decisions == {"auto"}
