@@ -8,7 +8,7 @@ from typing import Any
 def close_transport(process: Any) -> None:
     """Close the asyncio transport of a process that has ended, and with it the process's pipes.
 
-    A grandchild that still holds a pipe open keeps the transport open after the process dies,
+    A grandchild that still has a pipe open keeps the transport open after the process dies,
     until garbage collection closes it with a ResourceWarning.
     NOTE: the transport is not public in anyio or asyncio, hence the attribute walk; on another
     event loop this does nothing.

@@ -10,11 +10,11 @@ envelope first), and so is the result before it is sent, with the 2026-07-28
 server identity stamp added.
 
 A call takes the lane only when nothing in it needs the SDK session. The SDK
-must have served a tool request on the connection already (so the handshake
-is done and the era is known), the call requests no progress, its tool is not
-`run_code`, its server does not pass questions on, and the policy allows it
-without asking a person or notifying the client. Every other line, including
-any the lane cannot parse, goes to the SDK unchanged.
+must have served a tool request on the connection already, so the handshake
+is done and the era is known. The call must request no progress, its tool must
+not be `run_code`, and its server must not pass questions on. No rule that
+applies to it may ask a person or notify the client. Every other line,
+including any the lane cannot parse, goes to the SDK unchanged.
 """
 
 from __future__ import annotations
@@ -89,7 +89,11 @@ class DirectCalls:
         request_id = message.get("id")
         if method != "tools/call" or not _is_request_id(request_id) or request_id in self._running:
             return False
-        call = self._gateway.direct_call(params)
+        try:
+            call = self._gateway.direct_call(params)
+        except Exception:  # contained: the SDK's path handles the request with every check
+            log.exception("direct_call_check_failed", request_id=request_id)
+            return False
         if call is None:
             return False
         scope = anyio.CancelScope()
