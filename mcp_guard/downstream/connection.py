@@ -175,7 +175,7 @@ class DownstreamConnection:
     ) -> dict[str, Any]:
         """Call one tool of the server and return its result as a wire dict.
 
-        A call without progress to a stdio server takes the transport's direct lane; any other
+        A call without progress to a stdio server takes the transport's direct lane. Any other
         goes through the SDK session. Both raise the errors `request()` raises.
         """
         session = self._session
@@ -195,7 +195,7 @@ class DownstreamConnection:
             )
         assert session is not None
         data: dict[str, Any] = {"method": "tools/call", "params": {"name": name, "arguments": arguments}}
-        # NOTE: the SDK session's stamp is private; it adds the `_meta` that a 2026-07-28 server
+        # NOTE: the SDK session's stamp is private. It adds the `_meta` that a 2026-07-28 server
         # needs on every request (protocol version, client info and capabilities).
         session.client.session._stamp(data, {})  # pyright: ignore[reportPrivateUsage]
         number = self._hold_relay(question_relay)

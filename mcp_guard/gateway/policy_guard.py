@@ -34,6 +34,12 @@ log = structlog.get_logger(module=__name__)
 # Decisions that reach the calling client during the call: a question to a person, a log message.
 _INVOLVE_CALLER = frozenset({"approve", "notify"})
 
+
+def _grants(decisions: frozenset[str]) -> bool:
+    """Return whether the decisions of the rules that apply to a tool let a client see it."""
+    return bool(decisions) and "deny" not in decisions
+
+
 # Arguments nested deeper than this, or with more values than this, are rejected before any
 # schema validation runs, so a hostile argument cannot exhaust the stack or the CPU.
 MAX_ARGUMENT_DEPTH = 64
@@ -67,10 +73,7 @@ class PolicyGuard:
 
         A tool is visible when an active rule grants it and no active deny rule names it.
         """
-        if not self.pinned(tool):
-            return False
-        decisions = self._rule_decisions(client, tool)
-        return bool(decisions) and "deny" not in decisions
+        return self.pinned(tool) and _grants(self._rule_decisions(client, tool))
 
     def _rule_decisions(self, client: str, tool: ExportedTool) -> frozenset[str]:
         return self._engine.rule_decisions(
@@ -159,14 +162,16 @@ class PolicyGuard:
 
     # The call path
 
-    def involves_caller(self, client: str, tool: ExportedTool) -> bool:
-        """Return whether a call could, as of now, ask a person for approval or notify the client.
+    def plain_call(self, client: str, tool: ExportedTool) -> bool:
+        """Return whether `client` may see `tool` now and no rule for it could involve the client.
 
-        A tool whose definition awaits review is denied without either.
+        Such a call is never sent for a person's approval and never notifies the client, so it
+        needs nothing of the client's session during the call.
         """
         if not self.pinned(tool):
             return False
-        return not _INVOLVE_CALLER.isdisjoint(self._rule_decisions(client, tool))
+        decisions = self._rule_decisions(client, tool)
+        return _grants(decisions) and _INVOLVE_CALLER.isdisjoint(decisions)
 
     async def decide(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Stage: decide the call and record the decision on it, leaving rejection to `enforce`."""

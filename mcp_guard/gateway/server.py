@@ -122,7 +122,7 @@ class Gateway:
         # A stdio gateway serves one connection, its only session.
         self.stdio_session = f"stdio-{uuid.uuid4().hex}"
         # The protocol version of the stdio connection once the SDK has served a tool request on
-        # it; until then no call takes the direct lane.
+        # it. Until then no call takes the direct lane.
         self.stdio_version: str | None = None
         self.call_pipeline = assemble_call_pipeline(self._forward_call, self.guards, config)
         if self.guards.policy is not None:
@@ -158,9 +158,8 @@ class Gateway:
 
     def can_see(self, client: ClientIdentity, tool: ExportedTool, version: str) -> bool:
         """Return whether `client`, speaking `version`, may see and call `tool`."""
-        era = MODERN_ERA if version == MODERN_ERA else LEGACY_ERA
         policy = self.guards.policy
-        return era in tool.eras and (policy is None or policy.visible(client.name, tool))
+        return _era(version) in tool.eras and (policy is None or policy.visible(client.name, tool))
 
     def visible_servers(self, client: ClientIdentity) -> set[str]:
         """Return the servers whose prompts and resources `client` may use: those with a tool it can see."""
@@ -227,13 +226,14 @@ class Gateway:
             return None
         client = self.directory.get(self.client)
         tool = self.catalog.tools.get(name)
-        if tool is None or tool.server == SANDBOX_SERVER_ID or not self.can_see(client, tool, version):
+        if tool is None or tool.server == SANDBOX_SERVER_ID or _era(version) not in tool.eras:
             return None
         connection = self.registry.connections.get(tool.server)
         if connection is None or connection.config.relay_questions:
             return None
+        # One lookup of the rules answers both: visible to the client, and never asks or notifies.
         policy = self.guards.policy
-        if policy is not None and policy.involves_caller(client.name, tool):
+        if policy is not None and not policy.plain_call(client.name, tool):
             return None
         return ToolCall(
             client=client.name,
@@ -644,6 +644,11 @@ def _cursor_offset(cursor: str | None) -> int:
     if not cursor.isdigit() or len(cursor) > 9:
         raise MCPError(types.INVALID_PARAMS, f"Invalid cursor: {cursor[:40]!r}; list again without a cursor.")
     return int(cursor)
+
+
+def _era(version: str) -> str:
+    """Return the catalogue era a protocol version belongs to."""
+    return MODERN_ERA if version == MODERN_ERA else LEGACY_ERA
 
 
 def _session_id(ctx: ServerRequestContext[Any]) -> str | None:

@@ -9,8 +9,8 @@ runs on the event loop: in WAL mode with `synchronous = NORMAL` a commit writes
 to the page cache only, which costs less than handing the transaction to a
 thread and back. When another process holds the lock, SQLite reports it at once
 and the transaction waits for the lock in a worker thread instead, so the event
-loop never waits for another process. The WAL checkpoints, the only writes that
-wait for the disk, run in a worker thread too. Calls decided at the same moment
+loop never waits for another process. The WAL checkpoints, which wait for the
+disk (fsync), run in a worker thread too. Calls decided at the same moment
 share one transaction (`DecisionBatcher`), each decided in turn. A crash or kill
 of the gateway loses nothing. A power cut may lose the last moments of counts.
 No sqlite3 exception leaves this module.
