@@ -200,11 +200,13 @@ async def serve_http(
     port = http.port if port is None else port
     # Read the JWKS before anything starts, so a bad file stops the gateway with a ConfigError.
     oauth = config.gateway.oauth
-    # Imported here: the JWT library and its cryptography add about 4 MB to a gateway that never
-    # serves HTTP.
-    from mcp_guard.gateway.oauth import JwtVerifier
+    jwts: JwtVerifier | None = None
+    if oauth is not None:
+        # Imported only here: the JWT library and its cryptography add about 2 MB to a gateway
+        # that checks no tokens, over stdio or with API keys only.
+        from mcp_guard.gateway.oauth import JwtVerifier
 
-    jwts = JwtVerifier(oauth, config.clients) if oauth is not None else None
+        jwts = JwtVerifier(oauth, config.clients)
     async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
         app = server.streamable_http_app(
             **_auth_options(gateway, jwts),
@@ -238,20 +240,20 @@ async def serve_http(
     log.info("gateway_stopped", transport="http")
 
 
+# No OAuth endpoints are served, so the issuer only fills a required field.
+_API_KEY_AUTH = AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None)
+
+
 def _auth_options(gateway: Gateway, jwts: JwtVerifier | None) -> dict[str, Any]:
     """Return the SDK options that make every HTTP request prove which client sent it."""
     if not gateway.directory.has_credentials:
         # The command line refuses this case unless `allow_unauthenticated_as` names a client.
         return {}
-    from mcp_guard.gateway.oauth import CombinedVerifier  # imported with JwtVerifier, see serve_http
+    if jwts is None:
+        return {"auth": _API_KEY_AUTH, "token_verifier": ApiKeyVerifier(gateway.directory)}
+    from mcp_guard.gateway.oauth import CombinedVerifier  # loaded with JwtVerifier, see serve_http
 
-    # No OAuth endpoints are served, so the issuer only fills a required field.
-    return {
-        "auth": AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None),
-        "token_verifier": (
-            ApiKeyVerifier(gateway.directory) if jwts is None else CombinedVerifier(gateway.directory, jwts)
-        ),
-    }
+    return {"auth": _API_KEY_AUTH, "token_verifier": CombinedVerifier(gateway.directory, jwts)}
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
