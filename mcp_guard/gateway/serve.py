@@ -241,7 +241,7 @@ async def serve_http(
 
 
 # No OAuth endpoints are served, so the issuer only fills a required field.
-_API_KEY_AUTH = AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None)
+_AUTH_SETTINGS = AuthSettings(issuer_url=AnyHttpUrl("http://127.0.0.1"), resource_server_url=None)
 
 
 def _auth_options(gateway: Gateway, jwts: JwtVerifier | None) -> dict[str, Any]:
@@ -250,10 +250,10 @@ def _auth_options(gateway: Gateway, jwts: JwtVerifier | None) -> dict[str, Any]:
         # The command line refuses this case unless `allow_unauthenticated_as` names a client.
         return {}
     if jwts is None:
-        return {"auth": _API_KEY_AUTH, "token_verifier": ApiKeyVerifier(gateway.directory)}
+        return {"auth": _AUTH_SETTINGS, "token_verifier": ApiKeyVerifier(gateway.directory)}
     from mcp_guard.gateway.oauth import CombinedVerifier  # loaded with JwtVerifier, see serve_http
 
-    return {"auth": _API_KEY_AUTH, "token_verifier": CombinedVerifier(gateway.directory, jwts)}
+    return {"auth": _AUTH_SETTINGS, "token_verifier": CombinedVerifier(gateway.directory, jwts)}
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
