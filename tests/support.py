@@ -6,6 +6,7 @@ pipe or HTTP socket; downstream servers are real processes too.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,11 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
+import anyio.abc
 import psutil
 import tomli_w
 from mcp import Client, StdioServerParameters
@@ -110,6 +112,136 @@ async def stdio_gateway(
     """Start the gateway over stdio and yield a connected SDK client."""
     async with Client(gateway_parameters(policy, env=env), mode=mode, **client_options) as client:
         yield client
+
+
+# The `_meta` envelope a raw client puts into each 2026-07-28 request.
+MODERN_ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+class RawStdioClient:
+    """A client that writes JSON-RPC lines to a gateway's stdin itself, for requests the SDK will not send.
+
+    Args:
+        mode: `LEGACY` or `MODERN`. In `MODERN` mode each request built by `send_request`
+            carries `MODERN_ENVELOPE`.
+    """
+
+    def __init__(self, process: anyio.abc.Process, mode: str = LEGACY) -> None:
+        self._process = process
+        self._mode = mode
+        self._next_id = 0
+        self._buffer = b""
+
+    async def send_text(self, text: str) -> None:
+        """Write `text` as one line, exactly as given."""
+        assert self._process.stdin is not None
+        await self._process.stdin.send(text.encode() + b"\n")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one message as a line."""
+        await self.send_text(json.dumps(message))
+
+    async def send_request(self, method: str, params: dict[str, Any], *, progress: bool = False) -> int:
+        """Send a request and return its id."""
+        self._next_id += 1
+        meta: dict[str, Any] = dict(MODERN_ENVELOPE) if self._mode == MODERN else {}
+        if progress:
+            meta["progressToken"] = f"progress-{self._next_id}"
+        body = {**params, "_meta": meta} if meta else params
+        await self.send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": body})
+        return self._next_id
+
+    async def request(self, method: str, params: dict[str, Any], *, progress: bool = False) -> dict[str, Any]:
+        """Send a request and return its response."""
+        request_id = await self.send_request(method, params, progress=progress)
+        return await self.response(request_id)
+
+    async def call_text(self, params: str, seconds: float = 60) -> dict[str, Any] | None:
+        """Send a `tools/call` whose params object has the JSON members `params`, written as given.
+
+        Returns:
+            The response, or None if none came within `seconds`.
+        """
+        self._next_id += 1
+        await self.send_text(
+            f'{{"jsonrpc":"2.0","id":{self._next_id},"method":"tools/call","params":{{{params}}}}}'
+        )
+        return await self.response_within(self._next_id, seconds)
+
+    async def response(self, request_id: int, seconds: float = 30) -> dict[str, Any]:
+        """Return the response to `request_id`, skipping other messages.
+
+        Raises:
+            TimeoutError: No response came within `seconds`.
+        """
+        with anyio.fail_after(seconds):
+            return await self._response(request_id)
+
+    async def response_within(self, request_id: int, seconds: float) -> dict[str, Any] | None:
+        """Return the response to `request_id`, or None if none came within `seconds`."""
+        with anyio.move_on_after(seconds):
+            return await self._response(request_id)
+        return None
+
+    async def messages_for(self, seconds: float) -> list[dict[str, Any]]:
+        """Return every message that arrives within `seconds`."""
+        received: list[dict[str, Any]] = []
+        with anyio.move_on_after(seconds):
+            while True:
+                received.append(await self.read_message())
+        return received
+
+    async def read_message(self) -> dict[str, Any]:
+        """Return the next message the gateway writes."""
+        assert self._process.stdout is not None
+        while b"\n" not in self._buffer:
+            self._buffer += await self._process.stdout.receive()
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return dict(json.loads(line))
+
+    async def _response(self, request_id: int) -> dict[str, Any]:
+        while True:
+            message = await self.read_message()
+            if message.get("id") == request_id and "method" not in message:
+                return message
+
+
+@asynccontextmanager
+async def raw_stdio_gateway(
+    policy: Path, mode: str = LEGACY, *, log: Path | None = None, handshake: bool = True
+) -> AsyncIterator[RawStdioClient]:
+    """Start the gateway over stdio and yield a raw client that has done the handshake `mode` needs.
+
+    Args:
+        log: File for the gateway's stderr, written at debug level; without it stderr is discarded.
+        handshake: In `LEGACY` mode, send `initialize` and `notifications/initialized` first.
+    """
+    command = gateway_command(policy)
+    with ExitStack() as files:
+        errors: IO[bytes] | int = subprocess.DEVNULL
+        if log is not None:
+            command[3:3] = ["--log-level", "debug"]
+            errors = files.enter_context(log.open("wb"))
+        async with await anyio.open_process(command, cwd=ROOT, stderr=errors) as process:
+            client = RawStdioClient(process, mode)
+            if mode != MODERN and handshake:
+                await client.request(
+                    "initialize",
+                    {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    },
+                )
+                await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            yield client
+            assert process.stdin is not None
+            await process.stdin.aclose()
+            with anyio.fail_after(PROCESS_WAIT_SECONDS):
+                await process.wait()
 
 
 def free_port() -> int:

@@ -8,23 +8,24 @@ The gateway's debug log shows which path served each call.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.abc
 import pytest
-from support import ALLOW_ALL, ERAS, MODERN, ROOT, fixture_server, read_records, wait_until, write_policy
+from support import (
+    ALLOW_ALL,
+    ERAS,
+    MODERN,
+    MODERN_ENVELOPE,
+    fixture_server,
+    raw_stdio_gateway,
+    read_records,
+    wait_until,
+    write_policy,
+)
 
 pytestmark = pytest.mark.anyio
 
-ENVELOPE = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
 NOTIFY_SEARCH = {
     "name": "searches notify",
     "clients": ["*"],
@@ -48,84 +49,6 @@ SAME_ON_BOTH_PATHS = [
 ]
 
 
-class RawClient:
-    """A client that writes JSON-RPC lines itself, in either protocol era."""
-
-    def __init__(self, process: anyio.abc.Process, mode: str) -> None:
-        self._process = process
-        self._mode = mode
-        self._next_id = 0
-        self._buffer = b""
-
-    async def request(self, method: str, params: dict[str, Any], *, progress: bool = False) -> dict[str, Any]:
-        """Send a request and return its response."""
-        request_id = await self.send_request(method, params, progress=progress)
-        return await self.response(request_id)
-
-    async def send_request(self, method: str, params: dict[str, Any], *, progress: bool = False) -> int:
-        """Send a request and return its id."""
-        self._next_id += 1
-        meta: dict[str, Any] = dict(ENVELOPE) if self._mode == MODERN else {}
-        if progress:
-            meta["progressToken"] = f"progress-{self._next_id}"
-        body = {**params, "_meta": meta} if meta else params
-        await self.send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": body})
-        return self._next_id
-
-    async def send(self, message: dict[str, Any]) -> None:
-        """Write one message as a line."""
-        assert self._process.stdin is not None
-        await self._process.stdin.send(json.dumps(message).encode() + b"\n")
-
-    async def response(self, request_id: int, seconds: float = 30) -> dict[str, Any]:
-        """Return the response to `request_id`, skipping notifications."""
-        with anyio.fail_after(seconds):
-            while True:
-                message = await self._read_message()
-                if message.get("id") == request_id and "method" not in message:
-                    return message
-
-    async def messages_for(self, seconds: float) -> list[dict[str, Any]]:
-        """Return every message that arrives within `seconds`."""
-        received: list[dict[str, Any]] = []
-        with anyio.move_on_after(seconds):
-            while True:
-                received.append(await self._read_message())
-        return received
-
-    async def _read_message(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        while b"\n" not in self._buffer:
-            self._buffer += await self._process.stdout.receive()
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return dict(json.loads(line))
-
-
-@asynccontextmanager
-async def raw_gateway(
-    policy: Path, log: Path, mode: str, *, handshake: bool = True
-) -> AsyncIterator[RawClient]:
-    command = [sys.executable, "-m", "mcp_guard", "--log-level", "debug", "run", "--config", str(policy)]
-    with log.open("wb") as errors:
-        async with await anyio.open_process(command, cwd=ROOT, stderr=errors) as process:
-            client = RawClient(process, mode)
-            if mode != MODERN and handshake:
-                await client.request(
-                    "initialize",
-                    {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "raw", "version": "1"},
-                    },
-                )
-                await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-            yield client
-            assert process.stdin is not None
-            await process.stdin.aclose()
-            with anyio.fail_after(10):
-                await process.wait()
-
-
 def served_directly(log: Path) -> list[bool]:
     """Return, for each call the gateway received in order, whether the direct lane served it."""
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
@@ -146,7 +69,7 @@ def policy(tmp_path: Path) -> Path:
 async def test_lane_responses_match_sdk_path(policy: Path, tmp_path: Path, mode: str) -> None:
     log = tmp_path / "gateway.log"
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    async with raw_gateway(policy, log, mode) as client:
+    async with raw_stdio_gateway(policy, mode, log=log) as client:
         await client.request("tools/list", {})
         for name, arguments in SAME_ON_BOTH_PATHS:
             params = {"name": name, "arguments": arguments}
@@ -166,7 +89,7 @@ async def test_lane_responses_match_sdk_path(policy: Path, tmp_path: Path, mode:
 @pytest.mark.parametrize("mode", ERAS)
 async def test_call_needing_client_keeps_sdk_path(policy: Path, tmp_path: Path, mode: str) -> None:
     log = tmp_path / "gateway.log"
-    async with raw_gateway(policy, log, mode) as client:
+    async with raw_stdio_gateway(policy, mode, log=log) as client:
         await client.request("tools/list", {})
         request_id = await client.send_request(
             "tools/call", {"name": "alpha__search", "arguments": {"query": "q"}}
@@ -185,7 +108,7 @@ async def test_call_needing_client_keeps_sdk_path(policy: Path, tmp_path: Path, 
 async def test_no_lane_before_handshake(policy: Path, tmp_path: Path) -> None:
     log = tmp_path / "gateway.log"
     echo = {"name": "alpha__echo", "arguments": {"text": "too early"}}
-    async with raw_gateway(policy, log, "legacy", handshake=False) as client:
+    async with raw_stdio_gateway(policy, "legacy", log=log, handshake=False) as client:
         first = await client.request("tools/call", echo)
         second = await client.request("tools/call", echo)
 
@@ -197,9 +120,9 @@ async def test_no_lane_before_handshake(policy: Path, tmp_path: Path) -> None:
 
 async def test_modern_envelope_on_legacy_rejected(policy: Path, tmp_path: Path) -> None:
     log = tmp_path / "gateway.log"
-    async with raw_gateway(policy, log, "legacy") as client:
+    async with raw_stdio_gateway(policy, "legacy", log=log) as client:
         await client.request("tools/list", {})
-        enveloped = {"name": "alpha__echo", "arguments": {"text": "hi"}, "_meta": ENVELOPE}
+        enveloped = {"name": "alpha__echo", "arguments": {"text": "hi"}, "_meta": MODERN_ENVELOPE}
         response = await client.request("tools/call", enveloped)
 
     assert "error" in response
@@ -209,7 +132,7 @@ async def test_modern_envelope_on_legacy_rejected(policy: Path, tmp_path: Path) 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_invalid_arguments_get_sdk_error(policy: Path, tmp_path: Path, mode: str) -> None:
     log = tmp_path / "gateway.log"
-    async with raw_gateway(policy, log, mode) as client:
+    async with raw_stdio_gateway(policy, mode, log=log) as client:
         await client.request("tools/list", {})
         response = await client.request(
             "tools/call", {"name": "alpha__echo", "arguments": ["not", "an", "object"]}
@@ -222,7 +145,7 @@ async def test_invalid_arguments_get_sdk_error(policy: Path, tmp_path: Path, mod
 @pytest.mark.parametrize("mode", ERAS)
 async def test_cancelled_direct_call_gets_no_response(policy: Path, tmp_path: Path, mode: str) -> None:
     log, record = tmp_path / "gateway.log", tmp_path / "alpha.jsonl"
-    async with raw_gateway(policy, log, mode) as client:
+    async with raw_stdio_gateway(policy, mode, log=log) as client:
         await client.request("tools/list", {})
         slow = await client.send_request(
             "tools/call", {"name": "alpha__slow", "arguments": {"seconds": 30, "steps": 3}}
@@ -262,7 +185,7 @@ async def test_approval_call_never_runs_directly(tmp_path: Path, mode: str) -> N
         rules=[approve_writes, {**ALLOW_ALL, "write": True}],
     )
     write = {"name": "alpha__write_file", "arguments": {"path": "/tmp/x", "content": "data"}}
-    async with raw_gateway(policy, log, mode) as client:
+    async with raw_stdio_gateway(policy, mode, log=log) as client:
         await client.request("tools/list", {})
         await client.request("tools/call", {"name": "alpha__echo", "arguments": {"text": "lane is open"}})
         # The client declared no elicitation, so the call waits for an approval out of band.

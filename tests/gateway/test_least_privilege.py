@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from support import (
     ROOT,
     fixture_server,
     http_gateway,
+    raw_stdio_gateway,
     read_records,
     stdio_gateway,
     write_policy,
@@ -213,12 +211,12 @@ async def test_oversized_arguments_clean_error(policy: Path, record: Path, tmp_p
     deep = '{"a":' * 10_000 + '"bottom"' + "}" * 10_000
     huge = '"' + "x" * (50 * 1024 * 1024) + '"'
 
-    async with raw_gateway(policy) as session:
+    async with raw_stdio_gateway(policy) as session:
         # The SDK's stdio reader cannot parse a message nested this deep and drops it without a
         # response, since it cannot read its id. What matters is that nothing is forwarded.
-        nested_reply = await session.request(f'"name":"alpha__search","arguments":{{"query":{deep}}}', 5)
-        huge_reply = await session.request(f'"name":"alpha__echo","arguments":{{"text":{huge}}}')
-        ok_reply = await session.request('"name":"alpha__echo","arguments":{"text":"still up"}')
+        nested_reply = await session.call_text(f'"name":"alpha__search","arguments":{{"query":{deep}}}', 5)
+        huge_reply = await session.call_text(f'"name":"alpha__echo","arguments":{{"text":{huge}}}')
+        ok_reply = await session.call_text('"name":"alpha__echo","arguments":{"text":"still up"}')
     with http_gateway(policy, tmp_path) as (_process, url):
         async with httpx2.AsyncClient(timeout=30) as http:
             body = (
@@ -237,59 +235,6 @@ async def test_oversized_arguments_clean_error(policy: Path, record: Path, tmp_p
 
 
 RAW_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-
-
-class RawSession:
-    """A hand-written JSON-RPC session over a gateway's stdio, for requests the SDK will not send."""
-
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self._process = process
-        self._next_id = 1
-        self._buffer = b""
-
-    async def send(self, text: str) -> None:
-        assert self._process.stdin is not None
-        await self._process.stdin.send(text.encode() + b"\n")
-
-    async def request(self, call_params: str, seconds: float = 60) -> dict[str, Any] | None:
-        """Send a tools/call with these params and return its response, or None if none came in time."""
-        self._next_id += 1
-        await self.send(
-            f'{{"jsonrpc":"2.0","id":{self._next_id},"method":"tools/call","params":{{{call_params}}}}}'
-        )
-        return await self.read_reply(self._next_id, seconds)
-
-    async def read_reply(self, request_id: int, seconds: float = 60) -> dict[str, Any] | None:
-        """Return the response to `request_id`, or None if none came in time."""
-        with anyio.move_on_after(seconds):
-            while True:
-                message = await self._read_message()
-                if message.get("id") == request_id:
-                    return message
-        return None
-
-    async def _read_message(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        while b"\n" not in self._buffer:
-            self._buffer += await self._process.stdout.receive()
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return dict(json.loads(line))
-
-
-@asynccontextmanager
-async def raw_gateway(policy: Path) -> AsyncIterator[RawSession]:
-    command = [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)]
-    async with await anyio.open_process(command, cwd=ROOT, stderr=subprocess.DEVNULL) as process:
-        session = RawSession(process)
-        await session.send(
-            '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
-            '"capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}'
-        )
-        await session._read_message()
-        await session.send('{"jsonrpc":"2.0","method":"notifications/initialized"}')
-        yield session
-        assert process.stdin is not None
-        await process.stdin.aclose()
 
 
 @pytest.mark.attack("call no rule grants")
@@ -460,12 +405,12 @@ async def test_prompts_and_resources_audited(tmp_path: Path, record: Path) -> No
 
 @pytest.mark.attack("argument constraint evasion", attempts=2)
 async def test_schema_and_unknown_methods_rejected(policy: Path, record: Path) -> None:
-    async with raw_gateway(policy) as session:
-        wrong_type = await session.request('"name":"alpha__search","arguments":{"query":5}')
-        await session.send(
+    async with raw_stdio_gateway(policy) as session:
+        wrong_type = await session.call_text('"name":"alpha__search","arguments":{"query":5}')
+        await session.send_text(
             '{"jsonrpc":"2.0","id":99,"method":"tools/delete","params":{"name":"alpha__echo"}}'
         )
-        unknown_method = await session.read_reply(99)
+        unknown_method = await session.response_within(99, 60)
 
     assert wrong_type is not None
     assert wrong_type["result"]["isError"] is True
