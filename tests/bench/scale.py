@@ -1,10 +1,12 @@
 """Whether the cost of one call stays flat as servers and clients are added.
 
-The same HTTP gateway setup is measured twice: in front of one fixture server
-with one client, and in front of 20 fixture servers with 50 more clients holding
-open sessions (each listed its tools once). Both times one client makes
-sequential `echo` calls and the p50 is compared. Every process is started on
-127.0.0.1 by this module and stopped by PID when its measurement ends.
+Two HTTP gateways run side by side: one in front of one fixture server with one
+client, the other in front of 20 fixture servers with 50 more clients holding
+open sessions (each listed its tools once). On each, one client makes
+sequential `echo` calls, in batches that alternate between the two gateways,
+so a slow spell of the machine falls on both. The p50 of each is compared.
+Every process is started on 127.0.0.1 by this module and stopped by PID when
+the measurement ends.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import tomli_w
+from mcp import Client
 from targets import (
     BENCH_CLIENT,
     FIXTURE_ID,
@@ -38,6 +41,8 @@ SERVERS = 20
 IDLE_CLIENTS = 50
 CALLS = 500
 WARMUP_CALLS = 100
+# Timed calls per batch. The batches of the two gateways alternate.
+BATCH_CALLS = 50
 # The loaded p50 may be at most this many times the baseline p50.
 MAX_RATIO = 1.2
 ECHO_TEXT = "hello from the scale benchmark"
@@ -53,35 +58,47 @@ class ScalePoint:
 
 
 async def measure_scale() -> list[ScalePoint]:
-    """Measure the baseline and the loaded gateway, in that order."""
-    points = []
-    for servers, idle_clients in ((1, 0), (SERVERS, IDLE_CLIENTS)):
-        with tempfile.TemporaryDirectory(prefix="mcp-guard-bench-scale-") as scratch:
-            points.append(await _measure(Path(scratch), servers, idle_clients))
-    return points
+    """Measure the baseline and the loaded gateway together, and return the baseline's point first."""
+    setups = ((1, 0), (SERVERS, IDLE_CLIENTS))
+    with ExitStack() as processes, tempfile.TemporaryDirectory(prefix="mcp-guard-bench-scale-") as scratch:
+        targets = []
+        for servers, _ in setups:
+            workdir = Path(scratch) / f"servers-{servers}"
+            workdir.mkdir()
+            api_key = secrets.token_urlsafe(32)
+            command = [*gateway_command(_write_policy(workdir, servers, api_key)), "--transport", "http"]
+            gateway, port = processes.enter_context(_background_server(command, workdir, "gateway"))
+            url = f"http://{HOST}:{port}/mcp"
+            targets.append(HttpTarget(url, GATEWAY_TOOL, _processes(gateway), api_key=api_key))
+        async with AsyncExitStack() as sessions:
+            clients = []
+            for target, (_, idle_clients) in zip(targets, setups, strict=True):
+                for _ in range(idle_clients):
+                    idle = await sessions.enter_async_context(target.connect("legacy"))
+                    await idle.client.list_tools()
+                clients.append((await sessions.enter_async_context(target.connect("legacy"))).client)
+            for client in clients:
+                await _time_calls(client, WARMUP_CALLS)
+            timings: list[list[float]] = [[] for _ in clients]
+            for _ in range(CALLS // BATCH_CALLS):
+                for client, measured in zip(clients, timings, strict=True):
+                    measured += await _time_calls(client, BATCH_CALLS)
+    return [
+        ScalePoint(servers, idle_clients, statistics.median(measured) * 1000)
+        for (servers, idle_clients), measured in zip(setups, timings, strict=True)
+    ]
 
 
-async def _measure(workdir: Path, servers: int, idle_clients: int) -> ScalePoint:
-    api_key = secrets.token_urlsafe(32)
-    policy = _write_policy(workdir, servers, api_key)
-    command = [*gateway_command(policy), "--transport", "http"]
-    with _background_server(command, workdir, "gateway") as (gateway, port):
-        target = HttpTarget(f"http://{HOST}:{port}/mcp", GATEWAY_TOOL, _processes(gateway), api_key=api_key)
-        async with AsyncExitStack() as stack:
-            for _ in range(idle_clients):
-                idle = await stack.enter_async_context(target.connect("legacy"))
-                await idle.client.list_tools()
-            session = await stack.enter_async_context(target.connect("legacy"))
-            timings = []
-            for number in range(WARMUP_CALLS + CALLS):
-                started = time.perf_counter()
-                result = await session.client.call_tool(GATEWAY_TOOL, {"text": ECHO_TEXT})
-                elapsed = time.perf_counter() - started
-                if result.is_error:
-                    raise BenchmarkError(f"echo through the gateway failed: {result.content!r}")
-                if number >= WARMUP_CALLS:
-                    timings.append(elapsed)
-    return ScalePoint(servers, idle_clients, statistics.median(timings) * 1000)
+async def _time_calls(client: Client, calls: int) -> list[float]:
+    """Make `calls` sequential `echo` calls and return the seconds each took."""
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        result = await client.call_tool(GATEWAY_TOOL, {"text": ECHO_TEXT})
+        timings.append(time.perf_counter() - started)
+        if result.is_error:
+            raise BenchmarkError(f"echo through the gateway failed: {result.content!r}")
+    return timings
 
 
 def _processes(gateway: psutil.Process) -> ServerProcesses:
@@ -118,9 +135,11 @@ def render_scale(points: list[ScalePoint]) -> str:
     lines = [
         "### Cost with many servers and clients",
         "",
-        f"One client's sequential `echo` calls through the HTTP gateway ({CALLS} timed after {WARMUP_CALLS}),",
-        f"in front of one fixture server alone, then in front of {SERVERS} fixture servers while",
-        f"{IDLE_CLIENTS} more clients hold open sessions. Target: at most {MAX_RATIO:g}x the first p50.",
+        "One client's sequential `echo` calls through an HTTP gateway in front of one fixture server",
+        f"alone, and through a second one in front of {SERVERS} fixture servers while {IDLE_CLIENTS} more",
+        f"clients hold open sessions. Both run at once, and {CALLS} calls to each are timed (after",
+        f"{WARMUP_CALLS}) in batches of {BATCH_CALLS} that alternate between the two.",
+        f"Target: at most {MAX_RATIO:g}x the first p50.",
         "",
         "| servers | other open sessions | p50 ms |",
         "|--:|--:|--:|",
