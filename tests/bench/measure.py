@@ -1,9 +1,10 @@
 """Timing `echo` calls and reading the servers' CPU time and memory.
 
-One `measure_case` call opens a few short sessions to time set-up, then one session
-for the rest: a warm-up, a sequential batch (latency and calls per second at 1), and a
-concurrent batch (calls per second at `concurrency`). Server CPU time is read from
-/proc before and after each batch. Starting servers is left to `targets.py`.
+For each case, a few short sessions time set-up (`time_setup`). Then one session per
+case is opened and measured by a `CaseRun`: a warm-up, sequential calls (latency and
+calls per second at 1) and concurrent calls (calls per second at `concurrency`), each
+in batches, so that the batches of all cases can take turns. Server CPU time is read
+from /proc before and after each batch. Starting servers is left to `targets.py`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 import anyio
 import psutil
 from mcp import Client
-from targets import BenchmarkError, Session, Target
+from targets import BenchmarkError, ServerProcesses, Session, Target
 
 ECHO_TEXT = "hello from the benchmark"
-# Bounds one whole case (set-up runs and both batches), so a hung server stops the run.
+# Bounds one case's share of a round (set-up runs and every batch), so a hung server stops the run.
 CASE_TIMEOUT_SECONDS = 300.0
 
 
@@ -39,6 +40,8 @@ class Settings:
     setup_runs: int
     rounds: int = 1
     """Times every case is measured; each figure reported is the median over the rounds."""
+    batch_calls: int = 200
+    """Calls each case makes before the next case takes its turn."""
 
 
 @dataclass(frozen=True)
@@ -77,50 +80,92 @@ def median_measurement(rounds: Sequence[Measurement]) -> Measurement:
     return Measurement(**values)
 
 
-async def measure_case(case: str, target: Target, mode: str, settings: Settings) -> Measurement:
-    """Measure one case in one protocol mode."""
-    with anyio.fail_after(CASE_TIMEOUT_SECONDS):
-        setup_ms = statistics.median([await _time_setup(target, mode) for _ in range(settings.setup_runs)])
-        async with target.connect(mode) as session:
-            return await _measure_session(case, mode, session, target.tool, settings, setup_ms)
+class CaseRun:
+    """One case's session in one mode, measured in batches that may take turns with other cases'.
+
+    The figures add up over the batches: the p50 is taken over every timed call, and the
+    calls per second and CPU time per call over every batch's calls and time.
+    """
+
+    def __init__(self, case: str, mode: str, session: Session, tool: str, setup_ms: float) -> None:
+        self.case = case
+        self.mode = mode
+        self._session = session
+        self._tool = tool
+        self._setup_ms = setup_ms
+        self._latencies: list[float] = []
+        self._elapsed_1 = 0.0
+        self._cpu_1 = [0.0, 0.0]
+        self._calls_n = 0
+        self._elapsed_n = 0.0
+        self._cpu_n = [0.0, 0.0]
+
+    async def warm_up(self, calls: int, concurrency: int) -> None:
+        """Make untimed calls from `concurrency` tasks."""
+        await _run_concurrently(self._session.client, self._tool, calls, concurrency)
+
+    async def time_sequential(self, calls: int) -> None:
+        """Make `calls` calls one after another, timing each."""
+        before = _cpu_seconds(self._watched())
+        started = time.perf_counter()
+        for _ in range(calls):
+            call_started = time.perf_counter()
+            await _echo(self._session.client, self._tool)
+            self._latencies.append(time.perf_counter() - call_started)
+        self._elapsed_1 += time.perf_counter() - started
+        _add(self._cpu_1, before, _cpu_seconds(self._watched()))
+
+    async def time_concurrent(self, calls: int, concurrency: int) -> None:
+        """Make about `calls` calls from `concurrency` tasks on the session, timing the batch."""
+        before = _cpu_seconds(self._watched())
+        started = time.perf_counter()
+        self._calls_n += await _run_concurrently(self._session.client, self._tool, calls, concurrency)
+        self._elapsed_n += time.perf_counter() - started
+        _add(self._cpu_n, before, _cpu_seconds(self._watched()))
+
+    def result(self) -> Measurement:
+        """Return the figures of every batch so far."""
+        if not self._latencies or not self._calls_n:
+            raise BenchmarkError(
+                f"{self.case} has no timed calls: --calls and --concurrent-calls must be at least 1"
+            )
+        gateway = self._processes().gateway
+        calls_1 = len(self._latencies)
+        cuts = statistics.quantiles(self._latencies, n=100, method="inclusive")
+        return Measurement(
+            case=self.case,
+            mode=self.mode,
+            p50_ms=cuts[49] * 1000,
+            p99_ms=cuts[98] * 1000,
+            setup_ms=self._setup_ms,
+            calls_per_second_1=calls_1 / self._elapsed_1,
+            calls_per_second_n=self._calls_n / self._elapsed_n,
+            fixture_cpu_ms_1=self._cpu_1[0] * 1000 / calls_1,
+            fixture_cpu_ms_n=self._cpu_n[0] * 1000 / self._calls_n,
+            gateway_cpu_ms_1=self._cpu_1[1] * 1000 / calls_1 if gateway else None,
+            gateway_cpu_ms_n=self._cpu_n[1] * 1000 / self._calls_n if gateway else None,
+            gateway_peak_rss_mib=peak_rss_mib(gateway.pid) if gateway else None,
+        )
+
+    def _processes(self) -> ServerProcesses:
+        # Looked up after the warm-up because a 2026-07-28 client opens its session without a
+        # handshake, so a stdio gateway may not have started the fixture before that.
+        return self._session.processes()
+
+    def _watched(self) -> list[psutil.Process]:
+        processes = self._processes()
+        return [processes.fixture] + ([processes.gateway] if processes.gateway else [])
 
 
-async def _measure_session(
-    case: str, mode: str, session: Session, tool: str, settings: Settings, setup_ms: float
-) -> Measurement:
-    client = session.client
-    await _run_concurrently(client, tool, settings.warmup_calls, 1)
-    # Looked up after the warm-up because a 2026-07-28 client opens its session without a
-    # handshake, so a stdio gateway may not have started the fixture before that.
-    processes = session.processes()
-    watched = [processes.fixture] + ([processes.gateway] if processes.gateway else [])
-    before = _cpu_seconds(watched)
-    latencies, elapsed = await _time_sequential(client, tool, settings.calls)
-    cpu_1 = _per_call_ms(before, _cpu_seconds(watched), settings.calls)
+def _add(totals: list[float], before: list[float], after: list[float]) -> None:
+    """Add each process's CPU seconds between `before` and `after` to its total."""
+    for index, (start, end) in enumerate(zip(before, after, strict=True)):
+        totals[index] += end - start
 
-    await _run_concurrently(client, tool, settings.warmup_calls, settings.concurrency)
-    before = _cpu_seconds(watched)
-    started = time.perf_counter()
-    count = await _run_concurrently(client, tool, settings.concurrent_calls, settings.concurrency)
-    elapsed_n = time.perf_counter() - started
-    cpu_n = _per_call_ms(before, _cpu_seconds(watched), count)
 
-    gateway = processes.gateway
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Measurement(
-        case=case,
-        mode=mode,
-        p50_ms=cuts[49] * 1000,
-        p99_ms=cuts[98] * 1000,
-        setup_ms=setup_ms,
-        calls_per_second_1=settings.calls / elapsed,
-        calls_per_second_n=count / elapsed_n,
-        fixture_cpu_ms_1=cpu_1[0],
-        fixture_cpu_ms_n=cpu_n[0],
-        gateway_cpu_ms_1=cpu_1[1] if gateway else None,
-        gateway_cpu_ms_n=cpu_n[1] if gateway else None,
-        gateway_peak_rss_mib=peak_rss_mib(gateway.pid) if gateway else None,
-    )
+async def time_setup(target: Target, mode: str, runs: int) -> float:
+    """Return the median milliseconds of `runs` fresh sessions, from starting to the first tools/list."""
+    return statistics.median([await _time_setup(target, mode) for _ in range(runs)])
 
 
 async def _time_setup(target: Target, mode: str) -> float:
@@ -132,17 +177,6 @@ async def _time_setup(target: Target, mode: str) -> float:
     if not any(tool.name == target.tool for tool in listing.tools):
         raise BenchmarkError(f"tools/list did not include {target.tool!r}")
     return elapsed * 1000
-
-
-async def _time_sequential(client: Client, tool: str, calls: int) -> tuple[list[float], float]:
-    """Make `calls` calls one after another; return each call's seconds and the batch's."""
-    latencies: list[float] = []
-    started = time.perf_counter()
-    for _ in range(calls):
-        call_started = time.perf_counter()
-        await _echo(client, tool)
-        latencies.append(time.perf_counter() - call_started)
-    return latencies, time.perf_counter() - started
 
 
 async def _run_concurrently(client: Client, tool: str, calls: int, concurrency: int) -> int:
@@ -175,10 +209,6 @@ def _cpu_seconds(processes: list[psutil.Process]) -> list[float]:
         times = process.cpu_times()
         seconds.append(times.user + times.system)
     return seconds
-
-
-def _per_call_ms(before: list[float], after: list[float], calls: int) -> list[float]:
-    return [(end - start) * 1000 / calls for start, end in zip(before, after, strict=True)]
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -159,12 +159,14 @@ every client call `echo`. Every other setting keeps its default, so the numbers 
 gateway does on every call by default, such as writing the audit trail to its state directory.
 Over HTTP the client sends a bearer API key, which the gateway checks on every request. The
 gateway picks the protocol it speaks to the fixture (`protocol = "auto"`). Each server listens
-on 127.0.0.1 or is a child process on a pipe, and fresh servers are started for each case and mode.
-The client, gateway and fixture share the machine's cores.
+on 127.0.0.1 or is a child process on a pipe, and fresh servers are started for each round and
+mode. The client, gateway and fixture share the machine's cores.
 
 Every case is measured in {settings.rounds} rounds, and each figure below is the median of its
-rounds. A round measures every case once, so a slow spell of the machine falls on all cases
-rather than on one.
+rounds. In a round, the servers of every case run at once, each case with one open session, and
+the cases take turns: each makes {settings.batch_calls} calls, then the next case does. So a slow
+spell of the machine falls on all cases alike, and a gateway case and its direct baseline are
+measured within seconds of each other.
 
 - **set-up**: median of {settings.setup_runs} fresh sessions, each timed from spawning the
   stdio server (or opening the HTTP connection) through the handshake to the end of the first
@@ -172,12 +174,12 @@ rather than on one.
   starting and listing the fixture. The HTTP servers are already running.
 - **p50, p99**: {settings.calls} sequential calls on one session, each timed on its own, after
   {settings.warmup_calls} untimed calls.
-- **calls/s at 1**: those {settings.calls} calls divided by the batch's wall time.
+- **calls/s at 1**: those {settings.calls} calls divided by the wall time of their turns.
 - **calls/s at {n}**: {settings.concurrent_calls} calls from {n} concurrent tasks sharing the same
   session (one stdio pipe, or one HTTP session), after {settings.warmup_calls} untimed calls at the
-  same concurrency.
+  same concurrency, divided by the wall time of their turns.
 - **CPU ms/call**: the process's own user plus system CPU time (`psutil`, from /proc/PID/stat)
-  over a batch, divided by the batch's calls, for the sequential and the concurrent batch.
+  over the case's turns, divided by their calls, for the sequential and the concurrent calls.
   The gateway's figure excludes its child, the fixture.
 - **gateway peak RSS**: `VmHWM` from /proc/PID/status at the end of the measured session.
 

@@ -1,7 +1,8 @@
 """Measure `echo` calls made directly and through mcp-guard, and write docs/benchmarks.md.
 
-Run it with `make bench` or `.venv/bin/python tests/bench/run.py --help`. Each case
-starts fresh servers on 127.0.0.1 for each client mode, and every process the run
+Run it with `make bench` or `.venv/bin/python tests/bench/run.py --help`. Each round
+starts fresh servers on 127.0.0.1 for every case in each client mode, keeps one session
+to each open, and measures them in batches that take turns. Every process the run
 started is stopped by PID before it exits, whether it succeeded or not.
 """
 
@@ -13,12 +14,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 
 import anyio
 from audit_rate import measure_audit_rate, render_audit_rates
 from limits_rate import measure_decision_rates, render_decision_rates
-from measure import Measurement, Settings, measure_case, median_measurement
+from measure import CASE_TIMEOUT_SECONDS, CaseRun, Measurement, Settings, median_measurement, time_setup
 from report import check_targets, machine_description, render_generated, render_results, write_document
 from scale import IDLE_CLIENTS as SCALE_CLIENTS
 from scale import SERVERS as SCALE_SERVERS
@@ -192,26 +194,59 @@ async def _measure_all(chosen: Sequence[Case], modes: Sequence[str], settings: S
     rounds: dict[tuple[str, str], list[Measurement]] = {}
     for number in range(1, settings.rounds + 1):
         for mode in modes:
-            for case in chosen:
-                print(
-                    f"round {number} of {settings.rounds}: measuring {case.key} in client mode {mode}",
-                    file=sys.stderr,
-                )
-                rounds.setdefault((case.key, mode), []).append(await _measure_one(case, mode, settings))
+            print(f"round {number} of {settings.rounds}: measuring client mode {mode}", file=sys.stderr)
+            for measurement in await _measure_round(chosen, mode, settings):
+                rounds.setdefault((measurement.case, measurement.mode), []).append(measurement)
     return [median_measurement(measurements) for measurements in rounds.values()]
 
 
-async def _measure_one(case: Case, mode: str, settings: Settings) -> Measurement:
-    """Start the case's servers in a scratch folder, measure, and stop them."""
-    with tempfile.TemporaryDirectory(prefix=f"mcp-guard-bench-{case.key}-") as scratch:
-        workdir = Path(scratch)
+async def _measure_round(chosen: Sequence[Case], mode: str, settings: Settings) -> list[Measurement]:
+    """Start every case's servers, open a session to each, and measure them in turns.
+
+    The sequential calls of each case are split into batches of `settings.batch_calls`, and every case
+    runs one batch in turn, so a slow spell of the machine falls on all cases alike. The
+    concurrent calls are split the same way.
+    """
+    with tempfile.TemporaryDirectory(prefix="mcp-guard-bench-") as scratch:
+        workdirs = [Path(scratch) / case.key for case in chosen]
         try:
-            with case.start(workdir) as target:
-                return await measure_case(case.key, target, mode, settings)
+            with anyio.fail_after(CASE_TIMEOUT_SECONDS * len(chosen)), ExitStack() as servers:
+                targets = []
+                for case, workdir in zip(chosen, workdirs, strict=True):
+                    workdir.mkdir()
+                    targets.append(servers.enter_context(case.start(workdir)))
+                async with AsyncExitStack() as sessions:
+                    runs = []
+                    for case, target in zip(chosen, targets, strict=True):
+                        setup_ms = await time_setup(target, mode, settings.setup_runs)
+                        session = await sessions.enter_async_context(target.connect(mode))
+                        runs.append(CaseRun(case.key, mode, session, target.tool, setup_ms))
+                    await _take_turns(runs, settings)
+                    return [run.result() for run in runs]
         except Exception:
             # The scratch folder, with the servers' logs, is removed on the way out.
-            _print_logs(workdir)
+            for workdir in workdirs:
+                _print_logs(workdir)
             raise
+
+
+async def _take_turns(runs: Sequence[CaseRun], settings: Settings) -> None:
+    for run in runs:
+        await run.warm_up(settings.warmup_calls, 1)
+    for calls in _batches(settings.calls, settings.batch_calls):
+        for run in runs:
+            await run.time_sequential(calls)
+    for run in runs:
+        await run.warm_up(settings.warmup_calls, settings.concurrency)
+    for calls in _batches(settings.concurrent_calls, settings.batch_calls):
+        for run in runs:
+            await run.time_concurrent(calls, settings.concurrency)
+
+
+def _batches(calls: int, size: int) -> list[int]:
+    """Split `calls` into batches of at most `size`."""
+    full, rest = divmod(calls, size)
+    return [size] * full + ([rest] if rest else [])
 
 
 def _print_logs(workdir: Path) -> None:

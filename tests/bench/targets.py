@@ -134,7 +134,6 @@ class StdioTarget:
             gateway, or the minimal proxy) rather than the fixture itself.
         fixture: The fixture process, when it runs in the background instead of below the
             spawned command.
-        marker: Part of the command line that identifies that process among the client's children.
     """
 
     def __init__(
@@ -145,14 +144,12 @@ class StdioTarget:
         *,
         gateway: bool,
         fixture: psutil.Process | None = None,
-        marker: str = "mcp_guard",
     ) -> None:
         self.tool = tool
         self._command = list(command)
         self._log_path = log_path
         self._gateway = gateway
         self._fixture = fixture
-        self._marker = marker
 
     @asynccontextmanager
     async def connect(self, mode: str) -> AsyncIterator[Session]:
@@ -163,8 +160,9 @@ class StdioTarget:
                 yield Session(client, self._find_processes)
 
     def _find_processes(self) -> ServerProcesses:
-        marker = self._marker if self._gateway else FIXTURE_SERVER.name
-        spawned = _only_child(psutil.Process(), marker)
+        # Matched on the whole command line: every case's session stays open during a round,
+        # and the cases' commands differ (each gateway has its own policy file).
+        spawned = _only_child_running(psutil.Process(), self._command)
         if not self._gateway:
             return ServerProcesses(fixture=spawned, gateway=None)
         fixture = self._fixture or _only_child(spawned, FIXTURE_SERVER.name)
@@ -241,7 +239,7 @@ def _direct_stdio(workdir: Path) -> Iterator[Target]:
 @contextmanager
 def _proxy_stdio(workdir: Path) -> Iterator[Target]:
     command = [sys.executable, str(LINE_PROXY), *fixture_command()]
-    yield StdioTarget(command, DIRECT_TOOL, workdir / "proxy.log", gateway=True, marker=LINE_PROXY.name)
+    yield StdioTarget(command, DIRECT_TOOL, workdir / "proxy.log", gateway=True)
 
 
 @contextmanager
@@ -416,6 +414,22 @@ def _only_child(parent: psutil.Process, marker: str) -> psutil.Process:
             f"expected one child of PID {parent.pid} running {marker!r}, found {len(matches)}"
         )
     return matches[0]
+
+
+def _only_child_running(parent: psutil.Process, command: Sequence[str]) -> psutil.Process:
+    matches = [child for child in parent.children() if _cmdline_is(child, command)]
+    if len(matches) != 1:
+        raise BenchmarkError(
+            f"expected one child of PID {parent.pid} running {command!r}, found {len(matches)}"
+        )
+    return matches[0]
+
+
+def _cmdline_is(process: psutil.Process, command: Sequence[str]) -> bool:
+    try:
+        return process.cmdline() == list(command)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _cmdline_has(process: psutil.Process, marker: str) -> bool:
