@@ -3,7 +3,11 @@
 The SDK's `stdio_server` reads and writes through worker threads, three thread
 hand-offs per call. On pipes the event loop can wait for the file descriptors
 itself, which cut the gateway's CPU time per call by about a fifth in one
-`make bench` run (1.12 ms to 0.88 ms on two cores). Like the SDK, it takes the protocol's file descriptors for
+`make bench` run (1.12 ms to 0.88 ms on two cores). Lines are split in the
+event loop's read callback (`_LineReader`) rather than in a task that waits for
+stdin to become readable, which saves a trip through the event loop and two
+epoll system calls per line (the bare gateway's CPU time per call went from
+0.50 to 0.42 ms). Like the SDK, it takes the protocol's file descriptors for
 itself while serving: fd 0 reads the null device and fd 1 writes to stderr, so
 a stray `print` or a child process cannot corrupt the wire. When stdin or stdout
 is not a pipe or socket (a terminal, a regular file), it falls back to the SDK's
@@ -16,8 +20,10 @@ Whole lines never interleave: one writer at a time owns the pipe.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -100,15 +106,22 @@ async def gateway_stdio(taker: LineTaker | None = None) -> AsyncIterator[tuple[A
     incoming_send, incoming = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     outgoing, outgoing_receive = anyio.create_memory_object_stream[SessionMessage](0)
     wire = Wire(wire_out)
+    reader: _LineReader | None = None
     try:
         async with anyio.create_task_group() as tasks:
             if taker is not None:
                 taker.attach(wire, tasks)
-            tasks.start_soon(_read_messages, wire_in, incoming_send, taker)
+            reader = _LineReader(taker)
+            # The transport closes the file it is given, so it gets a duplicate of its own.
+            loop = asyncio.get_running_loop()
+            await loop.connect_read_pipe(lambda: reader, os.fdopen(os.dup(wire_in), "rb", buffering=0))
+            tasks.start_soon(_pass_to_sdk, reader, incoming_send)
             tasks.start_soon(_write_messages, wire, outgoing_receive)
             yield incoming, outgoing
             tasks.cancel_scope.cancel()
     finally:
+        if reader is not None:
+            reader.close()
         for fd in (wire_in, wire_out):
             os.set_blocking(fd, True)
             os.close(fd)
@@ -123,25 +136,72 @@ def _is_pollable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-async def _read_messages(
-    fd: int, messages: MemoryObjectSendStream[SessionMessage | Exception], taker: LineTaker | None
+class _LineReader(asyncio.Protocol):
+    """Reader of stdin that splits it into lines in the event loop's read callback, as data arrives.
+
+    Each line goes to the `LineTaker` first. Lines it does not take are parsed and queued
+    for the SDK, and reading pauses until the SDK has received every queued message, so
+    a client cannot queue more than one read's worth of them.
+    """
+
+    def __init__(self, taker: LineTaker | None) -> None:
+        self._taker = taker
+        self._pending = b""
+        self._transport: asyncio.ReadTransport | None = None
+        self.queued: deque[SessionMessage | Exception] = deque()
+        self.ended = False
+        self._changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            if not line.strip() or (self._taker is not None and self._taker.take(line)):
+                continue
+            self.queued.append(_parse(line))
+        if self.queued and self._transport is not None:
+            self._transport.pause_reading()
+            self._changed.set()
+
+    def eof_received(self) -> bool:
+        return False  # lets the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self._changed.set()
+
+    async def changed(self) -> None:
+        """Wait until a message is queued or stdin ends."""
+        await self._changed.wait()
+        self._changed.clear()
+
+    def resume(self) -> None:
+        """Read again, once the SDK has received every queued message."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Stop reading stdin."""
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def _pass_to_sdk(
+    reader: _LineReader, messages: MemoryObjectSendStream[SessionMessage | Exception]
 ) -> None:
-    """Split stdin into lines and pass each one to `taker` or, parsed, to the SDK, until end of file."""
-    pending = b""
+    """Hand each message the reader queued to the SDK, in order, until stdin ends."""
     async with messages:
         while True:
-            await anyio.wait_readable(fd)
-            try:
-                chunk = os.read(fd, READ_CHUNK_BYTES)
-            except BlockingIOError:
-                continue
-            if not chunk:
+            if not reader.queued and not reader.ended:
+                await reader.changed()
+            while reader.queued:
+                await _hand_over(messages, reader.queued.popleft())
+            if reader.ended:
                 return
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                if not line.strip() or (taker is not None and taker.take(line)):
-                    continue
-                await _hand_over(messages, _parse(line))
+            reader.resume()
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
