@@ -130,15 +130,15 @@ class RawStdioClient:
     """
 
     def __init__(self, process: anyio.abc.Process, mode: str = LEGACY) -> None:
-        self._process = process
+        self.process = process
         self._mode = mode
         self._next_id = 0
         self._buffer = b""
 
     async def send_text(self, text: str) -> None:
         """Write `text` as one line, exactly as given."""
-        assert self._process.stdin is not None
-        await self._process.stdin.send(text.encode() + b"\n")
+        assert self.process.stdin is not None
+        await self.process.stdin.send(text.encode() + b"\n")
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write one message as a line."""
@@ -158,6 +158,10 @@ class RawStdioClient:
         """Send a request and return its response."""
         request_id = await self.send_request(method, params, progress=progress)
         return await self.response(request_id)
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Call a tool and return the response: a `result` or an `error` member."""
+        return await self.request("tools/call", {"name": name, "arguments": arguments})
 
     async def call_text(self, params: str, seconds: float = 60) -> dict[str, Any] | None:
         """Send a `tools/call` whose params object has the JSON members `params`, written as given.
@@ -195,12 +199,17 @@ class RawStdioClient:
         return received
 
     async def read_message(self) -> dict[str, Any]:
-        """Return the next message the gateway writes."""
-        assert self._process.stdout is not None
+        """Return the next message the gateway writes, or raise `anyio.EndOfStream` once stdout closes."""
+        assert self.process.stdout is not None
         while b"\n" not in self._buffer:
-            self._buffer += await self._process.stdout.receive()
+            self._buffer += await self.process.stdout.receive()
         line, self._buffer = self._buffer.split(b"\n", 1)
         return dict(json.loads(line))
+
+    async def close_stdin(self) -> None:
+        """Close the gateway's stdin, which ends a stdio gateway."""
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
 
     async def _response(self, request_id: int) -> dict[str, Any]:
         while True:
@@ -211,21 +220,31 @@ class RawStdioClient:
 
 @asynccontextmanager
 async def raw_stdio_gateway(
-    policy: Path, mode: str = LEGACY, *, log: Path | None = None, handshake: bool = True
+    policy: Path,
+    mode: str = LEGACY,
+    *,
+    log: Path | None = None,
+    handshake: bool = True,
+    prefix: Sequence[str] = (),
 ) -> AsyncIterator[RawStdioClient]:
     """Start the gateway over stdio and yield a raw client that has done the handshake `mode` needs.
 
+    When the block ends, stdin is closed and the gateway must exit within `PROCESS_WAIT_SECONDS`.
+
     Args:
-        log: File for the gateway's stderr, written at debug level; without it stderr is discarded.
+        log: File the gateway's stderr is appended to, at debug level. Without it stderr is discarded.
         handshake: In `LEGACY` mode, send `initialize` and `notifications/initialized` first.
+        prefix: Words put before the gateway's command line, e.g. a program that drops privileges.
     """
-    command = gateway_command(policy)
     with ExitStack() as files:
         errors: IO[bytes] | int = subprocess.DEVNULL
+        environment = None
         if log is not None:
-            command[3:3] = ["--log-level", "debug"]
-            errors = files.enter_context(log.open("wb"))
-        async with await anyio.open_process(command, cwd=ROOT, stderr=errors) as process:
+            errors = files.enter_context(log.open("ab"))
+            environment = {**os.environ, "MCP_GUARD_LOG_LEVEL": "debug"}
+        command = [*prefix, *gateway_command(policy)]
+        process = await anyio.open_process(command, cwd=ROOT, stderr=errors, env=environment)
+        try:
             client = RawStdioClient(process, mode)
             if mode != MODERN and handshake:
                 await client.request(
@@ -238,10 +257,10 @@ async def raw_stdio_gateway(
                 )
                 await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
             yield client
-            assert process.stdin is not None
-            await process.stdin.aclose()
+        finally:
+            # aclose() closes stdin and waits for the exit. On the timeout it kills the gateway.
             with anyio.fail_after(PROCESS_WAIT_SECONDS):
-                await process.wait()
+                await process.aclose()
 
 
 def free_port() -> int:

@@ -15,13 +15,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, closing, suppress
+from collections.abc import Sequence
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 import httpx2
 import psutil
 import pytest
@@ -30,10 +29,11 @@ from support import (
     ERAS,
     PROCESS_WAIT_SECONDS,
     ROOT,
+    RawStdioClient,
     descendants,
     fixture_server,
-    gateway_command,
     http_gateway,
+    raw_stdio_gateway,
     read_records,
     stdio_gateway,
     wait_until,
@@ -122,82 +122,6 @@ def log_events(log: Path) -> list[str]:
     return names
 
 
-# A gateway spoken to in raw JSON-RPC --------------------------------------------------------
-
-
-class RawGateway:
-    """A stdio gateway process, spoken to in hand-written JSON-RPC."""
-
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        self._buffer = b""
-        self._last_id = 0
-
-    def request(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Build a tools/call request with a fresh id."""
-        self._last_id += 1
-        params = {"name": name, "arguments": arguments}
-        return {"jsonrpc": "2.0", "id": self._last_id, "method": "tools/call", "params": params}
-
-    async def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send(json.dumps(message).encode() + b"\n")
-
-    async def receive(self) -> dict[str, Any]:
-        """Return the next message, or raise `anyio.EndOfStream` once the gateway has closed stdout."""
-        assert self.process.stdout is not None
-        while b"\n" not in self._buffer:
-            self._buffer += await self.process.stdout.receive()
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return dict(json.loads(line))
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Call a tool and return the response: a `result` or an `error` member."""
-        request = self.request(name, arguments)
-        await self.send(request)
-        while True:
-            message = await self.receive()
-            if message.get("id") == request["id"]:
-                return message
-
-    async def initialize(self) -> None:
-        params = {
-            "protocolVersion": LEGACY_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"},
-        }
-        await self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params})
-        await self.receive()
-        await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    async def close_stdin(self) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.aclose()
-
-
-@asynccontextmanager
-async def raw_gateway(policy: Path, log: Path, prefix: Sequence[str] = ()) -> AsyncIterator[RawGateway]:
-    """Start a stdio gateway that appends DEBUG logs to `log`, and stop it when the block ends.
-
-    Args:
-        prefix: Words put before the gateway's command line, e.g. a program that drops privileges.
-    """
-    environment = {**os.environ, "MCP_GUARD_LOG_LEVEL": "debug"}
-    with log.open("ab") as stderr:
-        process = await anyio.open_process(
-            [*prefix, *gateway_command(policy)], cwd=ROOT, stderr=stderr, env=environment
-        )
-        gateway = RawGateway(process)
-        try:
-            with anyio.fail_after(PROCESS_WAIT_SECONDS):
-                await gateway.initialize()
-            yield gateway
-        finally:
-            # Closing stdin ends a stdio gateway. If the wait times out, aclose() kills the process.
-            with anyio.move_on_after(PROCESS_WAIT_SECONDS, shield=True):
-                await process.aclose()
-
-
 # Every way a call can end --------------------------------------------------------------------
 
 
@@ -260,8 +184,10 @@ async def test_stdin_closed_mid_call_recorded_once(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
 
-    async with raw_gateway(policy, tmp_path / "gateway.log") as gateway:
-        await gateway.send(gateway.request("alpha__slow", {"seconds": 30, "steps": 0}))
+    async with raw_stdio_gateway(policy, log=tmp_path / "gateway.log") as gateway:
+        await gateway.send_request(
+            "tools/call", {"name": "alpha__slow", "arguments": {"seconds": 30, "steps": 0}}
+        )
         await wait_until(lambda: calls_received(record, "slow"), 10, "slow call forwarded")
         await gateway.close_stdin()
         with anyio.fail_after(PROCESS_WAIT_SECONDS):
@@ -342,9 +268,11 @@ async def test_sigkill_loses_no_intent(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     texts = [f"call {number:03d}" for number in range(SIGKILL_CALLS)]
 
-    async with raw_gateway(policy, tmp_path / "gateway.log") as gateway:
+    async with raw_stdio_gateway(policy, log=tmp_path / "gateway.log") as gateway:
         # A call still running at the kill, so at least one intent is left without an outcome.
-        await gateway.send(gateway.request("alpha__slow", {"seconds": 60, "steps": 0}))
+        await gateway.send_request(
+            "tools/call", {"name": "alpha__slow", "arguments": {"seconds": 60, "steps": 0}}
+        )
         await wait_until(lambda: calls_received(record, "slow"), 10, "slow call forwarded")
         fixture_processes = descendants(gateway.process.pid)
         responded = await call_until_killed(gateway, texts)
@@ -378,7 +306,7 @@ async def test_sigkill_loses_no_intent(tmp_path: Path) -> None:
             assert call.outcome.outcome == "gateway_shutdown", call.intent.arguments
 
 
-async def call_until_killed(gateway: RawGateway, texts: Sequence[str]) -> list[str]:
+async def call_until_killed(gateway: RawStdioClient, texts: Sequence[str]) -> list[str]:
     """Call echo with each text, a few calls at a time, and SIGKILL the gateway part way through.
 
     Returns:
@@ -389,15 +317,16 @@ async def call_until_killed(gateway: RawGateway, texts: Sequence[str]) -> list[s
     slots = anyio.Semaphore(SIGKILL_WINDOW)
 
     async def send_calls() -> None:
-        for text in texts:
+        for request_id, text in enumerate(texts, start=1000):
             await slots.acquire()
-            request = gateway.request("alpha__echo", {"text": text})
-            waiting[request["id"]] = text
-            await gateway.send(request)
+            # Registered before it is sent, so the reader knows the response whenever it comes.
+            waiting[request_id] = text
+            params = {"name": "alpha__echo", "arguments": {"text": text}}
+            await gateway.send({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
 
     async def read_responses() -> None:
         while len(responded) < SIGKILL_AFTER_RESPONSES:
-            message = await gateway.receive()
+            message = await gateway.read_message()
             text = waiting.pop(message.get("id", -1), None)
             if text is not None:
                 assert message["result"]["content"][0]["text"] == text
@@ -461,7 +390,7 @@ async def test_secrets_never_stored_or_logged(tmp_path: Path) -> None:
         "database": {"user": "app", "password": FAKE_NESTED_PASSWORD},
     }
 
-    async with raw_gateway(policy, log) as gateway:
+    async with raw_stdio_gateway(policy, log=log) as gateway:
         echo = await gateway.call("alpha__echo", {"text": ALL_CANARIES})
         applied = await gateway.call("alpha__nested", {"config": nested})
         tool_error = await gateway.call("alpha__fail_tool", {"message": ALL_CANARIES})
@@ -527,7 +456,7 @@ async def test_unwritable_trail(tmp_path: Path, on_failure: str) -> None:
     database = state_dir / "audit.sqlite3"
     database.chmod(0o400)
 
-    async with raw_gateway(policy, log, prefix) as gateway:
+    async with raw_stdio_gateway(policy, log=log, prefix=prefix) as gateway:
         response = await gateway.call("alpha__echo", {"text": "unaudited"})
     calls = await read_trail(state_dir)
     events = log_events(log)
