@@ -6,8 +6,8 @@ itself, which cut the gateway's CPU time per call by about a fifth in one
 `make bench` run (1.12 ms to 0.88 ms on two cores). Lines are split in the
 event loop's read callback (`_LineReader`) rather than in a task that waits for
 stdin to become readable, which saves a trip through the event loop and two
-epoll system calls per line (the bare gateway's CPU time per call went from
-0.50 to 0.42 ms). Like the SDK, it takes the protocol's file descriptors for
+epoll system calls per line (0.50 to 0.42 ms of CPU time per call for the bare
+gateway, in one two-round benchmark of the stdio cases). Like the SDK, it takes the protocol's file descriptors for
 itself while serving: fd 0 reads the null device and fd 1 writes to stderr, so
 a stray `print` or a child process cannot corrupt the wire. When stdin or stdout
 is not a pipe or socket (a terminal, a regular file), it falls back to the SDK's
