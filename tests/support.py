@@ -33,17 +33,13 @@ MODERN = "2026-07-28"
 LEGACY = "legacy"
 ERAS = (LEGACY, MODERN)
 # A raw 2025-11-25 initialize request and the headers streamable HTTP requires, for tests that
-# speak HTTP without the SDK client. The clientInfo name is only ever self-reported.
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "alice", "version": "1"},
-    },
+# speak MCP without the SDK client. The clientInfo name is only ever self-reported.
+INITIALIZE_PARAMS: dict[str, Any] = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "alice", "version": "1"},
 }
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS}
 HTTP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 # Bounds how long a test waits for a child process to start listening or to exit.
 PROCESS_WAIT_SECONDS = 20.0
@@ -247,14 +243,7 @@ async def raw_stdio_gateway(
         try:
             client = RawStdioClient(process, mode)
             if mode != MODERN and handshake:
-                await client.request(
-                    "initialize",
-                    {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "raw", "version": "1"},
-                    },
-                )
+                await client.request("initialize", INITIALIZE_PARAMS)
                 await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
             yield client
         finally:

@@ -1,17 +1,20 @@
-"""The stdio transport of the gateway, on non-blocking pipes.
+"""The stdio transport of the gateway, on non-blocking pipes or sockets.
 
 The SDK's `stdio_server` reads and writes through worker threads, three thread
 hand-offs per call. On pipes the event loop can wait for the file descriptors
 itself, which cut the gateway's CPU time per call by about a fifth in one
-`make bench` run (1.12 ms to 0.88 ms on two cores). Lines are split in the
-event loop's read callback (`_LineReader`) rather than in a task that waits for
-stdin to become readable, which saves a trip through the event loop and two
-epoll system calls per line (0.50 to 0.42 ms of CPU time per call for the bare
-gateway, in one two-round benchmark of the stdio cases). Like the SDK, it takes the protocol's file descriptors for
-itself while serving: fd 0 reads the null device and fd 1 writes to stderr, so
-a stray `print` or a child process cannot corrupt the wire. When stdin or stdout
-is not a pipe or socket (a terminal, a regular file), it falls back to the SDK's
-transport, because the event loop cannot wait on those.
+`make bench` run (1.12 ms to 0.88 ms on two cores).
+
+Lines are split in the event loop's read callback (`_LineReader`) rather than in
+a task that waits for stdin to become readable. That saves a trip through the
+event loop and two epoll system calls per line: 0.50 to 0.42 ms of CPU time per
+call for the bare gateway, in one two-round benchmark of the stdio cases.
+
+Like the SDK, it takes the protocol's file descriptors for itself while serving:
+fd 0 reads the null device and fd 1 writes to stderr, so a stray `print` or a
+child process cannot corrupt the wire. When stdin or stdout is not a pipe or
+socket (a terminal, a regular file), it falls back to the SDK's transport,
+because the event loop cannot wait on those.
 
 A `LineTaker` (the direct lane for tool calls) may take lines off the wire
 before they are parsed for the SDK, and write its responses on the same wire.

@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import PROCESS_WAIT_SECONDS, ROOT, fixture_server, gateway_command, write_policy
+from support import INITIALIZE, PROCESS_WAIT_SECONDS, ROOT, fixture_server, gateway_command, write_policy
 
-INITIALIZE_PARAMS = {
-    "protocolVersion": "2025-11-25",
-    "capabilities": {},
-    "clientInfo": {"name": "s", "version": "1"},
-}
 BURST = 200
 
 
@@ -70,8 +65,9 @@ def socket_gateway(policy: Path, log: Path) -> Iterator[tuple[SocketClient, subp
     gateway_out.close()
     client = SocketClient(client_in, client_out)
     try:
-        client.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INITIALIZE_PARAMS})
-        client.responses({0})
+        # The handshake uses id 1, so the tests number their requests from 2.
+        client.send(INITIALIZE)
+        client.responses({1})
         client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         yield client, process
     finally:
@@ -94,16 +90,16 @@ def call(request_id: int, text: str) -> dict[str, Any]:
 
 def test_socket_stdio_serves_calls_and_exits(policy: Path, tmp_path: Path) -> None:
     with socket_gateway(policy, tmp_path / "gateway.log") as (client, process):
-        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
-        listing = client.responses({1})[1]
-        client.send(*(call(request_id, f"text {request_id}") for request_id in range(2, 7)))
-        echoed = client.responses(set(range(2, 7)))
+        client.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
+        listing = client.responses({2})[2]
+        client.send(*(call(request_id, f"text {request_id}") for request_id in range(3, 8)))
+        echoed = client.responses(set(range(3, 8)))
         client.close()
         status = process.wait(timeout=PROCESS_WAIT_SECONDS)
 
     assert "alpha__echo" in [tool["name"] for tool in listing["result"]["tools"]]
     assert {request_id: echoed[request_id]["result"]["content"][0]["text"] for request_id in echoed} == {
-        request_id: f"text {request_id}" for request_id in range(2, 7)
+        request_id: f"text {request_id}" for request_id in range(3, 8)
     }
     assert status == 0
 
@@ -112,21 +108,21 @@ def test_burst_of_mixed_messages_all_answered(policy: Path, tmp_path: Path) -> N
     # Listings go to the SDK, which takes them one at a time while the reader waits. The calls
     # between them take the direct lane. Every request gets a response, in any order.
     with socket_gateway(policy, tmp_path / "gateway.log") as (client, process):
-        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
-        client.responses({1})
+        client.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
+        client.responses({2})
         burst = [
             {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": {}}
             if request_id % 2
             else call(request_id, f"text {request_id}")
-            for request_id in range(2, 2 + BURST)
+            for request_id in range(3, 3 + BURST)
         ]
         client.send(*burst)
-        answered = client.responses(set(range(2, 2 + BURST)))
+        answered = client.responses(set(range(3, 3 + BURST)))
         client.close()
         status = process.wait(timeout=PROCESS_WAIT_SECONDS)
 
-    listings = [answered[request_id] for request_id in range(3, 2 + BURST, 2)]
-    calls = {request_id: answered[request_id] for request_id in range(2, 2 + BURST, 2)}
+    listings = [answered[request_id] for request_id in range(3, 3 + BURST, 2)]
+    calls = {request_id: answered[request_id] for request_id in range(4, 3 + BURST, 2)}
     assert all("tools" in listing["result"] for listing in listings)
     assert {request_id: calls[request_id]["result"]["content"][0]["text"] for request_id in calls} == {
         request_id: f"text {request_id}" for request_id in calls
