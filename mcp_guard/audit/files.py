@@ -188,6 +188,7 @@ class HeadWriter:
         self.path = path
         self._fsync = fsync
         self._descriptor: int | None = None
+        self._truncate = False
 
     def write(self, head: ChainLink) -> None:
         """Record `head` as the newest row.
@@ -199,12 +200,14 @@ class HeadWriter:
             if not self.path.exists():
                 write_head(self.path, head, self._fsync)
             self._descriptor = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            # A head written by an older version may be longer; the record must end the file.
+            self._truncate = os.fstat(self._descriptor).st_size != HEAD_RECORD_BYTES
         record = _head_record(head)
         if os.pwrite(self._descriptor, record, 0) != len(record):
             raise OSError(f"short write to {self.path}")
-        # A head written by an older version may be longer; the record must end the file.
-        if os.fstat(self._descriptor).st_size != len(record):
+        if self._truncate:
             os.ftruncate(self._descriptor, len(record))
+            self._truncate = False
         if self._fsync:
             os.fdatasync(self._descriptor)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal, get_args
 
@@ -111,13 +112,13 @@ class CallIntent(BaseModel):
             }
         return self.model_copy(
             update={
-                "client": redactor.redact_text(self.client),
-                "organisation": _redact_optional(redactor, self.organisation),
-                "session": _redact_optional(redactor, self.session),
-                "server": redactor.redact_text(self.server),
-                "tool": redactor.redact_text(self.tool),
+                "client": redactor.redact_name(self.client),
+                "organisation": _redact_optional(redactor.redact_name, self.organisation),
+                "session": _redact_optional(redactor.redact_text, self.session),
+                "server": redactor.redact_name(self.server),
+                "tool": redactor.redact_name(self.tool),
                 "arguments": arguments,
-                "rule": _redact_optional(redactor, self.rule),
+                "rule": _redact_optional(redactor.redact_name, self.rule),
             }
         )
 
@@ -159,8 +160,8 @@ class CallOutcome(BaseModel):
         )
 
 
-def _redact_optional(redactor: Redactor, text: str | None) -> str | None:
-    return None if text is None else redactor.redact_text(text)
+def _redact_optional(redact: Callable[[str], str], text: str | None) -> str | None:
+    return None if text is None else redact(text)
 
 
 def _shorten(text: str, max_chars: int) -> str:

@@ -23,6 +23,9 @@ from mcp_guard.audit.patterns import ValuePattern, marker
 # Nesting deeper than this is replaced by a marker rather than walked, which bounds
 # the recursion. JSON parsers stop well before it for untrusted input.
 MAX_DEPTH = 200
+# Names masked by `redact_name` that are remembered, and the longest one remembered.
+NAME_CACHE_SIZE = 1024
+NAME_CACHE_MAX_CHARS = 200
 _PATTERN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 
 
@@ -49,6 +52,7 @@ class Redactor:
         self._key_names = patterns.SECRET_KEY_NAMES | {_normalize_extra_key(key) for key in extra_keys}
         extra = [_compile_extra_pattern(name, regex) for name, regex in (extra_patterns or {}).items()]
         self._patterns: tuple[ValuePattern, ...] = (*patterns.BUILTIN_PATTERNS, *extra)
+        self._names: dict[str, str] = {}
 
     def is_secret_key(self, key: str) -> bool:
         """Return whether values stored under `key` are treated as secrets."""
@@ -65,6 +69,20 @@ class Redactor:
         return patterns.mask_assignments(
             text, self.is_secret_key, (patterns.ASSIGNMENT, patterns.COMMAND_LINE_OPTION)
         )
+
+    def redact_name(self, name: str) -> str:
+        """Return `redact_text(name)` for a name that repeats from call to call, such as a client or tool.
+
+        Short names are remembered, so a name is scanned once rather than on every call.
+        """
+        masked = self._names.get(name)
+        if masked is None:
+            masked = self.redact_text(name)
+            if len(name) <= NAME_CACHE_MAX_CHARS:
+                if len(self._names) >= NAME_CACHE_SIZE:
+                    self._names.clear()
+                self._names[name] = masked
+        return masked
 
     def redact_value(self, value: JsonValue) -> JsonValue:
         """Return a masked copy of a JSON-like value.

@@ -15,6 +15,7 @@ which is a cap per session by definition.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Collection, Mapping
@@ -284,14 +285,20 @@ class Limiter:
             subject = f"org={facts.organisation}"
         else:
             subject = f"client={facts.client}"
-        # Quoted, so that no name can contain the separator and collide with another limit's key.
-        return f"{quote(rule.name, safe='')}:{dimension}:{quote(subject, safe='=*')}"
+        return _store_key(rule.name, dimension, subject)
 
     def _cost_of(self, server: str, tool: str) -> ToolCostConfig | None:
         for cost in self.settings.costs:
             if cost.server in (WILDCARD, server) and (WILDCARD in cost.tools or tool in cost.tools):
                 return cost
         return None
+
+
+# Every call of a client builds the same few keys, so they are remembered (a bounded number of them).
+@functools.lru_cache(maxsize=4096)
+def _store_key(rule_name: str, dimension: str, subject: str) -> str:
+    # Quoted, so that no name can contain the separator and collide with another limit's key.
+    return f"{quote(rule_name, safe='')}:{dimension}:{quote(subject, safe='=*')}"
 
 
 def names_client(rule: LimitRuleConfig, client: str, groups: Collection[str]) -> bool:

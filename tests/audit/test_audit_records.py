@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from mcp_guard.audit import CallIntent, CallOutcome, Redactor, new_call_id, utc_now
 from mcp_guard.audit.records import ARGUMENTS_MAX_CHARS, PREVIEW_MAX_CHARS
+from mcp_guard.audit.redaction import NAME_CACHE_SIZE
 
 IntentFactory = Callable[..., CallIntent]
 OutcomeFactory = Callable[..., CallOutcome]
@@ -85,3 +86,27 @@ def test_intent_text_fields_are_redacted(make_intent: IntentFactory) -> None:
     assert stored.session == "Bearer [REDACTED:authorization-header]"
     assert stored.arguments == {"password": "[REDACTED:secret-field]"}
     assert intent.arguments == {"password": "x"}
+
+
+@pytest.mark.attack("secret in audit trail or logs", attempts=2)
+def test_redacted_names_stay_masked_when_remembered(make_intent: IntentFactory) -> None:
+    token = "ghp_" + "k7" * 18
+    redactor = Redactor()
+    intent = make_intent(client=f"bot-{token}", tool=token, rule=f"rule {token}")
+
+    # Names are remembered after the first call: the second copy must come out the same.
+    first, second = intent.redacted(redactor), intent.redacted(redactor)
+
+    for stored in (first, second):
+        assert stored.client == "bot-[REDACTED:github-token]"
+        assert stored.tool == "[REDACTED:github-token]"
+        assert stored.rule == "rule [REDACTED:github-token]"
+
+
+def test_remembered_names_stay_bounded() -> None:
+    redactor = Redactor()
+
+    masked = [redactor.redact_name(f"tool-{index}") for index in range(NAME_CACHE_SIZE * 3)]
+
+    assert masked[-1] == f"tool-{NAME_CACHE_SIZE * 3 - 1}"
+    assert len(redactor._names) <= NAME_CACHE_SIZE

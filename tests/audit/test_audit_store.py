@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 
@@ -78,6 +79,7 @@ async def _write_concurrently(
         for _ in range(CALLS_EACH):
             intent = make_intent()
             await store.record_intent(intent)
+            await anyio.lowlevel.checkpoint()  # the call is forwarded, and the other writers run
             await store.record_outcome(make_outcome(intent.call_id))
 
     async with anyio.create_task_group() as group:

@@ -10,7 +10,8 @@ Each connection is a plain `sqlite3` connection, used by one thread at a time un
 its own lock. By default records are committed on the event loop itself: in WAL mode
 with `synchronous = NORMAL` a commit writes to the page cache and does not wait for the
 disk, which takes about a tenth of a millisecond, less than handing it to a thread.
-Records written at the same moment share a transaction (`_lead_batch`).
+Records written at the same moment share a transaction (`_lead_batch`); a call alone, with
+no other call under way, commits without waiting for others to join.
 The writes that do wait for the disk, the WAL checkpoints, run in a worker thread
 (`_checkpoint`). With `power_safe` every commit waits for an fsync, so records go
 through `GroupCommitter`: concurrent calls share a transaction, which runs in a worker
@@ -35,6 +36,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 from mcp_guard.audit import files, schema
@@ -114,9 +116,12 @@ class SqliteAuditStore:
         self._lock = files.WriterLock(files.lock_path(path))
         self._head = files.HeadWriter(head_path, fsync=power_safe)
         # Each connection is used by one thread at a time: the writer under this lock,
-        # the reader under `_read_lock`.
-        self._write_lock = anyio.Lock()
+        # the reader under `_read_lock`. A free write lock is taken without a trip through the
+        # event loop. `_lead_batch` makes that trip itself when other records may join its batch.
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._read_lock = anyio.Lock()
+        # Calls whose intent is committed and whose outcome is not (a hint for batching only).
+        self._open_calls = 0
         # Created on entry: its streams must be closed, and only a writer runs it.
         self._committer: GroupCommitter[CallIntent | CallOutcome] | None = None
         self._max_queue = max_queue
@@ -379,10 +384,15 @@ class SqliteAuditStore:
             # Shielded: followers' records depend on this commit, so cancelling it would lose them.
             with anyio.CancelScope(shield=True):
                 try:
+                    if self._open_calls > (1 if isinstance(record, CallOutcome) else 0):
+                        # Other calls are under way: the records they write at this moment join
+                        # the batch. A call alone commits at once.
+                        await anyio.lowlevel.checkpoint()
                     async with self._write_lock:
                         self._batch = None
                         await self._ensure_checked_writer()
                         results = self._commit_on_loop([item for item, _ in batch])
+                    self._count_open_calls(batch, results)
                 except AuditUnavailable as exc:
                     # Each caller gets its own exception object, as one raised in many tasks would
                     # collect every task's traceback.
@@ -396,6 +406,11 @@ class SqliteAuditStore:
                 if follower is not None:
                     follower.set_result(result)
         return results[0]
+
+    def _count_open_calls(self, batch: list[_BatchEntry], results: list[Exception | None]) -> None:
+        for (record, _), result in zip(batch, results, strict=True):
+            if result is None:
+                self._open_calls += 1 if isinstance(record, CallIntent) else -1
 
     def _commit_on_loop(self, records: list[CallIntent | CallOutcome]) -> list[Exception | None]:
         try:
