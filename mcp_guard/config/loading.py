@@ -30,7 +30,7 @@ from mcp_guard.config.models import (
     StdioServerConfig,
 )
 from mcp_guard.config.oauth import check_oauth_subjects
-from mcp_guard.config.rules import check_references
+from mcp_guard.config.rules import check_api_key_hashes, check_references
 from mcp_guard.errors import ConfigError
 
 # Values longer than this are shortened in error messages.
@@ -96,6 +96,7 @@ def parse_config(
         raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
     problems = check_references(config.rules, config.clients, config.server_ids)
     problems += check_oauth_subjects(config.gateway.oauth, config.clients)
+    problems += check_api_key_hashes(config.clients)
     problems += check_limit_references(config.limits, config.clients, config.server_ids)
     default = config.gateway.default_client
     if default is not None and default not in config.clients:

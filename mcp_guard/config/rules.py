@@ -378,6 +378,26 @@ RuleList = Annotated[list[RuleConfig], AfterValidator(_names_unique)]
 """The `[[rules]]` array in file order, with unique rule names."""
 
 
+def check_api_key_hashes(clients: Mapping[str, ClientConfig]) -> list[str]:
+    """Return one problem line for each API key hash that more than one client lists.
+
+    A key must identify one client: a hash copied into a second client's table would give that
+    key the rights of whichever client the gateway matched.
+    """
+    problems: list[str] = []
+    owners: dict[str, str] = {}
+    for name, client in clients.items():
+        for position, key_hash in enumerate(client.api_key_hashes):
+            owner = owners.setdefault(key_hash, name)
+            if owner != name:
+                problems.append(
+                    f"clients.{name}.api_key_hashes[{position}]: the same hash is listed by client "
+                    f"{owner!r}; a key must identify one client, so list it under one client only "
+                    "and give the other client a key of its own (`mcp-guard keys new`)"
+                )
+    return problems
+
+
 def check_references(
     rules: Sequence[RuleConfig], clients: Mapping[str, ClientConfig], server_ids: Collection[str]
 ) -> list[str]:

@@ -66,10 +66,15 @@ class ClientDirectory:
         }
         self._accepts_oauth = config.gateway.oauth is not None
         self._key_hashes: list[tuple[bytes, str]] = []
+        owners: dict[str, str] = {}
         for name, client in config.clients.items():
             hashes = list(client.api_key_hashes)
             if client.api_key_hashes_from:
                 hashes += _hashes_from(environ, client.api_key_hashes_from, name)
+            for key_hash in hashes:
+                owner = owners.setdefault(key_hash, name)
+                if owner != name:
+                    raise ConfigError("environment", [_shared_key_problem(owner, name)])
             self._key_hashes += [(bytes.fromhex(h.removeprefix(HASH_PREFIX)), name) for h in hashes]
 
     @property
@@ -82,14 +87,19 @@ class ClientDirectory:
         return self._clients.get(name, ClientIdentity(name))
 
     def client_for_key(self, key: str) -> str | None:
-        """Return the name of the client whose API key is `key`, or None."""
+        """Return the name of the client whose API key is `key`, or None (also for a key of two clients)."""
         digest = hashlib.sha256(key.encode("utf-8")).digest()
-        found = None
         # Compare against every hash so the time taken does not tell which prefix matched.
-        for expected, name in self._key_hashes:
-            if hmac.compare_digest(digest, expected):
-                found = name
-        return found
+        found = {name for expected, name in self._key_hashes if hmac.compare_digest(digest, expected)}
+        return found.pop() if len(found) == 1 else None
+
+
+def _shared_key_problem(owner: str, client: str) -> str:
+    return (
+        f"clients {owner!r} and {client!r} list the same API key hash (in api_key_hashes or the "
+        "variable api_key_hashes_from names); a key must identify one client, so give each its own "
+        "(`mcp-guard keys new`)"
+    )
 
 
 def _hashes_from(environ: Mapping[str, str], variable: str, client: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from support import (
     HTTP_HEADERS,
     INITIALIZE,
     fixture_server,
+    gateway_command,
     http_gateway,
     read_records,
     stdio_gateway,
@@ -23,6 +25,7 @@ from support import (
 )
 
 from mcp_guard.config import load_config
+from mcp_guard.errors import ConfigError
 from mcp_guard.gateway.identity import hash_api_key
 from mcp_guard.gateway.serve import running_gateway
 from mcp_guard.state.clock import HighWaterClock, ManualClock
@@ -107,6 +110,44 @@ async def test_key_decides_client_not_client_info(tmp_path: Path) -> None:
     assert [event["arguments"] for event in read_records(record) if event["event"] == "call"] == [
         {"text": "from a"}
     ]
+
+
+@pytest.mark.attack("client impersonation")
+def test_shared_key_hash_is_rejected(tmp_path: Path) -> None:
+    # A client table copied from another keeps its hash, which would give one key two clients' rights.
+    clients = {
+        "reader": {"api_key_hashes": [hash_api_key(KEY_A)]},
+        "writer": {"api_key_hashes": [hash_api_key(KEY_B), hash_api_key(KEY_A)]},
+    }
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, clients=clients)
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(policy)
+
+    assert refused.value.problems == [
+        "clients.writer.api_key_hashes[1]: the same hash is listed by client 'reader'; a key must "
+        "identify one client, so list it under one client only and give the other client a key of "
+        "its own (`mcp-guard keys new`)"
+    ]
+
+
+@pytest.mark.attack("client impersonation")
+async def test_shared_key_hash_from_environment_stops_gateway(tmp_path: Path) -> None:
+    clients = {
+        "reader": {"api_key_hashes": [hash_api_key(KEY_A)]},
+        "writer": {"api_key_hashes_from": "WRITER_KEY_HASHES"},
+    }
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, clients=clients)
+    environment = {**os.environ, "WRITER_KEY_HASHES": f"{hash_api_key(KEY_B)},{hash_api_key(KEY_A)}"}
+
+    started = await anyio.run_process(
+        [*gateway_command(policy), "--transport", "http", "--port", "0"], env=environment, check=False
+    )
+
+    assert started.returncode == 2
+    error = started.stderr.decode()
+    assert "clients 'reader' and 'writer' list the same API key hash" in error
+    assert hash_api_key(KEY_A) not in error
 
 
 def url_transport(url: str, http: httpx2.AsyncClient) -> Any:
