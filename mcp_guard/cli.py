@@ -46,11 +46,20 @@ DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
 # How long `check` waits for downstream servers to list their tools.
 CHECK_CONNECT_SECONDS = 60
+NO_HTTP_CLIENTS = (
+    "no client in the policy file has api_key_hashes and there is no [gateway.oauth] table, so no "
+    "request could prove who sent it. Create a key with `mcp-guard keys new` and add its hash to a "
+    "client, configure [gateway.oauth], or set gateway.http.allow_unauthenticated_as to serve "
+    "everyone as one client."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status."""
     args = _parser().parse_args(argv)
+    args.log_level = (
+        args.log_level or os.environ.get("MCP_GUARD_LOG_LEVEL") or _default_log_level(args.command)
+    )
     if args.command == "keys":
         return _new_key()
     configure_logging(args.log_level)
@@ -64,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         args.config = args.config or args.config_option or args.config_default
     try:
-        # Only these commands start servers or reach the limit store, which need the secrets.
-        config = load_config(args.config, require_environment=args.command in {"run", "check", "limits"})
+        # Only these commands start servers, which need the secrets. `limits` checks the one it needs.
+        config = load_config(args.config, require_environment=args.command in {"run", "check"})
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -79,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: run_audit_command(args, state_dir, key_env_var=args.key_env or config.audit.key_env)
         )
     if args.command == "pins":
-        return anyio.run(run_pins_command, args, state_dir)
+        return anyio.run(lambda: run_pins_command(args, state_dir, policy_path=args.config))
     try:
         if args.command == "limits":
             return anyio.run(run_limits_command, config, args)
@@ -92,14 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _check(config, args)
 
 
+def _default_log_level(command: str) -> str:
+    # init reports every server it could not reach in its summary; the same errors as log lines
+    # would only bury it.
+    return "critical" if command == "init" else "info"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-guard", description="An MCP gateway that guards tool calls.")
     parser.add_argument("--version", action="version", version=f"mcp-guard {__version__}")
     parser.add_argument(
         "--log-level",
         choices=LEVELS,
-        default=os.environ.get("MCP_GUARD_LOG_LEVEL", "info"),
-        help="lowest level of the JSON logs written to stderr (default: info, or $MCP_GUARD_LOG_LEVEL)",
+        help=(
+            "lowest level of the JSON logs written to stderr (default: $MCP_GUARD_LOG_LEVEL, else info; "
+            "init, which prints its own summary, writes logs only when asked)"
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -174,13 +191,7 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     if args.transport == "http" and anonymous is None and not directory.has_credentials:
-        print(
-            "Not serving HTTP: no client in the policy file has api_key_hashes and there is no "
-            "[gateway.oauth] table, so no request could prove who sent it. Create a key with "
-            "`mcp-guard keys new` and add its hash to a client, configure [gateway.oauth], or set "
-            "gateway.http.allow_unauthenticated_as to serve everyone as one client.",
-            file=sys.stderr,
-        )
+        print(f"Not serving HTTP: {NO_HTTP_CLIENTS}", file=sys.stderr)
         return 2
     try:
         if args.transport == "stdio":
@@ -218,14 +229,41 @@ def _startup_failure(exc: BaseException) -> GuardError | None:
 
 
 def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
+    try:
+        directory = ClientDirectory(config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     count = len(config.servers)
     print(f"{args.config}: valid, {count} {'server' if count == 1 else 'servers'} configured")
     stdio_client = config.gateway.default_client or DEFAULT_CLIENT
     print(f"stdio client: {stdio_client} (mcp-guard run --client NAME serves another)")
+    print(f"HTTP clients: {_http_clients(config, directory)}")
     print(f"state directory: {Path(config.gateway.state_dir)}")
     if args.offline:
         return 0
     return anyio.run(_check_servers, config)
+
+
+def _http_clients(config: GatewayConfig, directory: ClientDirectory) -> str:
+    """Say which clients can connect over HTTP, as `run --transport http` would serve them."""
+    anonymous = config.gateway.http.allow_unauthenticated_as
+    keyed = [
+        name for name, client in config.clients.items() if client.api_key_hashes or client.api_key_hashes_from
+    ]
+    subjects = [name for name, client in config.clients.items() if client.oauth_subjects]
+    ways = []
+    if keyed:
+        ways.append(f"{', '.join(keyed)} with API keys")
+    if config.gateway.oauth is not None and subjects:
+        ways.append(f"{', '.join(subjects)} with OAuth tokens")
+    if anonymous is not None:
+        ways.append(f"every request without credentials as {anonymous!r}")
+    if ways:
+        return "; ".join(ways)
+    if directory.has_credentials:
+        return "none yet: [gateway.oauth] is set, but no client lists oauth_subjects"
+    return f"none: {NO_HTTP_CLIENTS}"
 
 
 async def _check_servers(config: GatewayConfig) -> int:

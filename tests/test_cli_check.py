@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -110,3 +112,39 @@ async def test_check_fails_without_sandbox(tmp_path: Path) -> None:
     output = await run_check(policy, expect_code=1)
 
     assert "[sandbox] NOT AVAILABLE: The 'local' sandbox cannot run code here: bubblewrap" in output
+
+
+async def test_check_names_http_clients(tmp_path: Path) -> None:
+    keyed = {"agent": {"api_key_hashes": ["sha256:" + "a" * 64]}, "other": {}}
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "none").mkdir()
+    with_keys = write_policy(
+        tmp_path / "keys", {"alpha": fixture_server("alpha")}, rules=RULES, clients=keyed
+    )
+    without_keys = write_policy(
+        tmp_path / "none", {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}}
+    )
+
+    listed = await check_offline(with_keys)
+    refused = await check_offline(without_keys)
+
+    assert listed.returncode == 0
+    assert "HTTP clients: agent with API keys\n" in listed.stdout.decode()
+    assert refused.returncode == 0
+    assert "HTTP clients: none: no client in the policy file has api_key_hashes" in refused.stdout.decode()
+
+
+async def test_check_rejects_malformed_hash_from_environment(tmp_path: Path) -> None:
+    clients = {"agent": {"api_key_hashes_from": "AGENT_KEY_HASHES"}}
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients=clients)
+
+    completed = await check_offline(policy, AGENT_KEY_HASHES="mcpg_pasted-key-by-mistake")
+
+    assert completed.returncode == 2
+    assert "$AGENT_KEY_HASHES (API key hashes of client 'agent'): entry 0" in completed.stderr.decode()
+    assert "mcpg_pasted-key-by-mistake" not in completed.stderr.decode()
+
+
+async def check_offline(policy: Path, **environment: str) -> subprocess.CompletedProcess[bytes]:
+    command = [sys.executable, "-m", "mcp_guard", "check", "--offline", str(policy)]
+    return await anyio.run_process(command, cwd=ROOT, env={**os.environ, **environment}, check=False)

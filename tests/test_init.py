@@ -231,6 +231,35 @@ async def test_vscode_http_input_header(tmp_path: Path) -> None:
     assert client["inputs"] == inputs
 
 
+async def test_unset_input_is_named_with_the_fix(tmp_path: Path) -> None:
+    entry = fixture_entry(tmp_path / "fixture.jsonl")
+    entry["env"] = {"FIXTURE_API_KEY": "${input:api-token}"}
+    inputs = [{"type": "promptString", "id": "api-token", "description": "Token", "password": True}]
+    folder = tmp_path / ".vscode"
+    folder.mkdir()
+    (folder / "mcp.json").write_text(json.dumps({"inputs": inputs, "servers": {"fixture": entry}}), "utf-8")
+    environ = clean_env(PATH=os.environ.get("PATH", ""))
+    command = [sys.executable, "-m", "mcp_guard", "init", "--from", "vscode"]
+
+    unreached = await anyio.run_process(command, cwd=tmp_path, env=environ, check=False)
+    # Following the hint: export the variable and run init again with --force.
+    reached = await anyio.run_process(
+        [*command, "--force"], cwd=tmp_path, env={**environ, "API_TOKEN": "abc"}, check=False
+    )
+
+    assert unreached.returncode == 0, unreached.stderr.decode()
+    output = unreached.stdout.decode()
+    assert "fixture: NOT REACHED (FIXTURE_API_KEY: environment variable API_TOKEN is not set)" in output
+    assert "export API_TOKEN=..." in output
+    assert "run init again with --force" in output
+    # The summary reports the failure. Log lines would repeat it, so init writes them only with --log-level.
+    assert unreached.stderr == b""
+    assert reached.returncode == 0, reached.stderr.decode()
+    assert "NOT REACHED" not in reached.stdout.decode()
+    policy = read_toml(tmp_path / "mcp-guard.toml")
+    assert "echo" in rules_for(policy, "fixture")["approve"]["tools"]  # listed, not the offline "*"
+
+
 async def test_existing_output_needs_force(tmp_path: Path) -> None:
     source = write_desktop_config(tmp_path, tmp_path / "fixture.jsonl")
     policy = tmp_path / "mcp-guard.toml"

@@ -57,6 +57,9 @@ async def run_approvals_command(
                     ("pending", "approved", "denied", "used", "expired") if args.all else ("pending",)
                 )
                 requests = await store.listing(now, statuses)
+                if not requests:
+                    print(_nothing_listed(args.all), file=out)
+                    return 0
                 _print_requests(requests, now, out)
                 return 0
             approve = args.approvals_command == "approve"
@@ -94,10 +97,13 @@ def approvals_command(policy_path: str | None) -> str:
     return command_line("approvals", "--config", str(Path(policy_path).resolve()))
 
 
+def _nothing_listed(listed_all: bool) -> str:
+    if listed_all:
+        return "No approval requests."
+    return "No approval request is pending. `approvals list --all` also lists decided, used and expired ones."
+
+
 def _print_requests(requests: list[ApprovalRequest], now: float, out: TextIO) -> None:
-    if not requests:
-        print("No approval requests.", file=out)
-        return
     for request in requests:
         binding = request.binding
         created = datetime.fromtimestamp(request.created, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

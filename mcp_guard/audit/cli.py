@@ -26,6 +26,7 @@ from mcp_guard.audit.query import CallFilter
 from mcp_guard.audit.records import Decision, OutcomeKind, canonical_utc
 from mcp_guard.audit.sqlite import SqliteAuditStore
 from mcp_guard.audit.store import DEFAULT_SEARCH_LIMIT, AuditStore
+from mcp_guard.downstream.naming import SEPARATOR
 from mcp_guard.errors import AuditCorrupted, AuditUnavailable, ConfigError
 
 EXIT_OK = 0
@@ -158,12 +159,25 @@ async def _dispatch(store: AuditStore, args: argparse.Namespace, out: TextIO) ->
 
 async def _search(store: AuditStore, filters: CallFilter, args: argparse.Namespace, out: TextIO) -> int:
     last_row_id = await store.last_row_id()
-    for call in reversed(await store.search(filters, limit=args.limit)):
+    calls = await store.search(filters, limit=args.limit)
+    for call in reversed(calls):
         print(display.call_line(call), file=out)
     out.flush()
+    if not calls:
+        print(_no_match_message(filters), file=sys.stderr)
     if args.follow:
         await _follow(store, filters, last_row_id, args.interval, out)
     return EXIT_OK
+
+
+def _no_match_message(filters: CallFilter) -> str:
+    if filters.tool is not None and SEPARATOR in filters.tool:
+        return (
+            f"No calls match. --tool takes a tool's name on its server, as the trail stores it, while "
+            f"{filters.tool!r} looks like the name a client sees: for a client's 'git{SEPARATOR}git_log', "
+            "use --server git --tool git_log. A name the gateway did not export is stored as the client sent it."
+        )
+    return "No calls match."
 
 
 async def _follow(
@@ -252,7 +266,9 @@ async def _prune(store: AuditStore, args: argparse.Namespace, out: TextIO) -> in
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client", help="only calls from this client profile")
     parser.add_argument("--server", help="only calls to this downstream server")
-    parser.add_argument("--tool", help="only calls of this tool")
+    parser.add_argument(
+        "--tool", help="only calls of this tool, by its name on its server (git_log, not git__git_log)"
+    )
     parser.add_argument("--decision", choices=get_args(Decision), help="only calls with this policy decision")
     parser.add_argument("--outcome", choices=get_args(OutcomeKind), help="only calls that ended this way")
     parser.add_argument(

@@ -548,8 +548,8 @@ def _describe_failure(exc: BaseException) -> str:
         return f"{exc.error.message} (code {exc.error.code})"
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         return (
-            f"command not found: {exc.filename!r}; give its absolute path, or a path relative to the "
-            "server's cwd, because only the safe base PATH is searched"
+            f"command not found: {exc.filename!r}; give its absolute path, or start the gateway with a "
+            "PATH that contains it (the server is started with the gateway's PATH, or the PATH in its env)"
         )
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"

@@ -18,6 +18,7 @@ from typing import TextIO
 
 import anyio
 
+from mcp_guard.launcher import command_line
 from mcp_guard.pinning import display
 from mcp_guard.pinning.errors import PinNotPending, PinStoreError
 from mcp_guard.pinning.records import PinRecord
@@ -64,12 +65,19 @@ def add_pins_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     reject.add_argument("tool", help="tool name on that server")
 
 
-async def run_pins_command(args: argparse.Namespace, state_dir: Path, *, stdout: TextIO | None = None) -> int:
+async def run_pins_command(
+    args: argparse.Namespace,
+    state_dir: Path,
+    *,
+    policy_path: str | None = None,
+    stdout: TextIO | None = None,
+) -> int:
     """Run the parsed `pins` subcommand and return the exit status.
 
     Args:
         args: The namespace `argparse` produced for the `pins` command.
         state_dir: The gateway's state directory, which contains the pin database.
+        policy_path: The policy file, named in the commands `review` prints.
         stdout: Where results go (default: `sys.stdout`).
     """
     out = stdout or sys.stdout
@@ -92,18 +100,24 @@ async def run_pins_command(args: argparse.Namespace, state_dir: Path, *, stdout:
         return EXIT_FAILED
     try:
         async with store:
-            return await _dispatch(store, args, out)
+            return await _dispatch(store, args, _pins_command(policy_path), out)
     except (PinNotPending, PinStoreError) as exc:
         print(display.escape_text(str(exc)), file=sys.stderr)
         return EXIT_FAILED
 
 
-async def _dispatch(store: PinStore, args: argparse.Namespace, out: TextIO) -> int:
+def _pins_command(policy_path: str | None) -> str:
+    if policy_path is None:
+        return command_line("pins")
+    return command_line("pins", "--config", str(Path(policy_path).resolve()))
+
+
+async def _dispatch(store: PinStore, args: argparse.Namespace, pins_command: str, out: TextIO) -> int:
     command = args.pins_command
     if command == "list":
         return await _list(store, args.server, out)
     if command == "review":
-        return await _review(store, args.server, out)
+        return await _review(store, args.server, pins_command, out)
     if command == "reject":
         record = await store.reject(args.server, args.tool)
         print(
@@ -125,13 +139,13 @@ async def _list(store: PinStore, server: str | None, out: TextIO) -> int:
     return EXIT_OK
 
 
-async def _review(store: PinStore, server: str | None, out: TextIO) -> int:
+async def _review(store: PinStore, server: str | None, pins_command: str, out: TextIO) -> int:
     records = await store.pending(server)
     if not records:
         print("Nothing to review: no definition is waiting for approval.", file=out)
         return EXIT_OK
     for record in records:
-        print(display.review_block(record), file=out)
+        print(display.review_block(record, pins_command), file=out)
         print(file=out)
     noun = "definition is" if len(records) == 1 else "definitions are"
     print(f"{len(records)} {noun} waiting for review.", file=out)

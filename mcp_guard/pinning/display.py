@@ -54,8 +54,13 @@ def pin_table(records: Sequence[PinRecord]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def review_block(record: PinRecord) -> str:
-    """Render one pending definition: hashes, injection findings, the diff and the commands to decide."""
+def review_block(record: PinRecord, pins_command: str) -> str:
+    """Render one pending definition: hashes, injection findings, the diff and the commands to decide.
+
+    Args:
+        record: The pin with a pending definition.
+        pins_command: The `mcp-guard pins` command line for the policy file, ready to paste.
+    """
     name = f"{escape_text(record.server)} / {escape_text(record.tool)}"
     kind = "new tool" if record.approved_hash is None else "changed definition"
     lines = [f"== {name}: {kind}, pending since {_time(record.pending_since)}"]
@@ -68,8 +73,8 @@ def review_block(record: PinRecord) -> str:
     lines.extend(escape_text(line) for line in diff.splitlines())
     lines.extend(escape_text(line) for line in _description_diff(record).splitlines())
     command = f"{shlex.quote(escape_text(record.server))} {shlex.quote(escape_text(record.tool))}"
-    lines.append(f"Approve: mcp-guard pins --config POLICY approve {command} --hash {record.pending_hash}")
-    lines.append(f"Reject:  mcp-guard pins --config POLICY reject {command}")
+    lines.append(f"Approve: {pins_command} approve {command} --hash {record.pending_hash}")
+    lines.append(f"Reject:  {pins_command} reject {command}")
     return "\n".join(lines)
 
 

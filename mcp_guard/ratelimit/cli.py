@@ -8,6 +8,7 @@ a gateway process, so there is nothing to read from outside.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +46,15 @@ async def run_limits_command(
             file=sys.stderr,
         )
         return 1
+
+    password = config.limits.redis_password_from
+    if config.limits.store == "redis" and password is not None and password not in (environ or os.environ):
+        print(
+            f"limits.redis_password_from: environment variable {password} is not set; export it to read "
+            "the counts from Redis",
+            file=sys.stderr,
+        )
+        return 2
 
     clients = [args.client] if args.client else list(config.clients)
     unknown = [name for name in clients if name not in config.clients]

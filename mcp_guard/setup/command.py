@@ -196,6 +196,8 @@ def _print_summary(
         print(
             f"  {server.server_id}: {_tool_summary(None if listings is None else listings[server.server_id])}"
         )
+    if listings is not None and any(not listing.reached for listing in listings.values()):
+        print(f"  {_reach_hint(imported)}")
     for name, reason in imported.skipped:
         print(f"  NOT IMPORTED {comment_text(repr(name))}: {comment_text(reason)}")
     for warning in imported.warnings:
@@ -211,6 +213,21 @@ def _print_summary(
     prefix = f"{needed} " if needed else ""
     print(f"  1. Review the policy, then check it: {prefix}{command_line('check', str(outputs.policy))}")
     print(f"  2. {_paste_instructions(imported, outputs)}")
+
+
+def _reach_hint(imported: ImportResult) -> str:
+    """Tell how to list the tools of a server init could not reach."""
+    unknown = sorted(
+        name
+        for name, variable in imported.variables.items()
+        if variable.probe_value is None and name not in os.environ
+    )
+    exports = " ".join(f"{name}=..." for name in unknown)
+    variables = f" (for a variable the client fills in, export it here: export {exports})" if unknown else ""
+    return (
+        f"To list the tools of a server not reached, fix the cause shown{variables}, then run init again "
+        "with --force. Until then every tool of that server waits for approval."
+    )
 
 
 def _tool_summary(listing: ToolListing | None) -> str:

@@ -68,6 +68,30 @@ async def test_search_lists_matching_calls(calls: list[CallIntent], state_dir: P
     assert calls[0].call_id not in output
 
 
+async def test_search_without_matches_says_so(
+    calls: list[CallIntent], state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, output = await _run(state_dir, "search", "--client", "carol")
+
+    assert status == 0
+    assert output == ""
+    assert capsys.readouterr().err.strip() == "No calls match."
+
+
+async def test_search_by_exported_tool_name_explains_the_filter(
+    calls: list[CallIntent], state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, output = await _run(state_dir, "search", "--tool", "files__read_file")
+    hint = capsys.readouterr().err
+    _, by_server_name = await _run(state_dir, "search", "--server", "files", "--tool", "read_file")
+
+    assert status == 0
+    assert output == ""
+    assert "'files__read_file' looks like the name a client sees" in hint
+    assert "--server git --tool git_log" in hint
+    assert calls[0].call_id in by_server_name
+
+
 async def test_search_line_shows_outcome_detail(
     new_store: StoreFactory, make_intent: IntentFactory, make_outcome: OutcomeFactory, state_dir: Path
 ) -> None:

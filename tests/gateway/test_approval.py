@@ -224,6 +224,21 @@ async def test_client_without_elicitation_waits_for_the_command_line(tmp_path: P
     assert outcomes == ["approval_pending", "approval_pending", "succeeded", "approval_pending"]
 
 
+async def test_list_points_to_decided_requests(tmp_path: Path) -> None:
+    policy = approval_policy(tmp_path, tmp_path / "alpha.jsonl")
+
+    async with stdio_gateway(policy) as client:
+        identifier = request_id(await client.call_tool("alpha__write_file", WRITE_A))
+        await approvals(policy, "deny", identifier)
+    pending = await approvals(policy, "list")
+    every = await approvals(policy, "list", "--all")
+
+    assert pending.strip() == (
+        "No approval request is pending. `approvals list --all` also lists decided, used and expired ones."
+    )
+    assert f"{identifier}  denied" in every
+
+
 @pytest.mark.attack("approval grant replay", attempts=2)
 async def test_one_grant_runs_one_of_two_concurrent_calls(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"

@@ -8,6 +8,7 @@ redis-server of its own on a free port.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -326,6 +327,52 @@ async def test_limits_command_shows_usage(tmp_path: Path) -> None:
     assert ["default", "per-client", "concurrent_calls", "client", "0", "4"] in rows
     assert ["default", "acme", "requests_per_day", "organisation", "2", "900"] in rows
     assert ["other", "per-client", "requests_per_hour", "client", "0", "50"] in rows
+
+
+async def test_limits_command_needs_no_server_secrets(tmp_path: Path) -> None:
+    # The server's secret is for starting the server, which `limits` never does.
+    alpha = {**fixture_server("alpha"), "env_from": {"TOKEN": "${MCP_GUARD_TEST_UNSET_TOKEN}"}}
+    policy = write_policy(
+        tmp_path,
+        {"alpha": alpha},
+        rules=[ALLOW],
+        limits={"rules": [{"name": "hourly", "requests_per_hour": 5}]},
+    )
+    environment = {name: value for name, value in os.environ.items() if name != "MCP_GUARD_TEST_UNSET_TOKEN"}
+
+    listing = await anyio.run_process(
+        [*gateway_command(policy)[:3], "limits", "--config", str(policy)], env=environment, check=False
+    )
+
+    assert listing.returncode == 0, listing.stderr.decode()
+    assert ["default", "hourly", "requests_per_hour", "client", "0", "5"] in [
+        line.split() for line in listing.stdout.decode().splitlines()
+    ]
+
+
+async def test_limits_command_names_a_missing_redis_password(tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha")},
+        rules=[ALLOW],
+        limits={
+            "store": "redis",
+            "redis_url": "redis://127.0.0.1:6379/0",
+            "redis_password_from": "MCP_GUARD_TEST_UNSET_PASSWORD",
+            "rules": [{"name": "hourly", "requests_per_hour": 5}],
+        },
+    )
+    environment = {
+        name: value for name, value in os.environ.items() if name != "MCP_GUARD_TEST_UNSET_PASSWORD"
+    }
+
+    listing = await anyio.run_process(
+        [*gateway_command(policy)[:3], "limits", "--config", str(policy)], env=environment, check=False
+    )
+
+    assert listing.returncode == 2
+    assert "MCP_GUARD_TEST_UNSET_PASSWORD is not set" in listing.stderr.decode()
+    assert listing.stdout == b""
 
 
 @pytest.mark.attack("approval flood")

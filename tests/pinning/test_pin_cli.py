@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mcp_guard.launcher import command_line
 from mcp_guard.pinning import PinStore
 from mcp_guard.pinning.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_pins_commands, run_pins_command
 from mcp_guard.policy.definitions import definition_hash
@@ -30,9 +31,9 @@ def _exists(path: Path) -> bool:
     return path.exists()
 
 
-async def _run(state_dir: Path, *argv: str) -> tuple[int, str]:
+async def _run(state_dir: Path, *argv: str, policy_path: str | None = None) -> tuple[int, str]:
     out = io.StringIO()
-    status = await run_pins_command(_parse(*argv), state_dir, stdout=out)
+    status = await run_pins_command(_parse(*argv), state_dir, policy_path=policy_path, stdout=out)
     return status, out.getvalue()
 
 
@@ -86,7 +87,7 @@ async def test_review_shows_diff_and_findings(state_dir: Path, make_tool: ToolFa
     changed = make_tool(description=POISONED)
     await _observe(state_dir, [make_tool()], [changed])
 
-    status, output = await _run(state_dir, "review")
+    status, output = await _run(state_dir, "review", policy_path=str(state_dir / "policy.toml"))
 
     assert status == EXIT_OK
     assert "files / read_file: changed definition" in output
@@ -97,9 +98,9 @@ async def test_review_shows_diff_and_findings(state_dir: Path, make_tool: ToolFa
     assert "Injection findings in the pending definition" in output
     assert "imitates prompt markup" in output
     assert "~/.ssh" in output
-    assert (
-        f"mcp-guard pins --config POLICY approve files read_file --hash {definition_hash(changed)}" in output
-    )
+    pins = command_line("pins", "--config", str((state_dir / "policy.toml").resolve()))
+    assert f"Approve: {pins} approve files read_file --hash {definition_hash(changed)}" in output
+    assert f"Reject:  {pins} reject files read_file" in output
     assert "1 definition is waiting for review." in output
 
 
