@@ -141,7 +141,7 @@ async def test_check_rejects_malformed_hash_from_environment(tmp_path: Path) -> 
     completed = await check_offline(policy, AGENT_KEY_HASHES="mcpg_pasted-key-by-mistake")
 
     assert completed.returncode == 2
-    assert "$AGENT_KEY_HASHES (API key hashes of client 'agent'): entry 0" in completed.stderr.decode()
+    assert "$AGENT_KEY_HASHES (API key hashes of client 'agent'): entry [0]" in completed.stderr.decode()
     assert "mcpg_pasted-key-by-mistake" not in completed.stderr.decode()
 
 

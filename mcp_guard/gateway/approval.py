@@ -425,10 +425,13 @@ class ApprovalStage:
         denied = await self._store.denial_of(binding, now - self._settings.pending_seconds)
         if denied is not None and denied.decided is not None:
             minutes = max(1, round((denied.decided + self._settings.pending_seconds - now) / 60))
+            # The page decides as "approval page" through channel "page": name it once.
+            named = not denied.channel or denied.channel in (denied.decided_by or "")
+            channel = "" if named else f"{denied.channel}, "
             return self._deny(
                 call,
                 "approval_declined",
-                f"{denied.decided_by} denied this call ({denied.channel}, request {denied.id}); the same call "
+                f"{denied.decided_by} denied this call ({channel}request {denied.id}); the same call "
                 f"can be asked again in about {minutes} minutes",
             )
         opened = await self._store.open_request(

@@ -111,7 +111,7 @@ def _hashes_from(environ: Mapping[str, str], variable: str, client: str) -> list
             raise ConfigError(
                 "environment",
                 [
-                    f"${variable} (API key hashes of client {client!r}): entry {index} is not written as "
+                    f"${variable} (API key hashes of client {client!r}): entry [{index}] is not written as "
                     "'sha256:<64 lowercase hex digits>'; store hashes made by `mcp-guard keys new`"
                 ],
             )
