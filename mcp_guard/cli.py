@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only these commands start servers, which need the secrets. `limits` checks the one it needs.
         config = load_config(args.config, require_environment=args.command in {"run", "check"})
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        # Only `run` would have started something; the other commands read or check state.
+        print(str(exc) if args.command == "run" else exc.report(None), file=sys.stderr)
         return 2
     redactor = Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
     configure_logging(args.log_level, extra_processors=[redactor.redact_event])

@@ -44,10 +44,15 @@ class ConfigError(GuardError):
     def __init__(self, source: str, problems: Sequence[str]) -> None:
         self.source = source
         self.problems = list(problems)
+        super().__init__(self.report("nothing was started"))
+
+    def report(self, consequence: str | None) -> str:
+        """Return the message with another consequence, or none (for commands that start nothing)."""
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
         lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(f"{source}: {count} {noun} found, nothing was started:\n{lines}")
+        after = f", {consequence}" if consequence else ""
+        return f"{self.source}: {count} {noun} found{after}:\n{lines}"
 
 
 class DownstreamError(GuardError):

@@ -72,3 +72,16 @@ async def test_unknown_approval_names_config(tmp_path: Path) -> None:
     assert Path(hint[0]).is_absolute()
     assert await anyio.Path(hint[0]).is_file()
     assert hint[1:] == ["approvals", "--config", str(policy.resolve()), "list"]
+
+
+async def test_missing_policy_message_fits_the_command(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.toml")
+
+    run = await mcp_guard("run", "--config", missing)
+    listing = await mcp_guard("approvals", "--config", missing, "list")
+
+    assert run[0] == 2
+    assert f"{missing}: 1 problem found, nothing was started:" in run[1]
+    assert listing[0] == 2
+    assert f"{missing}: 1 problem found:" in listing[1]
+    assert "nothing was started" not in listing[1]
