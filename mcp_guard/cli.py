@@ -247,7 +247,7 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def _http_clients(config: GatewayConfig, directory: ClientDirectory) -> str:
-    """Say which clients can connect over HTTP, as `run --transport http` would serve them."""
+    """Return which clients can connect over HTTP, as `run --transport http` would serve them."""
     anonymous = config.gateway.http.allow_unauthenticated_as
     keyed = [
         name for name, client in config.clients.items() if client.api_key_hashes or client.api_key_hashes_from
@@ -351,6 +351,16 @@ async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
                 else f"  (withheld: {status} definition, see mcp-guard pins review)"
             )
             print(f"  {tool.exported}{note}")
+        for tool in catalog.tools.values():
+            if tool in visible:
+                continue
+            annotations = tool.definition.get("annotations")
+            missing = engine.rules_missing_write(client, tool.server, tool.name, annotations=annotations)
+            if missing:
+                print(
+                    f"  hidden: {tool.exported}, which rule {missing[0]!r} names without write = true. "
+                    "Such a rule grants only read-only tools; add write = true to it to grant this one."
+                )
         _print_limits(config, client)
 
 

@@ -103,6 +103,44 @@ async def test_check_reports_sandbox(tmp_path: Path) -> None:
     assert "client other sees 0 tools:" in output
 
 
+async def test_check_fails_on_hosts_the_sandbox_cannot_reach(tmp_path: Path) -> None:
+    # "auto" picks the local backend when no E2B key is set, and that backend has no network.
+    sandbox = {"backend": "auto", "allowed_hosts": ["pypi.org"], "e2b": {"api_key_from": "UNSET_E2B_KEY_VAR"}}
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}}, sandbox=sandbox
+    )
+
+    output = await run_check(policy, expect_code=1)
+
+    assert (
+        "[sandbox] NOT AVAILABLE: The 'local' sandbox cannot run code here: the local sandbox has no network"
+        in output
+    )
+    assert "Remove [sandbox] allowed_hosts" in output
+
+
+async def test_check_explains_tool_hidden_for_want_of_write(tmp_path: Path) -> None:
+    read_only_rule = {**RULES[0], "name": "agent runs code", "server": "sandbox", "tools": ["run_code"]}
+    del read_only_rule["write"]
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha")},
+        rules=[*RULES, read_only_rule],
+        clients={"agent": {}, "other": {}},
+        sandbox={"backend": "local"},
+    )
+
+    output = await run_check(policy)
+
+    agent, other = output.split("client other")
+    assert "client agent sees 1 tool:\n  alpha__echo\n" in agent
+    assert (
+        "  hidden: run_code, which rule 'agent runs code' names without write = true. Such a rule grants "
+        "only read-only tools; add write = true to it to grant this one."
+    ) in agent
+    assert "hidden:" not in other
+
+
 async def test_check_fails_without_sandbox(tmp_path: Path) -> None:
     sandbox = {"backend": "local", "local": {"bwrap": str(tmp_path / "missing-bwrap")}}
     policy = write_policy(

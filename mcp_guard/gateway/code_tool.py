@@ -66,7 +66,9 @@ class CodeTool:
             exit_code=outcome.exit_code,
             stopped=outcome.stopped,
         )
-        return render_outcome(outcome, self.settings.max_output_bytes)
+        # The runner discards a session's sandbox once a run in it had to be stopped.
+        session_ended = session is not None and outcome.stopped is not None
+        return render_outcome(outcome, self.settings.max_output_bytes, session_ended=session_ended)
 
     def watch_session(self, connection: Any, client: str, session: str | None) -> None:
         """Destroy the session's sandbox once the HTTP session's connection closes.

@@ -188,6 +188,23 @@ class PolicyEngine:
             rule.decision for rule in self._matching(client, server, tool, annotations, now, first_use)
         )
 
+    def rules_missing_write(
+        self, client: str, server: str, tool: str, *, annotations: Mapping[str, Any] | None
+    ) -> list[str]:
+        """Return the rules that name `tool` itself but grant it nothing, for want of `write = true`.
+
+        A rule without `write = true` covers only read-only tools, so naming a tool that is not
+        read-only in it grants nothing. `mcp-guard check` reports these, since the tool is then
+        hidden with no other sign.
+        """
+        return [
+            rule.name
+            for rule in self._rules
+            if rule.tools is not None
+            and self._names_call(rule, client, server, tool)
+            and not self._passes_write_gate(rule, server, tool, annotations)
+        ]
+
     def next_change(self, client: str, now: datetime, first_use: FirstUse) -> datetime | None:
         """Return the next instant after `now` at which a rule for `client` starts or ends, or None.
 

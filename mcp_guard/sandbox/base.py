@@ -20,10 +20,13 @@ The rules every backend keeps, whatever it runs on:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import anyio
+
+from mcp_guard.errors import SandboxUnavailable
 
 Language = Literal["python", "shell", "javascript"]
 LANGUAGES: tuple[Language, ...] = ("python", "shell", "javascript")
@@ -190,3 +193,17 @@ class SandboxBackend(Protocol):
     async def aclose(self) -> None:
         """Release the backend's own resources (clients, connections)."""
         ...
+
+
+def reject_allowed_hosts(kind: str, hosts: Sequence[str]) -> None:
+    """Raise `SandboxUnavailable` if `hosts` is not empty, for a backend whose sandboxes have no network.
+
+    The backends call it in `check`, so `mcp-guard check` and the gateway's start-up report the
+    setting, and in `create`, so no sandbox runs with hosts it would silently not reach.
+    """
+    if hosts:
+        raise SandboxUnavailable(
+            kind,
+            f"the {kind} sandbox has no network, so it cannot allow the listed hosts",
+            'Remove [sandbox] allowed_hosts, or use backend = "e2b", which filters by host.',
+        )

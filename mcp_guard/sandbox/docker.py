@@ -53,6 +53,7 @@ from mcp_guard.sandbox.base import (
     SandboxLimits,
     SandboxTag,
     StopReason,
+    reject_allowed_hosts,
 )
 from mcp_guard.sandbox.docker_stream import ExecStream, run_outcome
 from mcp_guard.sandbox.owner import is_orphan, new_owner
@@ -176,6 +177,7 @@ class DockerBackend:
 
     def __init__(self, settings: SandboxSettings, environ: Mapping[str, str]) -> None:
         self._settings: DockerSandboxSettings = settings.docker
+        self._allowed_hosts = tuple(settings.allowed_hosts)
         self._base_url = settings.docker.base_url or environ.get("DOCKER_HOST") or None
         self._client: Any = None
         self._checked = False
@@ -190,6 +192,7 @@ class DockerBackend:
         """Reach the API, find the image, and run one probe sandbox; raise SandboxUnavailable if any fails."""
         if self._checked:
             return
+        reject_allowed_hosts(KIND, self._allowed_hosts)
         client = await self._connect()
         await self._find_image(client)
         has_node = await self._probe(client)
@@ -199,12 +202,7 @@ class DockerBackend:
 
     async def create(self, limits: SandboxLimits, tag: SandboxTag) -> DockerSandbox:
         """Start a container held to `limits`, labelled with `tag`, ready for runs."""
-        if limits.allowed_hosts:
-            raise SandboxUnavailable(
-                KIND,
-                "the docker sandbox has no network, so it cannot allow the listed hosts",
-                'Remove [sandbox] allowed_hosts, or use backend = "e2b", which filters by host.',
-            )
+        reject_allowed_hosts(KIND, limits.allowed_hosts)
         await self.check()
         return await self._start(self._client, limits, tag)
 

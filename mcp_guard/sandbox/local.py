@@ -49,6 +49,7 @@ from mcp_guard.sandbox.base import (
     SandboxLimits,
     SandboxTag,
     StopReason,
+    reject_allowed_hosts,
 )
 from mcp_guard.sandbox.report import parse_report, report_error, report_results
 
@@ -97,6 +98,7 @@ class LocalBackend:
 
     def __init__(self, settings: SandboxSettings, environ: Mapping[str, str]) -> None:
         self._settings = settings.local
+        self._allowed_hosts = tuple(settings.allowed_hosts)
         # Interpreters are looked up where the sandbox can see them (it mounts /usr only), not on
         # the gateway's PATH, which may point into a virtualenv or a home folder.
         self._path = SANDBOX_ENV["PATH"]
@@ -111,6 +113,7 @@ class LocalBackend:
         """Resolve the programs and run one empty sandbox, so that a missing piece is found at start-up."""
         if self._programs is not None:
             return
+        reject_allowed_hosts(KIND, self._allowed_hosts)
         programs = self._resolve()
         await _probe(programs)
         self._programs = programs
@@ -119,12 +122,7 @@ class LocalBackend:
         """Prepare a sandbox; for a session, create its workspace folder on the host."""
         await self.check()
         assert self._programs is not None
-        if limits.allowed_hosts:
-            raise SandboxUnavailable(
-                KIND,
-                "the local sandbox has no network, so it cannot allow the listed hosts",
-                'Remove [sandbox] allowed_hosts, or use backend = "e2b", which filters by host.',
-            )
+        reject_allowed_hosts(KIND, limits.allowed_hosts)
         workspace = _session_workspace(self._programs) if tag.session is not None else None
         return LocalSandbox(self._programs, limits, workspace)
 

@@ -25,6 +25,10 @@ DESCRIPTION = (
 MAX_IMAGES = 4
 MAX_IMAGE_CHARS = 4 * 1024 * 1024
 VALUE_CUT_MARKER = " ...[mcp-guard: value cut at the output cap]"
+SESSION_ENDED = (
+    "This session's sandbox was discarded with the stopped run: the files and variables of its earlier "
+    "runs are gone, and the next run starts in a new, empty sandbox."
+)
 
 _ERROR_SCHEMA = {
     "type": ["object", "null"],
@@ -136,8 +140,14 @@ def parse_arguments(
     return CodeRun(language=language, code=code)
 
 
-def render_outcome(outcome: RunOutcome, max_output_bytes: int) -> dict[str, Any]:
-    """Turn a run's outcome into the tools/call result: text and images for the model, and structured data."""
+def render_outcome(
+    outcome: RunOutcome, max_output_bytes: int, *, session_ended: bool = False
+) -> dict[str, Any]:
+    """Turn a run's outcome into the tools/call result: text and images for the model, and structured data.
+
+    `session_ended` is true when the run was stopped in a session's sandbox, which the runner then
+    discards. The text then tells the model that the session's files and variables are gone.
+    """
     value = next((result.data for result in outcome.results if result.kind == "text"), None)
     if value is not None and len(value) > max_output_bytes:
         # Backends bound the value too, but not all of them to the output cap.
@@ -155,7 +165,10 @@ def render_outcome(outcome: RunOutcome, max_output_bytes: int) -> dict[str, Any]
         "stopped": outcome.stopped,
         "outputCapped": outcome.output_capped,
     }
-    content: list[dict[str, Any]] = [{"type": "text", "text": _summary(outcome, value, max_output_bytes)}]
+    text = _summary(outcome, value, max_output_bytes)
+    if session_ended:
+        text += "\n\n" + SESSION_ENDED
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
     images = [
         result.data
         for result in outcome.results
@@ -185,7 +198,7 @@ def _summary(outcome: RunOutcome, value: str | None, max_output_bytes: int) -> s
 
 def _status(outcome: RunOutcome) -> str:
     if outcome.stopped == "timeout":
-        return "Stopped: the time limit was reached"
+        return "Stopped: the time limit ([sandbox] timeout_seconds) was reached"
     if outcome.stopped == "output_cap":
         return "Stopped: the output limit was reached"
     if outcome.stopped == "memory":

@@ -52,6 +52,7 @@ from mcp_guard.sandbox.base import (
     SandboxLimits,
     SandboxTag,
     StopReason,
+    reject_allowed_hosts,
 )
 from mcp_guard.sandbox.report import report_error, report_exit_status, report_results
 
@@ -109,6 +110,7 @@ class WasmBackend:
 
     def __init__(self, settings: SandboxSettings, environ: Mapping[str, str]) -> None:
         self._settings = settings.wasm
+        self._allowed_hosts = tuple(settings.allowed_hosts)
         self._path = environ.get("PATH", os.defpath)
         self._runtime: _Runtime | None = None
 
@@ -116,6 +118,7 @@ class WasmBackend:
         """Find Node.js and Pyodide and make sure the permission model is enforced."""
         if self._runtime is not None:
             return
+        reject_allowed_hosts(KIND, self._allowed_hosts)
         node = shutil.which(self._settings.node, path=self._path)
         if node is None:
             raise SandboxUnavailable(
@@ -132,12 +135,7 @@ class WasmBackend:
         """Start a Node.js process, load Pyodide in it and wait until it is ready to run code."""
         await self.check()
         assert self._runtime is not None
-        if limits.allowed_hosts:
-            raise SandboxUnavailable(
-                KIND,
-                "the wasm sandbox has no network, so it cannot allow the listed hosts",
-                'Remove [sandbox] allowed_hosts, or use backend = "e2b", which filters by host.',
-            )
+        reject_allowed_hosts(KIND, limits.allowed_hosts)
         sandbox = WasmSandbox(await _spawn(self._runtime, limits), limits)
         try:
             await sandbox.start()

@@ -260,6 +260,26 @@ async def test_run_code_session_files_stay_in_session(tmp_path: Path) -> None:
     assert other_session.structured_content["value"] == "False"
 
 
+async def test_stopped_run_says_session_files_are_gone(tmp_path: Path) -> None:
+    policy = code_policy(tmp_path, session_sandboxes=True)
+    write = {"language": "python", "code": "open('note.txt', 'w').write('kept')"}
+    flood = {"language": "python", "code": "print('x' * 100_000)"}
+    read = {"language": "python", "code": "import os\nos.path.exists('note.txt')"}
+
+    with http_gateway(policy, tmp_path) as (_, url):
+        async with Client(url, mode=LEGACY) as client:
+            await client.call_tool("run_code", write)
+            stopped = await client.call_tool("run_code", flood)
+            after = await client.call_tool("run_code", read)
+
+    assert stopped.is_error is True
+    assert "Stopped: the output limit was reached" in text_of(stopped)
+    assert "the files and variables of its earlier runs are gone" in text_of(stopped)
+    assert after.structured_content is not None
+    assert after.structured_content["value"] == "False"
+    assert "earlier runs are gone" not in text_of(after)
+
+
 @pytest.mark.attack("sandbox state leaks between runs")
 async def test_run_code_each_call_starts_empty(tmp_path: Path) -> None:
     async with stdio_gateway(code_policy(tmp_path)) as client:

@@ -42,6 +42,10 @@ BRIDGE_MODULES = frozenset(
         "_pyodide_importhook",
     }
 )
+# Importable whatever allowed_imports lists. Codec lookups import `encodings.*` with a bare
+# `__import__` call that passes no importer's globals, as str.encode("idna") does when socket
+# resolves a host. A codec only converts text.
+ALWAYS_ALLOWED = frozenset({"encodings"})
 # Maximum length of the reported repr of the last value; the rest is cut with a marker.
 MAX_VALUE_CHARS = 20_000
 # Maximum length of the reported error message and traceback.
@@ -71,7 +75,7 @@ class _BridgeBlocker:
 def install_guard(allowed_csv: str) -> None:
     """Cut Python off from JavaScript and restrict the code's imports to `allowed_csv` (comma-separated)."""
     global _allowed
-    _allowed = frozenset(name for name in allowed_csv.split(",") if name) - BRIDGE_MODULES
+    _allowed = (frozenset(name for name in allowed_csv.split(",") if name) | ALWAYS_ALLOWED) - BRIDGE_MODULES
     for name in list(sys.modules):
         if name.partition(".")[0] in BRIDGE_MODULES:
             del sys.modules[name]
