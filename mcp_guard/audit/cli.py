@@ -206,7 +206,11 @@ async def _follow(
 async def _show(store: AuditStore, call_id: str, full: bool, out: TextIO) -> int:
     call = await store.get_call(call_id)
     if call is None:
-        print(f"No call with id {display.escape_text(call_id)!r} in the audit trail.", file=sys.stderr)
+        print(
+            f"No call with id {display.escape_text(call_id)!r} in the audit trail. A call id is 32 hex "
+            "digits: copy the whole id from the second column of `audit search`.",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     print(display.call_details(call, full=full), file=out)
     return EXIT_OK

@@ -15,8 +15,10 @@ from pydantic import JsonValue
 from mcp_guard.audit.records import CallIntent, CallOutcome
 from mcp_guard.audit.store import CallRecord, StoredRow
 
-# Characters of one value in a list line, and of one string inside `show` output.
+# Characters of one value in a list line, of the outcome's detail there (a sentence, such as why
+# a call was denied or how a run ended), and of one string inside `show` output.
 LIST_VALUE_MAX_CHARS = 60
+LIST_DETAIL_MAX_CHARS = 120
 SHOW_VALUE_MAX_CHARS = 2000
 # Unicode categories escaped on output: controls, format characters (bidi overrides,
 # zero-width) and the line and paragraph separators.
@@ -47,11 +49,12 @@ def call_line(call: CallRecord) -> str:
         outcome.outcome if outcome is not None else "running",
         f"{outcome.latency_ms:.1f}ms" if outcome is not None else "-",
     ]
+    cells = [_cell(field) for field in fields]
     if outcome is not None and outcome.detail:
-        fields.append(f"[{outcome.detail}]")
+        cells.append(_cell(f"[{outcome.detail}]", LIST_DETAIL_MAX_CHARS))
     if outcome is not None and outcome.preview:
-        fields.append(outcome.preview)
-    return "  ".join(_cell(field) for field in fields)
+        cells.append(_cell(outcome.preview))
+    return "  ".join(cells)
 
 
 def row_line(row: StoredRow) -> str:
@@ -81,6 +84,7 @@ def call_details(call: CallRecord, *, full: bool = False) -> str:
     else:
         lines.append(f"outcome (row {call.outcome_row_id})")
         outcome = call.outcome.model_dump()
+        outcome["latency_ms"] = f"{call.outcome.latency_ms:.1f}"
         lines += [f"  {name}: {_value(value, max_chars)}" for name, value in outcome.items()]
     return "\n".join(lines)
 
@@ -104,8 +108,8 @@ def _escape_char(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def _cell(value: str) -> str:
-    return escape_text(shorten(value, LIST_VALUE_MAX_CHARS))
+def _cell(value: str, max_chars: int = LIST_VALUE_MAX_CHARS) -> str:
+    return escape_text(shorten(value, max_chars))
 
 
 def _value(value: object, max_chars: int | None) -> str:

@@ -101,10 +101,21 @@ async def test_search_line_shows_outcome_detail(
         await store.record_outcome(
             make_outcome(intent.call_id, detail="local sandbox, python, 0.031 s, exit code 0", preview="7")
         )
+        stopped = make_intent(server="sandbox", tool="run_code")
+        await store.record_intent(stopped)
+        detail = "local sandbox, python, 5.009 s, no exit code, stopped: timeout"
+        await store.record_outcome(
+            make_outcome(stopped.call_id, detail=detail, latency_ms=5010.458127999755, preview="")
+        )
 
     _, output = await _run(state_dir, "search", "--tool", "run_code")
+    _, details = await _run(state_dir, "show", stopped.call_id)
 
-    assert output.rstrip().endswith("[local sandbox, python, 0.031 s, exit code 0]  7")
+    lines = output.splitlines()
+    assert lines[0].endswith("[local sandbox, python, 0.031 s, exit code 0]  7")
+    # The detail is not cut where the other cells are, so how a run ended stays readable.
+    assert lines[1].endswith("[local sandbox, python, 5.009 s, no exit code, stopped: timeout]")
+    assert "  latency_ms: 5010.5\n" in details
 
 
 async def test_search_filters_by_outcome_and_time(calls: list[CallIntent], state_dir: Path) -> None:
@@ -134,7 +145,9 @@ async def test_show_unknown_call_fails(
 
     assert status == 1
     assert output == ""
-    assert "No call with id 'no-such-call'" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "No call with id 'no-such-call'" in error
+    assert "copy the whole id from the second column of `audit search`" in error
 
 
 async def test_export_writes_json_lines_oldest_first(
