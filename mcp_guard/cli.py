@@ -249,9 +249,7 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
 def _http_clients(config: GatewayConfig, directory: ClientDirectory) -> str:
     """Return which clients can connect over HTTP, as `run --transport http` would serve them."""
     anonymous = config.gateway.http.allow_unauthenticated_as
-    keyed = [
-        name for name, client in config.clients.items() if client.api_key_hashes or client.api_key_hashes_from
-    ]
+    keyed = directory.keyed_clients
     subjects = [name for name, client in config.clients.items() if client.oauth_subjects]
     ways = []
     if keyed:

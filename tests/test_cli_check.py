@@ -153,7 +153,12 @@ async def test_check_fails_without_sandbox(tmp_path: Path) -> None:
 
 
 async def test_check_names_http_clients(tmp_path: Path) -> None:
-    keyed = {"agent": {"api_key_hashes": ["sha256:" + "a" * 64]}, "other": {}}
+    # `later` names a variable that is not set, so it has no key yet.
+    keyed = {
+        "agent": {"api_key_hashes": ["sha256:" + "a" * 64]},
+        "later": {"api_key_hashes_from": "MCP_GUARD_TEST_UNSET_KEY_HASHES"},
+        "other": {},
+    }
     (tmp_path / "keys").mkdir()
     (tmp_path / "none").mkdir()
     with_keys = write_policy(

@@ -78,6 +78,11 @@ class ClientDirectory:
             self._key_hashes += [(bytes.fromhex(h.removeprefix(HASH_PREFIX)), name) for h in hashes]
 
     @property
+    def keyed_clients(self) -> list[str]:
+        """The clients with at least one API key hash, from the policy file or its variable."""
+        return list(dict.fromkeys(name for _, name in self._key_hashes))
+
+    @property
     def has_credentials(self) -> bool:
         """Whether any client can authenticate over HTTP."""
         return bool(self._key_hashes) or self._accepts_oauth
