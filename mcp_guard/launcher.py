@@ -24,3 +24,10 @@ def launcher() -> list[str]:
 def command_line(*args: str) -> str:
     """Return a shell command line that runs this mcp-guard with `args`, quoted for pasting."""
     return shlex.join([*launcher(), *args])
+
+
+def policy_command_line(command: str, policy_path: str | None) -> str:
+    """Return `command_line(command, "--config", POLICY)` with the policy's absolute path, or without one."""
+    if policy_path is None:
+        return command_line(command)
+    return command_line(command, "--config", str(Path(policy_path).resolve()))

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore, ApprovalStoreError, NotPending, Status
 from mcp_guard.config.models import GatewayConfig
-from mcp_guard.launcher import command_line
+from mcp_guard.launcher import policy_command_line
 from mcp_guard.pinning.cli import operator_name
 
 
@@ -92,9 +92,7 @@ async def run_approvals_command(
 
 def approvals_command(policy_path: str | None) -> str:
     """Return the `mcp-guard approvals` command line for this policy file, ready to paste."""
-    if policy_path is None:
-        return command_line("approvals")
-    return command_line("approvals", "--config", str(Path(policy_path).resolve()))
+    return policy_command_line("approvals", policy_path)
 
 
 def _nothing_listed(listed_all: bool) -> str:

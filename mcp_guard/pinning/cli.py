@@ -18,7 +18,7 @@ from typing import TextIO
 
 import anyio
 
-from mcp_guard.launcher import command_line
+from mcp_guard.launcher import policy_command_line
 from mcp_guard.pinning import display
 from mcp_guard.pinning.errors import PinNotPending, PinStoreError
 from mcp_guard.pinning.records import PinRecord
@@ -100,16 +100,10 @@ async def run_pins_command(
         return EXIT_FAILED
     try:
         async with store:
-            return await _dispatch(store, args, _pins_command(policy_path), out)
+            return await _dispatch(store, args, policy_command_line("pins", policy_path), out)
     except (PinNotPending, PinStoreError) as exc:
         print(display.escape_text(str(exc)), file=sys.stderr)
         return EXIT_FAILED
-
-
-def _pins_command(policy_path: str | None) -> str:
-    if policy_path is None:
-        return command_line("pins")
-    return command_line("pins", "--config", str(Path(policy_path).resolve()))
 
 
 async def _dispatch(store: PinStore, args: argparse.Namespace, pins_command: str, out: TextIO) -> int:
