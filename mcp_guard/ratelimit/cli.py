@@ -48,7 +48,8 @@ async def run_limits_command(
         return 1
 
     password = config.limits.redis_password_from
-    if config.limits.store == "redis" and password is not None and password not in (environ or os.environ):
+    variables = os.environ if environ is None else environ
+    if config.limits.store == "redis" and password is not None and password not in variables:
         print(
             f"limits.redis_password_from: environment variable {password} is not set; export it to read "
             "the counts from Redis",

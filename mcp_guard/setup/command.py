@@ -216,7 +216,7 @@ def _print_summary(
 
 
 def _reach_hint(imported: ImportResult) -> str:
-    """Tell how to list the tools of a server init could not reach."""
+    """Return how to list the tools of a server that init could not reach."""
     unknown = sorted(
         name
         for name, variable in imported.variables.items()
