@@ -169,12 +169,12 @@ async def test_check_names_http_clients(tmp_path: Path) -> None:
     )
 
     listed = await check_offline(with_keys)
-    refused = await check_offline(without_keys)
+    unkeyed = await check_offline(without_keys)
 
     assert listed.returncode == 0
     assert "HTTP clients: agent with API keys\n" in listed.stdout.decode()
-    assert refused.returncode == 0
-    assert "HTTP clients: none: no client in the policy file has api_key_hashes" in refused.stdout.decode()
+    assert unkeyed.returncode == 0
+    assert "HTTP clients: none: no client in the policy file has api_key_hashes" in unkeyed.stdout.decode()
 
 
 async def test_check_rejects_malformed_hash_from_environment(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def render_outcome(
     """Turn a run's outcome into the tools/call result: text and images for the model, and structured data.
 
     `session_ended` is true when the run was stopped in a session's sandbox, which the runner then
-    discards. The text then tells the model that the session's files and variables are gone.
+    discards. The text then states that the session's files and variables are gone.
     """
     value = next((result.data for result in outcome.results if result.kind == "text"), None)
     if value is not None and len(value) > max_output_bytes:
