@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only these commands start servers, which need the secrets. `limits` checks the one it needs.
         config = load_config(args.config, require_environment=args.command in {"run", "check"})
     except ConfigError as exc:
-        # Only `run` would have started something; the other commands read or check state.
+        # Only `run` would have started something. The other commands read or check state.
         print(str(exc) if args.command == "run" else exc.report(None), file=sys.stderr)
         return 2
     redactor = Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _default_log_level(command: str) -> str:
-    # init reports every server it could not reach in its summary; the same errors as log lines
-    # would only bury it.
+    # init reports every server it could not reach in its summary, and the same errors as log
+    # lines would only bury it.
     return "critical" if command == "init" else "info"
 
 
