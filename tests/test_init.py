@@ -231,7 +231,7 @@ async def test_vscode_http_input_header(tmp_path: Path) -> None:
     assert client["inputs"] == inputs
 
 
-async def test_unset_input_is_named_with_the_fix(tmp_path: Path) -> None:
+async def test_init_names_unset_input(tmp_path: Path) -> None:
     entry = fixture_entry(tmp_path / "fixture.jsonl")
     entry["env"] = {"FIXTURE_API_KEY": "${input:api-token}"}
     inputs = [{"type": "promptString", "id": "api-token", "description": "Token", "password": True}]

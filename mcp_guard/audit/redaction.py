@@ -23,7 +23,7 @@ from mcp_guard.audit.patterns import ValuePattern, marker
 # Nesting deeper than this is replaced by a marker rather than walked, which bounds
 # the recursion. JSON parsers stop well before it for untrusted input.
 MAX_DEPTH = 200
-# Names masked by `redact_name` that are remembered, and the longest one remembered.
+# How many names `redact_name` remembers, and the longest name it remembers.
 NAME_CACHE_SIZE = 1024
 NAME_CACHE_MAX_CHARS = 200
 _PATTERN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")

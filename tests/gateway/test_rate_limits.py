@@ -350,7 +350,7 @@ async def test_limits_command_needs_no_server_secrets(tmp_path: Path) -> None:
     ]
 
 
-async def test_limits_command_names_a_missing_redis_password(tmp_path: Path) -> None:
+async def test_limits_command_names_missing_password(tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path,
         {"alpha": fixture_server("alpha")},
