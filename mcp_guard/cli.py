@@ -24,7 +24,7 @@ from mcp_guard.approval.cli import add_approvals_commands, run_approvals_command
 from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
-from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
+from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_tool
 from mcp_guard.errors import ConfigError, GuardError, SandboxError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
@@ -38,7 +38,7 @@ from mcp_guard.policy.definitions import definition_findings
 from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
 from mcp_guard.ratelimit.limiter import names_client
 from mcp_guard.sandbox import open_backend
-from mcp_guard.sandbox.base import SandboxBackend
+from mcp_guard.sandbox.base import SandboxBackend, reject_allowed_hosts
 from mcp_guard.sandbox.tool import tool_definition
 from mcp_guard.setup import add_init_command, run_init_command
 
@@ -241,9 +241,35 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
     print(f"stdio client: {stdio_client} (mcp-guard run --client NAME serves another)")
     print(f"HTTP clients: {_http_clients(config, directory)}")
     print(f"state directory: {Path(config.gateway.state_dir)}")
+    if config.sandbox is not None:
+        print(f"run_code backend: {_sandbox_backend(config.sandbox)}")
     if args.offline:
-        return 0
+        return _check_sandbox_settings(config.sandbox)
     return anyio.run(_check_servers, config)
+
+
+def _sandbox_backend(sandbox: SandboxSettings) -> str:
+    """Return the backend that runs code here, with the reason when `backend = "auto"` chose it."""
+    chosen = sandbox.chosen_backend(dict(os.environ))
+    if sandbox.backend != "auto":
+        return chosen
+    variable = sandbox.e2b.api_key_from
+    return f"{chosen} (auto: ${variable} is {'set' if chosen == 'e2b' else 'not set'})"
+
+
+def _check_sandbox_settings(sandbox: SandboxSettings | None) -> int:
+    """Print the sandbox settings that the chosen backend rejects, without starting it. Return 1 if any."""
+    if sandbox is None:
+        return 0
+    chosen = sandbox.chosen_backend(dict(os.environ))
+    if chosen == "e2b":
+        return 0
+    try:
+        reject_allowed_hosts(chosen, sandbox.allowed_hosts)
+    except SandboxError as exc:
+        print(f"\n[sandbox] NOT AVAILABLE: {exc}")
+        return 1
+    return 0
 
 
 def _http_clients(config: GatewayConfig, directory: ClientDirectory) -> str:

@@ -119,6 +119,24 @@ async def test_check_fails_on_hosts_the_sandbox_cannot_reach(tmp_path: Path) -> 
     assert "Remove [sandbox] allowed_hosts" in output
 
 
+async def test_offline_check_rejects_unreachable_hosts(tmp_path: Path) -> None:
+    sandbox = {"backend": "auto", "allowed_hosts": ["pypi.org"], "e2b": {"api_key_from": "TRIAL_E2B_KEY"}}
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}}, sandbox=sandbox
+    )
+
+    without_key = await check_offline(policy)
+    with_key = await check_offline(policy, TRIAL_E2B_KEY="e2b_made_up_for_this_test")
+
+    assert without_key.returncode == 1
+    output = without_key.stdout.decode()
+    assert "run_code backend: local (auto: $TRIAL_E2B_KEY is not set)\n" in output
+    assert "[sandbox] NOT AVAILABLE: The 'local' sandbox cannot run code here" in output
+    assert with_key.returncode == 0
+    assert "run_code backend: e2b (auto: $TRIAL_E2B_KEY is set)\n" in with_key.stdout.decode()
+    assert "e2b_made_up_for_this_test" not in with_key.stdout.decode()
+
+
 async def test_check_explains_tool_hidden_for_want_of_write(tmp_path: Path) -> None:
     read_only_rule = {**RULES[0], "name": "agent runs code", "server": "sandbox", "tools": ["run_code"]}
     del read_only_rule["write"]
