@@ -21,12 +21,12 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from mcp_guard.config.rules import MAX_ARGUMENT_NAME_LENGTH, ArgumentConstraints, argument_key
-from mcp_guard.policy.paths import PathResolver, check_path_under
+from mcp_guard.policy.paths import PathResolver, check_path_under, joined_path
 
 # Maximum nesting depth of arrays and objects the walk enters. The top-level arguments object is level 0.
 MAX_DEPTH = 64
@@ -61,6 +61,8 @@ class Fence:
     max_items: int | None
     checks: tuple[Check, ...]
     """Checks applied to a scalar value, or to each element of an array value."""
+    path_base: str | None = None
+    """Folder that relative paths under this name are joined to, before they are checked and forwarded."""
 
     def violation(self, value: Any, location: str) -> str | None:
         """Return a sentence describing how `value` at `location` breaks this fence, or None."""
@@ -100,6 +102,11 @@ class ArgumentFences:
     """The fences of one rule, by normalised argument name (`argument_key`)."""
 
     by_key: Mapping[str, Fence]
+    joins_paths: bool = field(init=False)
+    """Whether a fence sets `path_base`, so that `with_absolute_paths` may change the arguments."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "joins_paths", any(fence.path_base for fence in self.by_key.values()))
 
     @classmethod
     def compile(cls, arguments: Mapping[str, ArgumentConstraints], resolve: PathResolver) -> ArgumentFences:
@@ -116,6 +123,42 @@ class ArgumentFences:
         if missing is not None:
             return missing
         return self._walk(arguments)
+
+    def with_absolute_paths(
+        self, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Return a copy of `arguments` with each relative path under a `path_base` fence joined to its folder.
+
+        The gateway forwards this copy, so the server opens the path that was checked, whatever
+        folder it would resolve a relative path against. A missing argument whose schema default
+        is a relative path is added, joined the same way. Values the path check rejects (such as
+        one starting with "~") stay as sent, and so do values nested deeper than the walk checks.
+        """
+        joined = self._joined(arguments, 0)
+        assert isinstance(joined, dict)
+        for key, fence in self.by_key.items():
+            names = _schema_names(input_schema, key) or [fence.name]
+            if fence.path_base is None or any(name in joined for name in names):
+                continue
+            name, default = _schema_default(input_schema, key)
+            if isinstance(default, str) and joined_path(default, fence.path_base) != default:
+                joined[name] = joined_path(default, fence.path_base)
+        return joined
+
+    def _joined(self, value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            return value  # `_walk` rejects values this deep
+        if isinstance(value, Mapping):
+            copy: dict[Any, Any] = {}
+            for key, child in value.items():
+                fence = self._fence_for(key)
+                if fence is not None and fence.path_base is not None:
+                    child = _joined_paths(child, fence.path_base, depth + 1)
+                copy[key] = self._joined(child, depth + 1)
+            return copy
+        if isinstance(value, list | tuple):
+            return [self._joined(child, depth + 1) for child in value]
+        return value
 
     def _missing_violation(
         self, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None
@@ -171,6 +214,15 @@ class ArgumentFences:
         return None if matchable is None else self.by_key.get(matchable)
 
 
+def _joined_paths(value: Any, base: str, depth: int) -> Any:
+    """Join a relative path, or each relative path in an array (at any depth), to `base`."""
+    if isinstance(value, str):
+        return joined_path(value, base)
+    if isinstance(value, list | tuple) and depth <= MAX_DEPTH:
+        return [_joined_paths(element, base, depth + 1) for element in value]
+    return value
+
+
 def _matchable_key(key: object) -> str | None:
     if not isinstance(key, str):
         return None
@@ -202,7 +254,13 @@ def _compile_fence(name: str, spec: ArgumentConstraints, resolve: PathResolver) 
         checks.append(_url(spec.url_schemes, spec.url_hosts))
     if spec.path_under is not None:
         checks.append(_path_under(spec.path_under, spec.path_base, resolve))
-    return Fence(name=name, required=spec.required, max_items=spec.max_items, checks=tuple(checks))
+    return Fence(
+        name=name,
+        required=spec.required,
+        max_items=spec.max_items,
+        checks=tuple(checks),
+        path_base=spec.path_base,
+    )
 
 
 def _max_length(limit: int) -> Check:

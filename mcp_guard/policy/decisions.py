@@ -8,8 +8,9 @@ person, reject) is left to the call pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # Severity of each kind; when several rules match a call, the highest severity wins.
 SEVERITY: dict[str, int] = {"auto": 0, "notify": 1, "approve": 2, "deny": 3}
@@ -24,11 +25,14 @@ class Allow:
         rule: Name of the rule that decided.
         starts_rule: Name of a rule with `active_for_seconds` that this call starts, or None. The
             caller records the time of the call as that rule's first use for this client.
+        arguments: The arguments to forward in place of those sent, when a rule's `path_base`
+            turned relative paths into the absolute paths it checked; None when unchanged.
     """
 
     kind: Literal["auto", "notify"]
     rule: str
     starts_rule: str | None = None
+    arguments: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,11 +43,13 @@ class RequireApproval:
         kind: Always "approve".
         rule: Name of the rule that decided.
         starts_rule: As for `Allow`; the caller records the first use when it forwards the call.
+        arguments: As for `Allow`. The person approves these arguments.
     """
 
     kind: Literal["approve"] = "approve"
     rule: str
     starts_rule: str | None = None
+    arguments: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

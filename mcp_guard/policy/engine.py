@@ -15,7 +15,7 @@ comes first in the file), and deny by default when no rule matches.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -155,7 +155,13 @@ class PolicyEngine:
         if not matching:
             return Deny(rule=None, reason=self._default_deny_reason(client, server, tool, annotations))
 
-        values = arguments or {}
+        sent = arguments or {}
+        values = sent
+        for rule in matching:
+            # Joined once by the first rule with a path_base, relative paths reach the other rules,
+            # and the server, as the absolute paths that rule checked.
+            if rule.fences.joins_paths:
+                values = rule.fences.with_absolute_paths(values, input_schema)
         outcomes = (
             self._evaluate(rule, client, server, tool, values, input_schema, first_use) for rule in matching
         )
@@ -166,7 +172,9 @@ class PolicyEngine:
             # Strictly greater, so that among equally strict results the earliest rule wins.
             if SEVERITY[outcome.kind] > SEVERITY[strictest.kind]:
                 strictest = outcome
-        return strictest
+        if isinstance(strictest, Deny) or values is sent or values == sent:
+            return strictest
+        return replace(strictest, arguments=values)
 
     def rule_decisions(
         self,

@@ -73,6 +73,17 @@ def check_path_under(value: str, roots: Sequence[str], base: str | None, resolve
     return f"is outside the allowed folders ({allowed}) once links and '..' are resolved"
 
 
+def joined_path(value: str, base: str) -> str:
+    """Return `value` joined to `base` when it is a relative path the check accepts, else `value` as sent.
+
+    This is the path `check_path_under` checks for a relative value, so a caller that forwards it
+    in place of `value` sends the server the path that was checked.
+    """
+    if value.startswith("/") or _syntax_problem(value, base) is not None:
+        return value
+    return os.path.join(base, value)
+
+
 def _syntax_problem(value: str, base: str | None) -> str | None:
     if len(value) > MAX_PATH_CHARS:
         return f"is {len(value):,} characters long, longer than any file path can be ({MAX_PATH_CHARS:,})"

@@ -334,6 +334,42 @@ async def test_filesystem_server_fenced(tmp_path: Path, root: Path) -> None:
     assert not (root / "x").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.attack("relative path read against the server's own folder", attempts=2)
+async def test_filesystem_server_gets_joined_path(tmp_path: Path, root: Path) -> None:
+    # The server resolves a relative path against tmp_path, where secret.txt is. The rule's
+    # path_base is the allowed folder, so the gateway must send the path it checked there.
+    servers = {
+        "fs": {
+            "command": str(NODE_BIN / "mcp-server-filesystem"),
+            "args": [str(tmp_path)],
+            "cwd": str(tmp_path),
+        }
+    }
+    fence = {"path_under": [str(root)], "path_base": str(root)}
+    rules = [
+        {
+            "name": "read the allowed folder",
+            "clients": ["*"],
+            "server": "fs",
+            "tools": ["read_text_file"],
+            "decision": "auto",
+            "write": True,
+            "arguments": {"path": fence},
+        }
+    ]
+    policy = write_policy(tmp_path, servers, rules=rules)
+
+    async with stdio_gateway(policy) as client:
+        secret = await client.call_tool("fs__read_text_file", {"path": "secret.txt"})
+        notes = await client.call_tool("fs__read_text_file", {"path": "notes.txt"})
+
+    assert secret.is_error is True
+    assert "secret" not in [block.text for block in secret.content if isinstance(block, types.TextContent)]
+    assert str(root / "secret.txt") in secret.content[0].text
+    assert notes.content[0].text == "notes"
+
+
 @pytest.mark.attack("new tool on a known server")
 async def test_notify_approve_and_new_tools(tmp_path: Path, record: Path) -> None:
     rules = [

@@ -173,6 +173,101 @@ def test_relative_path_joined_to_base(tree: Tree) -> None:
     assert not allowed(tree, "file:///etc/passwd", base)
 
 
+def path_rule(name: str, root: Path, base: Path | None, decision: str = "auto") -> RuleConfig:
+    constraints: dict[str, Any] = {"path_under": [str(root)]}
+    if base is not None:
+        constraints["path_base"] = str(base)
+    return RuleConfig.model_validate(
+        {
+            "name": name,
+            "clients": ["*"],
+            "server": "files",
+            "tools": ["*"],
+            "decision": decision,
+            "write": True,
+            "arguments": {"path": constraints, "paths": constraints},
+        }
+    )
+
+
+def decide_with(
+    rules: list[RuleConfig], arguments: dict[str, Any], schema: dict[str, Any] | None = None
+) -> Decision:
+    return PolicyEngine(rules, {}, {}).decide(
+        "desktop",
+        "files",
+        "read",
+        annotations=None,
+        arguments=arguments,
+        now=NOW,
+        first_use={},
+        input_schema=schema,
+    )
+
+
+@pytest.mark.attack("relative path read against the server's own folder")
+def test_relative_path_forwarded_joined(tree: Tree) -> None:
+    decision = decide_with([path_rule("files", tree.root, tree.root)], {"path": "sub/../notes.txt"})
+
+    assert decision.kind == "auto"
+    assert decision.arguments == {"path": f"{tree.root}/sub/../notes.txt"}
+
+
+def test_nested_and_listed_paths_joined(tree: Tree) -> None:
+    sent = {
+        "paths": ["notes.txt", str(tree.root / "sub"), ["sub"]],
+        "options": {"target": {"path": "sub"}, "label": "notes.txt"},
+    }
+
+    decision = decide_with([path_rule("files", tree.root, tree.root)], sent)
+
+    assert decision.kind == "auto"
+    assert decision.arguments == {
+        "paths": [f"{tree.root}/notes.txt", str(tree.root / "sub"), [f"{tree.root}/sub"]],
+        "options": {"target": {"path": f"{tree.root}/sub"}, "label": "notes.txt"},
+    }
+    assert sent["paths"] == ["notes.txt", str(tree.root / "sub"), ["sub"]]
+
+
+def test_absolute_paths_forwarded_unchanged(tree: Tree) -> None:
+    decision = decide_with([path_rule("files", tree.root, tree.root)], {"path": str(tree.root / "notes.txt")})
+
+    assert decision.kind == "auto"
+    assert decision.arguments is None
+
+
+def test_rejected_relative_path_left_as_sent(tree: Tree) -> None:
+    decision = decide_with([path_rule("files", tree.root, tree.root)], {"path": "~/notes.txt"})
+
+    assert decision.kind == "deny"
+    assert 'starts with "~"' in getattr(decision, "reason", "")
+
+
+def test_relative_schema_default_added_joined(tree: Tree) -> None:
+    schema = {"type": "object", "properties": {"path": {"type": "string", "default": "notes.txt"}}}
+
+    decision = decide_with([path_rule("files", tree.root, tree.root)], {}, schema)
+
+    assert decision.kind == "auto"
+    assert decision.arguments == {"path": f"{tree.root}/notes.txt"}
+
+
+@pytest.mark.attack("relative path read against the server's own folder", attempts=2)
+def test_second_rule_checks_joined_path(tree: Tree) -> None:
+    # The first rule joins "secret.txt" to its own base. The second rule checks that joined path,
+    # not its own join, so it denies the call.
+    first = path_rule("joins to outside", tree.outside, tree.outside)
+    second = path_rule("joins to allowed", tree.root, tree.root, decision="notify")
+
+    decision = decide_with([first, second], {"path": "secret.txt"})
+    swapped = decide_with([second, first], {"path": "notes.txt"})
+
+    assert decision.kind == "deny"
+    assert decision.rule == "joins to allowed"
+    assert swapped.kind == "deny"
+    assert swapped.rule == "joins to outside"
+
+
 @pytest.mark.attack("path escape", attempts=2)
 def test_home_shorthand_denied(tree: Tree) -> None:
     assert not allowed(tree, "~/.ssh/id_rsa", str(tree.root))
