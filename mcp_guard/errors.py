@@ -171,15 +171,17 @@ class AuditUnavailable(AuditError):
 
     Attributes:
         reason: What went wrong, without secrets (for example "database is read-only").
+        fix: What to do about it, when the default advice (fix the state directory) does not fit.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, fix: str | None = None) -> None:
         self.reason = reason
-        super().__init__(
-            f"The audit trail cannot be written ({reason}), so the call was denied. "
+        self.fix = fix
+        fix = fix or (
             'Fix the state directory, or set audit.on_failure = "proceed" in the policy file '
             "to run without an audit trail."
         )
+        super().__init__(f"The audit trail cannot be written ({reason}), so the call was denied. {fix}")
 
 
 class AuditCorrupted(AuditError):

@@ -132,7 +132,7 @@ class GroupCommitter(Generic[T]):
         except AuditUnavailable as exc:
             # Each caller gets its own exception object: one raised in many tasks
             # would collect every task's traceback.
-            results = [AuditUnavailable(exc.reason) for _ in batch]
+            results = [AuditUnavailable(exc.reason, fix=exc.fix) for _ in batch]
         except Exception:
             logger.exception("audit_batch_failed", records=len(batch))
             results = [

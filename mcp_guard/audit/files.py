@@ -7,6 +7,7 @@ They raise `OSError` and `ValueError`, which the store translates.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -241,18 +242,38 @@ class WriterLock:
         return self._descriptor is not None
 
     def acquire(self) -> bool:
-        """Take the lock without waiting; return False if another process holds it."""
+        """Take the lock without waiting; return False if another process holds it.
+
+        The holder writes its process id into the file, so that `holder` can name it.
+        """
         if self._descriptor is not None:
             return True
-        # flock needs no write access, so a read-only lock file still works.
-        descriptor = os.open(self.path, os.O_RDONLY | os.O_CREAT, OWNER_ONLY)
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, OWNER_ONLY)
+            writable = True
+        except PermissionError:
+            # flock needs no write access, so a read-only lock file still works.
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_CREAT, OWNER_ONLY)
+            writable = False
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
             return False
+        if writable:
+            with contextlib.suppress(OSError):
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
         self._descriptor = descriptor
         return True
+
+    def holder(self) -> int | None:
+        """Return the process id the lock's holder wrote into the file, or None if unknown."""
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
 
     def release(self) -> None:
         """Release the lock if held."""

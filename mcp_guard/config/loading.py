@@ -39,6 +39,10 @@ MAX_SHOWN_VALUE = 80
 USERINFO = re.compile(r"://[^/@\s]*@")
 
 
+# Replaces `gateway.state_dir` when set. A relative path is taken from the current directory.
+STATE_DIR_ENV_VAR = "MCP_GUARD_STATE_DIR"
+
+
 def load_config(
     path: str | os.PathLike[str],
     environ: Mapping[str, str] | None = None,
@@ -47,7 +51,8 @@ def load_config(
 ) -> GatewayConfig:
     """Read, validate and resolve the policy file at `path`.
 
-    Relative `cwd` and `state_dir` values are resolved against the file's folder. With
+    Relative `cwd` and `state_dir` values are resolved against the file's folder, and
+    `$MCP_GUARD_STATE_DIR`, when set, replaces `state_dir`. With
     `require_environment` false, variables the file references need not be set: commands that
     only read the gateway's state (audit, pins, approvals) never use the servers' secrets.
 
@@ -75,7 +80,15 @@ def load_config(
         environ=environ,
         require_environment=require_environment,
     )
-    return _resolve_paths(config, base)
+    config = _resolve_paths(config, base)
+    state_dir = (os.environ if environ is None else environ).get(STATE_DIR_ENV_VAR)
+    if state_dir:
+        # Lets gateways that share one policy file, and run at the same time, keep separate state.
+        resolved = str(Path(state_dir).expanduser().resolve())
+        config = config.model_copy(
+            update={"gateway": config.gateway.model_copy(update={"state_dir": resolved})}
+        )
+    return config
 
 
 def parse_config(

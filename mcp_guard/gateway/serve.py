@@ -31,7 +31,7 @@ from mcp_guard.approval.webhook import post_webhook, webhook_message
 from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
-from mcp_guard.errors import GuardError
+from mcp_guard.errors import AuditUnavailable, GuardError
 from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.code_tool import running_code_tool
 from mcp_guard.gateway.direct import DirectCalls
@@ -160,7 +160,13 @@ async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
     if settings.retention_days is None and settings.max_rows is None:
         return
     older_than = timedelta(days=settings.retention_days) if settings.retention_days is not None else None
-    pruned = await store.prune(older_than=older_than, max_rows=settings.max_rows)
+    try:
+        pruned = await store.prune(older_than=older_than, max_rows=settings.max_rows)
+    except AuditUnavailable as exc:
+        # The gateway still starts, and denies each call until the trail can be written. The next
+        # start prunes.
+        log.warning("audit_prune_skipped", reason=exc.reason)
+        return
     log.info("audit_pruned", result=str(pruned))
 
 

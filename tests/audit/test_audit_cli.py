@@ -205,7 +205,7 @@ async def test_prune_while_gateway_writes_fails(
         status, _ = await _run(state_dir, "prune", "--max-rows", "1")
 
     assert status == 1
-    assert "another process is writing" in capsys.readouterr().err
+    assert f"another process (PID {os.getpid()}) is writing" in capsys.readouterr().err
 
 
 async def test_missing_trail_fails(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -356,7 +356,7 @@ async def test_second_writer_is_unavailable_while_first_runs(
     await store.record_intent(make_intent())
 
     async with new_store() as second:
-        with pytest.raises(AuditUnavailable, match="another process is writing"):
+        with pytest.raises(AuditUnavailable, match=rf"another process \(PID {os.getpid()}\) is writing"):
             await second.record_intent(make_intent())
 
     await store.record_intent(make_intent())

@@ -530,3 +530,31 @@ async def test_retention_applied_at_start(tmp_path: Path) -> None:
     assert len(kept) <= 2
     assert [call.intent.arguments for call in kept][-1] == {"text": "three"}
     assert verify.returncode == 0, verify.stderr.decode()
+
+
+@pytest.mark.attack("unaudited call")
+async def test_second_gateway_on_same_state(tmp_path: Path) -> None:
+    # Two client apps may run the same policy at once. The second gateway cannot write the first
+    # one's trail, so it denies calls, names the first one and how to give it its own state.
+    record = tmp_path / "alpha.jsonl"
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha", record=record)}, audit={"max_rows": 100}
+    )
+    own_state = tmp_path / "second-state"
+
+    async with raw_stdio_gateway(policy, log=tmp_path / "first.log") as first:
+        await first.call("alpha__echo", {"text": "first"})
+        async with stdio_gateway(policy) as second:
+            denied = await second.call_tool("alpha__echo", {"text": "second"})
+        async with stdio_gateway(policy, env={"MCP_GUARD_STATE_DIR": str(own_state)}) as separate:
+            allowed = await separate.call_tool("alpha__echo", {"text": "separate"})
+        first_pid = first.process.pid
+
+    message = denied.content[0].text
+    assert denied.is_error is True
+    assert f"another process (PID {first_pid}) is writing" in message
+    assert "$MCP_GUARD_STATE_DIR" in message
+    assert "on_failure" not in message
+    assert [event["arguments"]["text"] for event in calls_received(record)] == ["first", "separate"]
+    assert allowed.content[0].text == "separate"
+    assert [call.intent.arguments for call in await read_trail(own_state)] == [{"text": "separate"}]

@@ -396,7 +396,7 @@ class SqliteAuditStore:
                 except AuditUnavailable as exc:
                     # Each caller gets its own exception object, as one raised in many tasks would
                     # collect every task's traceback.
-                    results = [AuditUnavailable(exc.reason) for _ in batch]
+                    results = [AuditUnavailable(exc.reason, fix=exc.fix) for _ in batch]
         finally:
             if self._batch is batch:
                 self._batch = None
@@ -515,9 +515,14 @@ class SqliteAuditStore:
                 f"cannot create the audit files beside {self.path}: {_describe(exc)}"
             ) from None
         if not self._lock.held:
+            holder = self._lock.holder()
+            process = "another process" if holder is None else f"another process (PID {holder})"
             raise AuditUnavailable(
-                f"another process is writing {self.path} (lock file {self._lock.path}); "
-                "stop it, or give this gateway another state directory"
+                f"{process} is writing {self.path}, lock file {self._lock.path}",
+                fix=(
+                    "Each gateway that runs at the same time needs its own state directory: set "
+                    "$MCP_GUARD_STATE_DIR (or gateway.state_dir) for this one, or stop the other."
+                ),
             )
         try:
             await anyio.to_thread.run_sync(self._connect_writer)
