@@ -162,6 +162,10 @@ class SetupError(GuardError):
         super().__init__(f"{source}: mcp-guard init stopped, nothing was written:\n{lines}")
 
 
+class ListenFailed(GuardError):
+    """The HTTP gateway cannot listen on its address; the message names the address and the fix."""
+
+
 class AuditError(GuardError):
     """The audit trail cannot be written or read."""
 

@@ -8,6 +8,7 @@ arrives, and then stop every downstream connection.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -31,7 +32,7 @@ from mcp_guard.approval.webhook import post_webhook, webhook_message
 from mcp_guard.audit import Redactor, SqliteAuditStore
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.downstream.registry import DownstreamRegistry
-from mcp_guard.errors import AuditUnavailable, GuardError
+from mcp_guard.errors import AuditUnavailable, GuardError, ListenFailed
 from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.code_tool import running_code_tool
 from mcp_guard.gateway.direct import DirectCalls
@@ -213,6 +214,8 @@ async def serve_http(
         from mcp_guard.gateway.oauth import JwtVerifier
 
         jwts = JwtVerifier(oauth, config.clients)
+    # Bound before anything starts, so a port in use stops the gateway with a plain message.
+    sock = _listening_socket(host, port)
     async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
         app = server.streamable_http_app(
             **_auth_options(gateway, jwts),
@@ -226,7 +229,6 @@ async def serve_http(
             max_request_body_size=http.max_request_body_bytes,
             session_idle_timeout=HTTP_SESSION_IDLE_SECONDS,
         )
-        sock = _listening_socket(host, port)
         bound_port = sock.getsockname()[1]
         if port_file is not None:
             _write_atomically(port_file, str(bound_port))
@@ -268,10 +270,24 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     # 40 ms for a delayed ACK in our HTTP tests on Python 3.11.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(HTTP_BACKLOG)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(HTTP_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenFailed(f"Cannot listen on {host} port {port}: {_listen_fix(exc)}.") from None
     return sock
+
+
+def _listen_fix(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "another process uses this port; stop it, or pass --port (0 picks a free port)"
+    if exc.errno == errno.EACCES:
+        return "permission denied; ports below 1024 need privileges, so pass --port with a higher one"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no network interface of this machine has this address; check gateway.http.host or --host"
+    return f"{exc.strerror or exc}; check gateway.http.host and gateway.http.port, or --host and --port"
 
 
 def _write_atomically(path: Path, text: str) -> None:

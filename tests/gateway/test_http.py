@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from fixtures.fixture_server import big_text
@@ -14,7 +16,9 @@ from support import (
     INITIALIZE,
     LEGACY,
     MODERN,
+    ROOT,
     fixture_server,
+    gateway_command,
     http_fixture,
     http_gateway,
     stdio_gateway,
@@ -38,6 +42,23 @@ async def test_http_gateway_both_eras(tmp_path: Path, mode: str) -> None:
     assert version == ("2025-11-25" if mode == LEGACY else MODERN)
     assert "alpha__echo" in {tool.name for tool in tools.tools}
     assert echo.content[0].text == "über http"
+
+
+async def test_port_in_use_reported_plainly(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = gateway_command(policy, "--transport", "http", "--port", str(port))
+        completed = await anyio.run_process(command, cwd=ROOT, check=False)
+
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 1
+    assert f"Cannot listen on 127.0.0.1 port {port}: another process uses this port" in stderr
+    assert "Traceback" not in stderr
+    assert "downstream_ready" not in stderr
 
 
 @pytest.mark.attack("DNS rebinding")
