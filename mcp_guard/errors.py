@@ -91,13 +91,13 @@ class DownstreamCrashed(DownstreamError):
 
 
 class DownstreamTimeout(DownstreamError):
-    """The downstream server did not respond within the configured time."""
+    """The downstream server did not finish a request within the configured time."""
 
     def __init__(self, server: str, seconds: float) -> None:
         self.seconds = seconds
         super().__init__(
             server,
-            f"Server {server!r} did not respond within {seconds:g} s. "
+            f"Server {server!r} did not finish the request within {seconds:g} s. "
             f"Retry, or raise servers.{server}.call_timeout_seconds in the policy file.",
         )
 

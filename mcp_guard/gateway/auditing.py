@@ -9,9 +9,11 @@ an audit trail.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 import structlog
 
 from mcp_guard.audit import AuditedCall, AuditStore, CallIntent
@@ -30,9 +32,16 @@ PREVIEW_SOURCE_CHARS = 16 * 1024
 class AuditStage:
     """Records each call's intent before it proceeds and its outcome after."""
 
-    def __init__(self, store: AuditStore, *, proceed_without_audit: bool = False) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        proceed_without_audit: bool = False,
+        stop_reason: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._store = store
         self._proceed = proceed_without_audit
+        self._stop_reason = stop_reason
 
     async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Run the rest of the pipeline inside an audited call."""
@@ -55,6 +64,13 @@ class AuditStage:
                 return await self._unaudited(call, next_handler, exc)
             try:
                 result = await next_handler(call)
+            except anyio.get_cancelled_exc_class():
+                reason = self._stop_reason()
+                if reason is not None and call.outcome is None:
+                    audited.finish(
+                        "gateway_shutdown", detail=f"the gateway stopped during the call ({reason})"
+                    )
+                raise
             except Exception:
                 # A stage that set the outcome before raising (a downstream JSON-RPC error) is more
                 # precise than the recorder's guess from the exception type.

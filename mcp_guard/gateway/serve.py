@@ -177,9 +177,13 @@ async def serve_stdio(config: GatewayConfig, *, client: str, policy_path: str | 
         running_gateway(config, client=client, policy_path=policy_path) as (gateway, server),
         anyio.create_task_group() as tasks,
     ):
-        tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
+        tasks.start_soon(_stop_on_signal, tasks.cancel_scope, gateway)
         log.info("gateway_started", transport="stdio", servers=len(config.servers), client=client)
-        async with gateway_stdio(DirectCalls(gateway, server.server_info_stamp)) as (
+
+        def stdin_closed() -> None:
+            gateway.stopping = gateway.stopping or "stdin closed"
+
+        async with gateway_stdio(DirectCalls(gateway, server.server_info_stamp), stdin_closed) as (
             read_stream,
             write_stream,
         ):
@@ -242,7 +246,7 @@ async def serve_http(
         web = _QuietServer(uvicorn_config)
         log.info("gateway_started", transport="http", host=host, port=bound_port, path=http.path)
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, tasks.cancel_scope, web)
+            tasks.start_soon(_stop_on_signal, tasks.cancel_scope, gateway, web)
             await web.serve(sockets=[sock])
             tasks.cancel_scope.cancel()
     log.info("gateway_stopped", transport="http")
@@ -342,11 +346,15 @@ class _PageServer(_QuietServer):
         await self.serve(sockets=[self._sock])
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, web: uvicorn.Server | None = None) -> None:
+async def _stop_on_signal(
+    scope: anyio.CancelScope, gateway: Gateway, web: uvicorn.Server | None = None
+) -> None:
     """Stop serving on SIGTERM or SIGINT: HTTP finishes open requests first, stdio stops at once."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for received in signals:
-            log.info("gateway_stopping", signal=signal.Signals(received).name)
+            name = signal.Signals(received).name
+            log.info("gateway_stopping", signal=name)
+            gateway.stopping = name
             if web is None:
                 scope.cancel()
             else:

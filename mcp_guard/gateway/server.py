@@ -124,7 +124,11 @@ class Gateway:
         # The protocol version of the stdio connection once the SDK has served a tool request on
         # it. Until then no call takes the direct lane.
         self.stdio_version: str | None = None
-        self.call_pipeline = assemble_call_pipeline(self._forward_call, self.guards, config)
+        # Why the gateway is stopping, once it is: a signal's name or "stdin closed".
+        self.stopping: str | None = None
+        self.call_pipeline = assemble_call_pipeline(
+            self._forward_call, self.guards, config, stop_reason=lambda: self.stopping
+        )
         if self.guards.policy is not None:
             registry.add_listener(self._observe_pins)
         registry.add_listener(self.notifier.publish)
@@ -544,7 +548,13 @@ class Guards:
     approval: ApprovalStage | None = None
 
 
-def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConfig) -> Handler:
+def assemble_call_pipeline(
+    forward: Handler,
+    guards: Guards,
+    config: GatewayConfig,
+    *,
+    stop_reason: Callable[[], str | None] = lambda: None,
+) -> Handler:
     """Chain the guards in front of `forward`, in the one order they apply.
 
     The policy decides first, because the intent row records the decision.
@@ -559,7 +569,8 @@ def assemble_call_pipeline(forward: Handler, guards: Guards, config: GatewayConf
         # Deciding is pure and comes first only so the intent row can record the decision.
         stages.append(guards.policy.decide)
     if guards.audit is not None:
-        stages.append(AuditStage(guards.audit, proceed_without_audit=config.audit.on_failure == "proceed"))
+        proceed = config.audit.on_failure == "proceed"
+        stages.append(AuditStage(guards.audit, proceed_without_audit=proceed, stop_reason=stop_reason))
     if guards.policy is not None:
         stages.append(guards.policy.enforce)
     if guards.limits is not None:

@@ -27,7 +27,7 @@ import asyncio
 import os
 import stat
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -89,10 +89,13 @@ class Wire:
 
 
 @asynccontextmanager
-async def gateway_stdio(taker: LineTaker | None = None) -> AsyncIterator[tuple[Any, Any]]:
+async def gateway_stdio(
+    taker: LineTaker | None = None, on_input_end: Callable[[], None] | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
     """Serve MCP over this process's stdin and stdout; yield the SDK's read and write streams.
 
-    `taker`, if given, receives each incoming line first (not on the SDK's fallback transport).
+    `taker`, if given, receives each incoming line first, and `on_input_end` is called when stdin
+    ends, before the SDK learns of it. Neither is used on the SDK's fallback transport.
     """
     if not (_is_pollable(0) and _is_pollable(1)):
         async with stdio_server() as streams:
@@ -118,7 +121,7 @@ async def gateway_stdio(taker: LineTaker | None = None) -> AsyncIterator[tuple[A
             # The transport closes the file it is given, so it gets a duplicate of its own.
             loop = asyncio.get_running_loop()
             await loop.connect_read_pipe(lambda: reader, os.fdopen(os.dup(wire_in), "rb", buffering=0))
-            tasks.start_soon(_pass_to_sdk, reader, incoming_send)
+            tasks.start_soon(_pass_to_sdk, reader, incoming_send, on_input_end)
             tasks.start_soon(_write_messages, wire, outgoing_receive)
             yield incoming, outgoing
             tasks.cancel_scope.cancel()
@@ -193,7 +196,9 @@ class _LineReader(asyncio.Protocol):
 
 
 async def _pass_to_sdk(
-    reader: _LineReader, messages: MemoryObjectSendStream[SessionMessage | Exception]
+    reader: _LineReader,
+    messages: MemoryObjectSendStream[SessionMessage | Exception],
+    on_input_end: Callable[[], None] | None,
 ) -> None:
     """Hand each message the reader queued to the SDK, in order, until stdin ends."""
     async with messages:
@@ -203,6 +208,9 @@ async def _pass_to_sdk(
             while reader.queued:
                 await _hand_over(messages, reader.queued.popleft())
             if reader.ended:
+                # Before the SDK learns of the end, which cancels the calls still running.
+                if on_input_end is not None:
+                    on_input_end()
                 return
             reader.resume()
 

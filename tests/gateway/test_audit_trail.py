@@ -198,7 +198,8 @@ async def test_stdin_closed_mid_call_recorded_once(tmp_path: Path) -> None:
     assert [call.intent.tool for call in calls] == ["slow"]
     assert kinds[calls[0].intent.call_id] == ["intent", "outcome"]
     assert calls[0].outcome is not None
-    assert calls[0].outcome.outcome in ("cancelled", "gateway_shutdown")
+    assert calls[0].outcome.outcome == "gateway_shutdown"
+    assert calls[0].outcome.detail == "the gateway stopped during the call (stdin closed)"
 
 
 async def test_sigterm_mid_call_recorded_once(tmp_path: Path) -> None:
@@ -222,7 +223,8 @@ async def test_sigterm_mid_call_recorded_once(tmp_path: Path) -> None:
     assert [call.intent.tool for call in calls] == ["slow"]
     assert kinds[calls[0].intent.call_id] == ["intent", "outcome"]
     assert calls[0].outcome is not None
-    assert calls[0].outcome.outcome in ("cancelled", "gateway_shutdown")
+    assert calls[0].outcome.outcome == "gateway_shutdown"
+    assert calls[0].outcome.detail == "the gateway stopped during the call (SIGTERM)"
 
 
 async def legacy_http_session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
