@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import socket
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +92,9 @@ class SqliteLimitStore:
         self._transactions_since_checkpoint = 0
         self._checkpoint: asyncio.Task[None] | None = None
         self._last_sweep = float("-inf")
+        # Names this store in its leases: host, process id and a token for this store.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        _OPEN_OWNERS.add(self._owner)
         self._batcher: DecisionBatcher[_Acquire | _Finish, Grant | Rejection | None] = DecisionBatcher(
             self._decide
         )
@@ -121,6 +126,7 @@ class SqliteLimitStore:
 
     async def aclose(self) -> None:
         """Close the file."""
+        _OPEN_OWNERS.discard(self._owner)
         await self._batcher.drain()
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
@@ -185,10 +191,28 @@ class SqliteLimitStore:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA wal_autocheckpoint = 0")
             db.executescript(SCHEMA)
+            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(lease)")}:
+                db.execute("ALTER TABLE lease ADD COLUMN owner TEXT")
+            self._release_dead_owners(db)
         except sqlite3.Error:
             db.close()
             raise
         self._db = db
+
+    def _release_dead_owners(self, db: sqlite3.Connection) -> None:
+        """Delete the leases of gateway processes on this host that no longer run.
+
+        A killed gateway cannot delete its own leases, and they would hold their calls' slots
+        until they expire.
+        """
+        dead = [
+            owner
+            for (owner,) in db.execute("SELECT DISTINCT owner FROM lease WHERE owner IS NOT NULL")
+            if _gone(owner)
+        ]
+        for owner in dead:
+            cursor = db.execute("DELETE FROM lease WHERE owner = ?", (owner,))
+            log.info("limits_leases_released", owner=owner, leases=cursor.rowcount)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -247,8 +271,8 @@ class SqliteLimitStore:
                 slices.append(slice_index)
             else:
                 db.execute(
-                    "INSERT INTO lease (key, lease, expires) VALUES (?, ?, ?)",
-                    (charge.key, lease, now + charge.lease_seconds),
+                    "INSERT INTO lease (key, lease, expires, owner) VALUES (?, ?, ?, ?)",
+                    (charge.key, lease, now + charge.lease_seconds, self._owner),
                 )
                 slices.append(None)
         return Grant(charges=tuple(charges), slices=tuple(slices), lease=lease)
@@ -323,6 +347,28 @@ _ADD = (
 )
 _SETTLE = "UPDATE window_slice SET units = units + ? WHERE key = ? AND slice = ?"
 _MARK = "INSERT INTO clock (id, mark) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET mark = max(mark, excluded.mark)"
+
+
+# Owners of the stores this process has created. A lease with this process's id and another
+# token is from an earlier process that had the same id.
+_OPEN_OWNERS: set[str] = set()
+
+
+def _gone(owner: str) -> bool:
+    """Return whether the store that took leases as `owner` ran in a process on this host that has ended."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _token = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    if int(pid_text) == os.getpid():
+        return owner not in _OPEN_OWNERS
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process, still running
+    return False
 
 
 def sqlite_store_path(state_dir: str | os.PathLike[str]) -> Path:

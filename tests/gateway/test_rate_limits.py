@@ -15,7 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,28 @@ async def test_killed_gateway_keeps_window_count(tmp_path: Path, store: str, red
             after = [await client.call_tool("alpha__echo", {"text": "after"}) for _ in range(3)]
 
     assert [result.is_error for result in after] == [False, False, True]
+
+
+@pytest.mark.legitimate("rate-limit burst")
+async def test_killed_gateway_frees_its_slots(tmp_path: Path) -> None:
+    # The killed gateway's call can no longer run, so its slot must not block the restarted one.
+    record = tmp_path / "alpha.jsonl"
+    policy = limited_policy(tmp_path, {"name": "one-at-a-time", "concurrent_calls": 1}, record=record)
+
+    with http_gateway(policy, tmp_path) as (process, url):
+        with suppress(Exception):  # the client's session ends with the gateway
+            async with Client(url) as client, anyio.create_task_group() as tasks:
+                tasks.start_soon(client.call_tool, "alpha__slow", {"seconds": 30, "steps": 0})
+                while not [line for line in read_records(record) if line.get("tool") == "slow"]:
+                    await anyio.sleep(0.05)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=PROCESS_WAIT_SECONDS)
+    (tmp_path / "gateway.port").unlink()
+    with http_gateway(policy, tmp_path) as (_process, url):
+        async with Client(url) as client:
+            after = await client.call_tool("alpha__echo", {"text": "after the kill"})
+
+    assert after.is_error is False, text_of(after)
 
 
 @pytest.mark.attack("rate limits split across replicas", attempts=30)
