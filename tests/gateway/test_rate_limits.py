@@ -35,6 +35,7 @@ from support import (
     http_gateway,
     read_records,
     stdio_gateway,
+    wait_until,
     write_policy,
 )
 
@@ -210,14 +211,15 @@ async def test_killed_gateway_frees_its_slots(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     policy = limited_policy(tmp_path, {"name": "one-at-a-time", "concurrent_calls": 1}, record=record)
 
-    with http_gateway(policy, tmp_path) as (process, url):
-        with suppress(Exception):  # the client's session ends with the gateway
-            async with Client(url) as client, anyio.create_task_group() as tasks:
-                tasks.start_soon(client.call_tool, "alpha__slow", {"seconds": 30, "steps": 0})
-                while not [line for line in read_records(record) if line.get("tool") == "slow"]:
-                    await anyio.sleep(0.05)
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=PROCESS_WAIT_SECONDS)
+    # The client's session ends with the gateway, so its error is expected.
+    with http_gateway(policy, tmp_path) as (process, url), suppress(Exception):
+        async with Client(url) as client, anyio.create_task_group() as tasks:
+            tasks.start_soon(client.call_tool, "alpha__slow", {"seconds": 30, "steps": 0})
+            await wait_until(
+                lambda: any(line.get("tool") == "slow" for line in read_records(record)), 10, "slow call"
+            )
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=PROCESS_WAIT_SECONDS)
     (tmp_path / "gateway.port").unlink()
     with http_gateway(policy, tmp_path) as (_process, url):
         async with Client(url) as client:
