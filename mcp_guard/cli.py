@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,14 @@ from mcp_guard.pinning.display import escape_text
 from mcp_guard.pinning.store import DATABASE_NAME as PIN_DATABASE
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
+from mcp_guard.policy.lint import policy_warnings, read_only_hint, window_notes
 from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
 from mcp_guard.ratelimit.limiter import names_client
 from mcp_guard.sandbox import open_backend
 from mcp_guard.sandbox.base import SandboxBackend, reject_allowed_hosts
 from mcp_guard.sandbox.tool import tool_definition
 from mcp_guard.setup import add_init_command, run_init_command
+from mcp_guard.state.clock import HighWaterClock
 
 DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
@@ -296,6 +300,7 @@ async def _check_servers(config: GatewayConfig) -> int:
 
     failed = 0
     builtin: list[ExportedTool] = []
+    listings: dict[str, list[dict[str, Any]]] = {}
     if config.sandbox is not None:
         # Only checked, never started: starting would also remove sandboxes that look orphaned.
         backend = open_backend(config.sandbox, os.environ)
@@ -305,6 +310,7 @@ async def _check_servers(config: GatewayConfig) -> int:
             await backend.aclose()
         definition = tool_definition(config.sandbox, backend.languages, backend.kind)
         builtin.append(export_builtin_tool(SANDBOX_SERVER_ID, definition))
+        listings[SANDBOX_SERVER_ID] = [definition]
     with anyio.move_on_after(CHECK_CONNECT_SECONDS):
         async with DownstreamRegistry(config, builtin=builtin).running() as registry:
             for server_id, status in registry.status().items():
@@ -313,8 +319,11 @@ async def _check_servers(config: GatewayConfig) -> int:
                     print(f"\n[{server_id}] NOT AVAILABLE: {status['last_error']}")
                     continue
                 print(f"\n[{server_id}] ready, protocol {status['protocol']}, {status['tools']} tools")
-                _print_findings(registry.connection(server_id).listing.tools)
-            await _print_clients(config, registry.catalog)
+                listings[server_id] = list(registry.connection(server_id).listing.tools)
+                _print_findings(listings[server_id])
+            engine = PolicyEngine(config.rules, config.clients, config.servers)
+            _print_policy_warnings(policy_warnings(config, listings, engine))
+            await _print_clients(config, registry.catalog, engine)
     return 1 if failed else 0
 
 
@@ -340,10 +349,22 @@ def _print_findings(tools: Sequence[Mapping[str, Any]]) -> None:
             print(f"  WARNING {escape_text(str(tool.get('name')))}: {escape_text(finding)}")
 
 
-async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
+def _print_policy_warnings(warnings: Sequence[str]) -> None:
+    """Print the rule and server entries that name tools or arguments no server has."""
+    if warnings:
+        print("\npolicy:")
+    for warning in warnings:
+        print(f"  WARNING {escape_text(warning)}")
+
+
+async def _print_clients(config: GatewayConfig, catalog: Catalog, engine: PolicyEngine) -> None:
     """Print, for each client, the exported tools its rules let it see now, and which are withheld."""
-    engine = PolicyEngine(config.rules, config.clients, config.servers)
-    now = datetime.now(UTC)
+    first_uses, now = _read_usage(Path(config.gateway.state_dir))
+    notes = window_notes(config, engine, now, first_uses)
+    if notes:
+        print(f"\ntime windows at {now.isoformat(timespec='seconds')}:")
+    for note in notes:
+        print(f"  {escape_text(note)}")
     pin_status = await _pin_statuses(config, catalog)
     if not config.clients:
         print(
@@ -359,7 +380,7 @@ async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
                 tool.name,
                 annotations=tool.definition.get("annotations"),
                 now=now,
-                first_use={},
+                first_use=first_uses.get(client, {}),
             )
         ]
         print(f"\nclient {client} sees {len(visible)} {'tool' if len(visible) == 1 else 'tools'}:")
@@ -384,6 +405,7 @@ async def _print_clients(config: GatewayConfig, catalog: Catalog) -> None:
                 print(
                     f"  hidden: {tool.exported}, which rule {missing[0]!r} names without write = true. "
                     "Such a rule grants only read-only tools; add write = true to it to grant this one."
+                    + read_only_hint(config, tool.server, tool.name)
                 )
         _print_limits(config, client)
 
@@ -402,6 +424,34 @@ def _print_limits(config: GatewayConfig, client: str) -> None:
         dimensions = ", ".join(f"{name} = {value:g}" for name, value in rule.dimensions().items())
         counted = "shared by all clients" if rule.per == "global" else f"counted per {rule.per}"
         print(f"  limit {rule.name!r}{scope}, {counted}: {dimensions}")
+
+
+def _read_usage(state_dir: Path) -> tuple[dict[str, dict[str, datetime]], datetime]:
+    """Return each client's first uses of time-limited rules and the gateway's time, as it would see them.
+
+    The state file is opened read-only and never created, so a running gateway is not disturbed.
+    The time is the later of the system time and the high-water mark the gateway stored.
+    """
+    from mcp_guard.gateway.serve import USAGE_FILE
+
+    path = state_dir.resolve() / USAGE_FILE
+    first_uses: dict[str, dict[str, datetime]] = {}
+    clock = HighWaterClock()
+    if not path.exists():
+        return first_uses, clock.now()
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            for client, rule, first_use in db.execute("SELECT client, rule, first_use FROM rule_first_use"):
+                first_uses.setdefault(client, {})[rule] = datetime.fromisoformat(first_use)
+            mark = db.execute("SELECT high_water FROM clock WHERE id = 1").fetchone()
+        if mark is not None:
+            clock.high_water = datetime.fromisoformat(mark[0]).astimezone(UTC)
+    except (sqlite3.Error, ValueError) as exc:
+        print(
+            f"\nThe state file {str(path)!r} cannot be read ({exc}), so tools are listed as if no client "
+            "had used a rule with active_for_seconds yet."
+        )
+    return first_uses, clock.now()
 
 
 async def _pin_statuses(config: GatewayConfig, catalog: Catalog) -> dict[tuple[str, str], str]:

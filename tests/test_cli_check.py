@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 from support import ROOT, fixture_server, stdio_gateway, write_policy
+
+from mcp_guard.state.clock import HighWaterClock
+from mcp_guard.state.usage import UsageStore
 
 pytestmark = pytest.mark.anyio
 
@@ -209,3 +213,161 @@ async def test_check_rejects_malformed_hash_from_environment(tmp_path: Path) -> 
 async def check_offline(policy: Path, **environment: str) -> subprocess.CompletedProcess[bytes]:
     command = [sys.executable, "-m", "mcp_guard", "check", "--offline", str(policy)]
     return await anyio.run_process(command, cwd=ROOT, env={**os.environ, **environment}, check=False)
+
+
+async def test_check_warns_on_unknown_tools(tmp_path: Path) -> None:
+    deny = {
+        "name": "nobody writes",
+        "clients": ["*"],
+        "server": "alpha",
+        "tools": ["write_fil", "alpha__write_file", "write_*", "read_file"],
+        "decision": "deny",
+    }
+    server = {**fixture_server("alpha"), "read_only_tools": ["echo", "serch"]}
+    policy = write_policy(tmp_path, {"alpha": server}, rules=[*RULES, deny], clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert (
+        "  WARNING rule 'nobody writes' names tool 'write_fil', which server 'alpha' does not list, so that "
+        "entry matches no tool (did you mean 'write_file'?)\n"
+    ) in output
+    assert (
+        "  WARNING rule 'nobody writes' names tool 'alpha__write_file', which server 'alpha' does not list, "
+        "so that entry matches no tool. It looks like an exported name, but rules and read_only_tools take "
+        "the name the server lists (did you mean 'write_file'?)\n"
+    ) in output
+    assert (
+        "  WARNING rule 'nobody writes' names tool 'write_*', which server 'alpha' does not list, so that "
+        'entry matches no tool. Names are exact, not patterns: list each tool, or use "*" (tools matching '
+        "it now: write_file)\n"
+    ) in output
+    assert (
+        "  WARNING servers.alpha.read_only_tools names 'serch', which server 'alpha' does not list, so that "
+        "entry makes no tool read-only (did you mean 'search'?)\n"
+    ) in output
+    assert "'read_file', which" not in output
+    assert "'echo', which" not in output
+
+
+async def test_check_skips_unavailable_servers(tmp_path: Path) -> None:
+    broken = {"command": str(tmp_path / "missing-server")}
+    rule = {**RULES[0], "name": "typo on a broken server", "server": "broken", "tools": ["ech"]}
+    wildcard = {**RULES[0], "name": "typo on every server", "server": "*", "tools": ["ech"]}
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha"), "broken": broken},
+        rules=[*RULES, rule, wildcard],
+        clients={"agent": {}},
+    )
+
+    output = await run_check(policy, expect_code=1)
+
+    assert "[broken] NOT AVAILABLE" in output
+    assert "'typo on a broken server' names tool" not in output
+    assert "'typo on every server' names tool" not in output
+    assert "'agent echoes' names tool 'filler_000'" in output  # alpha started, so its rules are checked
+
+
+async def test_check_warns_on_unknown_arguments(tmp_path: Path) -> None:
+    rule = {
+        "name": "agent reads files",
+        "clients": ["agent"],
+        "server": "alpha",
+        "tools": ["read_file", "nested"],
+        "decision": "auto",
+        "write": True,
+        "arguments": {
+            "pth": {"path_under": ["/srv"]},
+            "MODE": {"one_of": ["read"]},  # nested: config.target.mode, in another spelling
+            "Text": {"max_length": 10},  # only echo takes it, which this rule does not grant
+        },
+    }
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=[rule], clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert (
+        "  WARNING rule 'agent reads files' constrains argument 'pth', which no tool it grants takes "
+        "(read_file, nested), so the constraint never applies (did you mean 'path'?)\n"
+    ) in output
+    assert "constrains argument 'Text', which no tool it grants takes" in output
+    assert "argument 'MODE'" not in output
+
+
+async def test_check_warns_on_unfenced_paths(tmp_path: Path) -> None:
+    rule = {
+        "name": "agent runs commands",
+        "clients": ["agent"],
+        "server": "alpha",
+        "tools": ["run_command", "read_file"],
+        "decision": "auto",
+        "write": True,
+        "arguments": {"args": {"path_under": ["/srv"]}},
+    }
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=[rule], clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert (
+        "  WARNING rule 'agent runs commands' fences 'args' with path_under, but tool 'read_file' also "
+        "takes 'path', which no path_under in the rule covers\n"
+    ) in output
+    assert "constrains argument" not in output
+
+
+async def test_check_suggests_read_only_tools(tmp_path: Path) -> None:
+    reads = {**RULES[0], "name": "agent reads", "tools": ["read_file", "echo"]}
+    del reads["write"]
+    server = {**fixture_server("alpha"), "read_only_tools": ["echo", "read_fil"]}
+    policy = write_policy(tmp_path, {"alpha": server}, rules=[reads], clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert "client agent sees 1 tool:\n  alpha__echo\n" in output
+    assert (
+        "  hidden: alpha__read_file, which rule 'agent reads' names without write = true. Such a rule "
+        "grants only read-only tools; add write = true to it to grant this one. If it only reads, add "
+        "'read_file' to servers.alpha.read_only_tools instead. That list has 'read_fil', which may be a "
+        "typo of it.\n"
+    ) in output
+
+
+async def test_check_applies_time_windows(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    ended = now - timedelta(days=2)
+    starts = now + timedelta(days=2)
+    first_call = now - timedelta(hours=1)
+    rules = [
+        {**RULES[0], "name": "echo ended", "tools": ["echo"], "not_after": ended},
+        {**RULES[0], "name": "search starts later", "tools": ["search"], "not_before": starts},
+        {**RULES[0], "name": "whoami for a minute", "tools": ["whoami"], "active_for_seconds": 60},
+        {**RULES[0], "name": "env for a day", "tools": ["env"], "active_for_seconds": 86400},
+    ]
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=rules, clients={"agent": {}})
+    async with UsageStore(tmp_path / "state" / "state.sqlite3", HighWaterClock()) as usage:
+        await usage.record_first_use("agent", "whoami for a minute", first_call)
+        await usage.record_first_use("agent", "env for a day", first_call)
+
+    output = await run_check(policy)
+
+    assert "client agent sees 1 tool:\n  alpha__env\n" in output
+    assert f"  rule 'echo ended' ended at {ended.isoformat()} (not_after)\n" in output
+    assert f"  rule 'search starts later' starts at {starts.isoformat()} (not_before)\n" in output
+    closed = first_call + timedelta(seconds=60)
+    assert (
+        f"  rule 'whoami for a minute': the window of client 'agent' closed at {closed.isoformat()} "
+        f"(active_for_seconds from its first call at {first_call.isoformat()})\n"
+    ) in output
+    assert "'env for a day'" not in output
+
+
+async def test_check_never_creates_state_file(tmp_path: Path) -> None:
+    rules = [{**RULES[0], "active_for_seconds": 60}]
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=rules, clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert "client agent sees 1 tool:\n  alpha__echo\n" in output
+    assert "time windows" not in output
+    assert not (tmp_path / "state" / "state.sqlite3").exists()

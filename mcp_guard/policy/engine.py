@@ -213,6 +213,38 @@ class PolicyEngine:
             and not self._passes_write_gate(rule, server, tool, annotations)
         ]
 
+    def rules_granting(self, server: str, tool: str, *, annotations: Mapping[str, Any] | None) -> list[str]:
+        """Return the rules that grant `tool` of `server` to some client at some time.
+
+        These are the rules other than deny rules that name the tool and cover its kind (see
+        `rules_missing_write`), whatever their clients and time windows. `mcp-guard check` compares
+        their argument constraints with the arguments of the tools they grant.
+        """
+        return [
+            rule.name
+            for rule in self._rules
+            if rule.decision != "deny"
+            and rule.server in (WILDCARD, server)
+            and (rule.tools is None or tool in rule.tools)
+            and self._passes_write_gate(rule, server, tool, annotations)
+        ]
+
+    def closed_windows(self, client: str, now: datetime, first_use: FirstUse) -> list[tuple[str, datetime]]:
+        """Return (rule, end) for each rule naming `client` whose `active_for_seconds` window closed by `now`.
+
+        The window of a rule starts at the client's first call under it, so a rule the client has
+        not used yet has no window to close.
+        """
+        _require_timezone(now)
+        closed = []
+        for rule in self._rules:
+            started = first_use.get(rule.name)
+            if rule.active_for is None or started is None or not self._names_client(rule, client):
+                continue
+            if now >= started + rule.active_for:
+                closed.append((rule.name, started + rule.active_for))
+        return closed
+
     def next_change(self, client: str, now: datetime, first_use: FirstUse) -> datetime | None:
         """Return the next instant after `now` at which a rule for `client` starts or ends, or None.
 
