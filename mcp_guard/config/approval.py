@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 # Some desktop clients end a tool call after about 60 seconds, so the default wait stays below that.
 DEFAULT_TIMEOUT_SECONDS = 45.0
@@ -22,7 +22,7 @@ class ApprovalSettings(BaseModel):
     grant_minutes: Annotated[list[Annotated[int, Field(gt=0, le=24 * 60)]], Field(max_length=4)] = [10]
     """Durations offered besides "once": "approve this exact call for N minutes"."""
 
-    offer_session: bool = False
+    offer_session: StrictBool = False
     """Offer "approve this tool for the rest of this session", which then covers any arguments."""
 
     pending_seconds: Annotated[float, Field(gt=0, le=7 * 86_400)] = 600.0

@@ -9,17 +9,13 @@ so secrets never sit in the config objects.
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import ValidationError
 
 from mcp_guard.audit.redaction import Redactor
 from mcp_guard.config.limits import check_limit_references
@@ -30,14 +26,12 @@ from mcp_guard.config.models import (
     StdioServerConfig,
 )
 from mcp_guard.config.oauth import check_oauth_subjects
+from mcp_guard.config.problems import describe_errors
 from mcp_guard.config.rules import check_api_key_hashes, check_references
 from mcp_guard.errors import ConfigError
 
-# Values longer than this are shortened in error messages.
-MAX_SHOWN_VALUE = 80
-# `user:password@` in a URL is masked before a value is shown in an error.
-USERINFO = re.compile(r"://[^/@\s]*@")
-
+# tomllib's message when a double-quoted string contains a backslash that starts no escape.
+UNESCAPED_BACKSLASH = "Unescaped '\\' in a string"
 
 # Replaces `gateway.state_dir` when set. A relative path is taken from the current directory.
 STATE_DIR_ENV_VAR = "MCP_GUARD_STATE_DIR"
@@ -72,7 +66,7 @@ def load_config(
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), [f"invalid TOML: {exc}"]) from None
+        raise ConfigError(str(file), [_toml_problem(exc)]) from None
     base = file.resolve().parent
     config = parse_config(
         _absolute_roots(data, base),
@@ -106,7 +100,7 @@ def parse_config(
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
+        raise ConfigError(source, describe_errors(exc.errors())) from None
     problems = check_references(config.rules, config.clients, config.server_ids)
     problems += check_oauth_subjects(config.gateway.oauth, config.clients)
     problems += check_api_key_hashes(config.clients)
@@ -153,6 +147,16 @@ def resolve_templates(templates: Mapping[str, str], environ: Mapping[str, str]) 
                 raise ConfigError("environment", [f"{name}: environment variable {variable} is not set"])
         resolved[name] = ENV_REFERENCE.sub(lambda match: environ[match.group(1)], template)
     return resolved
+
+
+def _toml_problem(exc: tomllib.TOMLDecodeError) -> str:
+    if UNESCAPED_BACKSLASH in str(exc):
+        # The usual cause is a regular expression or a Windows path in double quotes.
+        return (
+            f"invalid TOML: {exc}; in double quotes a backslash starts an escape, so write the value "
+            "in single quotes ('...') so backslashes stay as written"
+        )
+    return f"invalid TOML: {exc}"
 
 
 def _redaction_problems(config: GatewayConfig) -> list[str]:
@@ -227,7 +231,8 @@ def _absolute_fence(fence: Any, base: Path) -> Any:
 
 
 def _absolute(path: Any, base: Path) -> Any:
-    if not isinstance(path, str) or not path or Path(path).is_absolute():
+    # A path starting with `~` stays as written, so validation rejects it instead of a folder named `~`.
+    if not isinstance(path, str) or not path or path.startswith("~") or Path(path).is_absolute():
         return path
     return os.path.normpath(base / path)
 
@@ -252,102 +257,3 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         )
         sandbox = sandbox.model_copy(update={"wasm": wasm})
     return config.model_copy(update={"servers": servers, "gateway": gateway, "sandbox": sandbox})
-
-
-def _describe(error: ErrorDetails) -> str:
-    """Turn one pydantic error into "key.path: what is wrong (got value); fix"."""
-    location = _key_path(error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return _unknown_key(error["loc"], location)
-    if kind == "missing":
-        return f"{location}: required key is missing; add it"
-    message = error["msg"].removeprefix("Value error, ")
-    if kind == "string_pattern_mismatch" and "pattern" in (error.get("ctx") or {}):
-        message = _pattern_hint(location, error["ctx"]["pattern"])
-    shown = _shown(error.get("input"))  # secrets never reach here: secret-bearing dicts are not shown
-    return f"{location}: {message} (got {shown})" if shown else f"{location}: {message}"
-
-
-def _key_path(loc: Sequence[int | str]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("stdio", "http"):
-            continue  # discriminator tags are not keys of the file
-        elif item == "[key]" and parts:
-            # The key itself is invalid: quote it as TOML would, so spaces and dots stay visible.
-            last = parts.pop()
-            separator = "." if last.startswith(".") else ""
-            parts.append(f'{separator}"{last.lstrip(".")}"')
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
-def _unknown_key(loc: Sequence[int | str], location: str) -> str:
-    key = str(loc[-1])
-    known = _known_keys(loc[:-1])
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known keys here: {', '.join(sorted(known))}"
-    return f"{location}: unknown key; {hint}"
-
-
-def _known_keys(parent: Sequence[int | str]) -> list[str]:
-    """Return the keys of the table at `parent`, following fields, list entries and table values."""
-    current: Any = GatewayConfig
-    for item in parent:
-        if item in ("stdio", "http"):
-            current = StdioServerConfig if item == "stdio" else HttpServerConfig
-            continue
-        model = _model_in(current)
-        if model is not None and isinstance(item, str) and item in model.model_fields:
-            current = model.model_fields[item].annotation
-        else:
-            current = _element_type(current)  # a list index or a table's key
-    model = _model_in(current)
-    return list(model.model_fields) if model is not None else []
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """Return the model `annotation` names, looking through Annotated and unions but not containers."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Annotated, Union, UnionType):
-        for argument in get_args(annotation):
-            model = _model_in(argument)
-            if model is not None:
-                return model
-    return None
-
-
-def _element_type(annotation: Any) -> Any:
-    """Return the type of the entries of a list or the values of a dict that `annotation` names."""
-    origin = get_origin(annotation)
-    if origin in (Annotated, Union, UnionType):
-        for argument in get_args(annotation):
-            element = _element_type(argument)
-            if element is not None:
-                return element
-        return None
-    if origin is list:
-        return get_args(annotation)[0]
-    if origin is dict:
-        return get_args(annotation)[1]
-    return None
-
-
-def _pattern_hint(location: str, pattern: str) -> str:
-    if location.endswith("url"):
-        return "expected an http:// or https:// URL without spaces"
-    if location.startswith("servers") and not location.endswith("path"):
-        return "expected a letter followed by up to 31 letters, digits, '_' or '-'"
-    return f"does not match the pattern {pattern}"
-
-
-def _shown(value: Any) -> str:
-    if value is None or isinstance(value, dict | list):
-        return ""
-    text = repr(USERINFO.sub("://***@", value) if isinstance(value, str) else value)
-    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "..."

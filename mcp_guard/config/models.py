@@ -10,12 +10,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from mcp_guard.config.approval import ApprovalSettings
 from mcp_guard.config.limits import LimitsSettings
 from mcp_guard.config.oauth import OAuthSettings
-from mcp_guard.config.rules import ClientConfig, RuleList
+from mcp_guard.config.rules import ClientConfig, RuleList, check_pattern
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 
 DEFAULT_HTTP_PORT = 8765
@@ -83,13 +92,13 @@ class _ServerBase(_Frozen):
     read_only_tools: list[str] = []
     """Tools of this server that only read; a rule without `write = true` grants only these."""
 
-    trust_annotations: bool = False
+    trust_annotations: StrictBool = False
     """Treat the server's `readOnlyHint` annotations as true. Off by default: they are hints."""
 
-    allow_new_tools: bool = False
+    allow_new_tools: StrictBool = False
     """Expose tools this server adds after its definitions were pinned, without review."""
 
-    relay_questions: bool = False
+    relay_questions: StrictBool = False
     """Pass this server's own form questions (elicitation) during a call on to the calling client's
     user, labelled with the server's name. Off by default: the server's questions are declined."""
 
@@ -232,7 +241,7 @@ class GatewaySettings(_Frozen):
 class AuditSettings(_Frozen):
     """The audit trail of every call (an SQLite file in the state directory)."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     """Record every call. Turning it off leaves no trace of what agents did; it exists to measure
     the gateway without it."""
 
@@ -248,7 +257,7 @@ class AuditSettings(_Frozen):
     redact_patterns: dict[str, str] = {}
     """More secret value patterns: a name (shown in the marker) to a regular expression."""
 
-    power_safe: bool = False
+    power_safe: StrictBool = False
     """Make each record survive a power cut, not only a crash or kill of the gateway: fsync on
     every commit, which costs several milliseconds per call on most disks."""
 
@@ -262,9 +271,9 @@ class AuditSettings(_Frozen):
     def _patterns_compile(self) -> AuditSettings:
         for name, pattern in self.redact_patterns.items():
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"redact_patterns.{name} is not a valid regular expression: {exc}") from None
+                check_pattern(pattern)
+            except ValueError as exc:
+                raise ValueError(f"redact_patterns.{name}: {exc}") from None
         return self
 
 

@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -46,6 +47,10 @@ MAX_ARGUMENT_NAME_LENGTH = 64
 # An upper bound keeps `first_use + active_for_seconds` far from datetime's year 9999 limit.
 MAX_ACTIVE_FOR_SECONDS = 10 * 365 * 24 * 3600
 DEFAULT_RULE_WRITE = False
+# A pattern has no use for raw control characters, and one is most often a TOML escape such as \b
+# read in double quotes. Tab, line feed and carriage return mean the same raw as escaped in a
+# pattern, and a multi-line (?x) pattern contains them.
+_PATTERN_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 RuleDecision = Literal["auto", "notify", "approve", "deny"]
 ClientId = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -102,6 +107,75 @@ class ClientConfig(_Frozen):
         return hashes
 
 
+def check_pattern(pattern: str) -> str:
+    """Return `pattern` if it is a regular expression without control characters that compiles.
+
+    Raises:
+        ValueError: The pattern contains a control character other than tab, line feed or
+            carriage return (in double quotes, TOML turns `\\b` into a backspace), or does not compile.
+    """
+    control = _PATTERN_CONTROL_CHARACTER.search(pattern)
+    if control is not None:
+        code = ord(control.group())
+        escape = " (a backspace: TOML reads \\b in double quotes as one)" if code == 0x08 else ""
+        raise ValueError(
+            f"the pattern contains the control character U+{code:04X}{escape}; write the pattern in "
+            "single quotes ('...') so backslashes stay as written"
+        )
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}; fix it (Python `re` syntax)") from None
+    return pattern
+
+
+def _require_folder(path: str) -> str:
+    if not path:
+        raise ValueError("empty folder; give an absolute path or one relative to the policy file")
+    if "\0" in path:
+        raise ValueError("the path contains a NUL character")
+    if path.startswith("~"):
+        raise ValueError("write the absolute path; ~ is not expanded")
+    if not path.startswith("/"):
+        raise ValueError("is not an absolute path; write it starting with '/'")
+    return path
+
+
+def _url_scheme(scheme: str) -> str:
+    if "://" in scheme or scheme.endswith(":"):
+        raise ValueError(f"write the scheme without '://': {scheme.split(':', 1)[0]}")
+    if not re.match(URL_SCHEME_PATTERN, scheme):
+        raise ValueError("is not a URL scheme; write a letter, then letters, digits, '+', '.' or '-' (https)")
+    return scheme.lower()
+
+
+def _url_host(host: str) -> str:
+    if "://" in host or "/" in host or "@" in host:
+        raise ValueError(f"write the host name only{_host_suggestion(host)}")
+    return _ascii_host(host)
+
+
+def _host_suggestion(text: str) -> str:
+    """Return ": NAME" with the host name that `text`, a URL or host with extra parts, contains, or ""."""
+    url = text.strip() if "://" in text else f"//{text.strip()}"
+    try:
+        name = urlsplit(url).hostname
+    except ValueError:
+        name = None
+    return f": {name}" if name else ""
+
+
+def _ascii_host(host: str) -> str:
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if not name:
+        raise ValueError("a host name is empty; remove it or write the host")
+    try:
+        # Python's "idna" codec implements IDNA 2003. An ASCII name passes through unchanged.
+        return name.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"is not a valid host name ({exc}); write it in ASCII (xn--) form") from None
+
+
 class ArgumentConstraints(_Frozen):
     """Constraints on every value passed under one argument name, at any depth of the arguments.
 
@@ -110,16 +184,18 @@ class ArgumentConstraints(_Frozen):
     (a number where `path_under` applies) violates it.
     """
 
-    required: bool = False
+    required: StrictBool = False
     """Reject calls that do not pass this argument at the top level, so the server's default is never used."""
 
-    path_under: Annotated[list[str], Field(min_length=1)] | None = None
+    path_under: (
+        Annotated[list[Annotated[str, AfterValidator(_require_folder)]], Field(min_length=1)] | None
+    ) = None
     """Absolute folders the value must resolve into, after `..` and symlinks are resolved."""
 
     path_base: str | None = None
     """Absolute folder that relative paths are resolved against. Without it, relative paths are rejected."""
 
-    max_length: Annotated[int, Field(ge=0)] | None = None
+    max_length: Annotated[StrictInt, Field(ge=0)] | None = None
     """Maximum length of a string value, in characters (Unicode code points)."""
 
     full_match: str | None = None
@@ -137,43 +213,29 @@ class ArgumentConstraints(_Frozen):
     maximum: Number | None = None
     """Maximum allowed number (inclusive)."""
 
-    max_items: Annotated[int, Field(ge=0)] | None = None
+    max_items: Annotated[StrictInt, Field(ge=0)] | None = None
     """Maximum number of elements of an array value."""
 
-    url_schemes: (
-        Annotated[list[Annotated[str, Field(pattern=URL_SCHEME_PATTERN)]], Field(min_length=1)] | None
-    ) = None
+    url_schemes: Annotated[list[Annotated[str, AfterValidator(_url_scheme)]], Field(min_length=1)] | None = (
+        None
+    )
     """Allowed URL schemes, compared case-insensitively ("https")."""
 
-    url_hosts: Annotated[list[str], Field(min_length=1)] | None = None
+    url_hosts: Annotated[list[Annotated[str, AfterValidator(_url_host)]], Field(min_length=1)] | None = None
     """Allowed URL host names, matched exactly (no subdomains), case-insensitively, in IDNA ASCII form."""
 
-    no_leading_dash: bool = False
+    no_leading_dash: StrictBool = False
     """Reject strings (and string elements of arrays) that start with "-", so they cannot pass as options."""
-
-    @field_validator("path_under")
-    @classmethod
-    def _roots_absolute(cls, roots: list[str]) -> list[str]:
-        for root in roots:
-            _require_absolute(root)
-        return roots
 
     @field_validator("path_base")
     @classmethod
     def _base_absolute(cls, base: str | None) -> str | None:
-        return None if base is None else _require_absolute(base)
+        return None if base is None else _require_folder(base)
 
     @field_validator("full_match", "never_contains")
     @classmethod
     def _pattern_compiles(cls, pattern: str | None) -> str | None:
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"invalid regular expression {pattern!r}: {exc}; fix it (Python `re` syntax)"
-                ) from None
-        return pattern
+        return None if pattern is None else check_pattern(pattern)
 
     @field_validator("one_of")
     @classmethod
@@ -191,23 +253,14 @@ class ArgumentConstraints(_Frozen):
             raise ValueError("the bound must be a finite number")
         return bound
 
-    @field_validator("url_schemes")
-    @classmethod
-    def _lower_schemes(cls, schemes: list[str] | None) -> list[str] | None:
-        return None if schemes is None else [scheme.lower() for scheme in schemes]
-
-    @field_validator("url_hosts")
-    @classmethod
-    def _ascii_hosts(cls, hosts: list[str] | None) -> list[str] | None:
-        return None if hosts is None else [_ascii_host(host) for host in hosts]
-
     @model_validator(mode="after")
     def _consistent(self) -> ArgumentConstraints:
+        # Checked first: a table with only path_base sets no constraint either, but this says why.
+        if self.path_base is not None and self.path_under is None:
+            raise ValueError("path_base only applies together with path_under; add path_under")
         checks = [getattr(self, name) for name in _VALUE_CONSTRAINTS]
         if not (self.required or self.no_leading_dash or any(check is not None for check in checks)):
             raise ValueError("the table sets no constraint; add one (path_under, max_length, one_of, ...)")
-        if self.path_base is not None and self.path_under is None:
-            raise ValueError("path_base only applies together with path_under; add path_under")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"minimum ({self.minimum}) is greater than maximum ({self.maximum}); swap them")
         return self
@@ -225,27 +278,6 @@ _VALUE_CONSTRAINTS = (
     "url_schemes",
     "url_hosts",
 )
-
-
-def _require_absolute(path: str) -> str:
-    if "\0" in path:
-        raise ValueError("the path contains a NUL character")
-    if not path.startswith("/"):
-        raise ValueError(f"{path!r} is not an absolute path; write it starting with '/'")
-    return path
-
-
-def _ascii_host(host: str) -> str:
-    name = host.strip().removeprefix("[").removesuffix("]").lower()
-    if not name:
-        raise ValueError("a host name is empty; remove it or write the host")
-    try:
-        # Python's "idna" codec implements IDNA 2003. An ASCII name passes through unchanged.
-        return name.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise ValueError(
-            f"{host!r} is not a valid host name ({exc}); write it in ASCII (xn--) form"
-        ) from None
 
 
 class RuleConfig(_Frozen):
@@ -270,7 +302,7 @@ class RuleConfig(_Frozen):
     """Outcome of a matching call: "auto" runs it, "notify" runs it and alerts, "approve" waits for a person,
     "deny" rejects it."""
 
-    write: bool = DEFAULT_RULE_WRITE
+    write: StrictBool = DEFAULT_RULE_WRITE
     """Whether the rule also grants tools that may write. When false, it grants only tools listed in the
     server's `read_only_tools`, or annotated `readOnlyHint: true` on a server with `trust_annotations`.
     Deny rules ignore this and cover every tool they name."""
@@ -281,7 +313,7 @@ class RuleConfig(_Frozen):
     not_after: datetime | None = None
     """End of the rule's window (inclusive), as a datetime with a timezone."""
 
-    active_for_seconds: Annotated[float, Field(gt=0, le=MAX_ACTIVE_FOR_SECONDS)] | None = None
+    active_for_seconds: Annotated[StrictFloat, Field(gt=0, le=MAX_ACTIVE_FOR_SECONDS)] | None = None
     """How long the rule stays active after the client's first call under it, in seconds."""
 
     arguments: dict[

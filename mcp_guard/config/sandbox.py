@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from mcp_guard.config.rules import ENV_VAR_PATTERN
 from mcp_guard.config.rules import SANDBOX_SERVER_ID as SANDBOX_SERVER_ID
@@ -159,7 +159,7 @@ class SandboxSettings(_Frozen):
     """Hosts the code may connect to. Empty (the default) means no network at all. Only the e2b
     backend can filter by host; the others refuse to start with a non-empty list."""
 
-    session_sandboxes: bool = False
+    session_sandboxes: StrictBool = False
     """Keep one sandbox per client session, so files persist between the session's runs. Off by
     default: every run gets a fresh sandbox."""
 

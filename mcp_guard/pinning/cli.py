@@ -149,8 +149,15 @@ async def _review(store: PinStore, server: str | None, pins_command: str, out: T
 async def _approve_one(store: PinStore, args: argparse.Namespace, out: TextIO) -> int:
     record = await store.get(args.server, args.tool)
     pending = None if record is None else record.pending_hash
-    if pending is None or (args.expected_hash is not None and not _hash_matches(args.expected_hash, pending)):
+    if pending is None:
         raise PinNotPending(args.server, args.tool, args.expected_hash, pending)
+    if args.expected_hash is not None and not _hash_matches(args.expected_hash, pending):
+        # A mistyped hash and a definition that changed since the review look the same here.
+        print(
+            display.escape_text(_hash_mismatch(args.server, args.tool, args.expected_hash, pending)),
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     # The hash checked above is passed on, so a definition that changes meanwhile is not approved.
     approved = await store.approve(args.server, args.tool, args.by, expected_hash=pending)
     print(f"Approved {_name(approved)} {approved.approved_hash}.", file=out)
@@ -184,6 +191,14 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if args.expected_hash is not None and len(_hex_digits(args.expected_hash)) < MIN_HASH_PREFIX_DIGITS:
         return f"approve: --hash needs at least {MIN_HASH_PREFIX_DIGITS} hex digits of the pending hash."
     return None
+
+
+def _hash_mismatch(server: str, tool: str, expected: str, pending: str) -> str:
+    return (
+        f"The hash of the pending definition of tool {tool!r} of server {server!r} is {pending}, "
+        f"which does not start with {expected}. Copy the hash that `mcp-guard pins review` prints. "
+        "If it differs from the hash you reviewed, the definition changed after your review: review it again."
+    )
 
 
 def _hash_matches(expected: str, digest: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp_guard.config.rules import MAX_ARGUMENT_NAME_LENGTH, ArgumentConstraints, argument_key
+from mcp_guard.config.toml_text import toml_string
 from mcp_guard.policy.paths import PathResolver, check_path_under, joined_path
 
 # Maximum nesting depth of arrays and objects the walk enters. The top-level arguments object is level 0.
@@ -317,7 +318,7 @@ def _full_match(pattern: re.Pattern[str]) -> Check:
             return problem
         # fullmatch must consume the whole string: unlike `$`, it does not stop before a final newline.
         if pattern.fullmatch(value) is None:
-            return f"does not match the required pattern {json.dumps(pattern.pattern)}"
+            return f"does not match the required pattern {toml_string(pattern.pattern)}"
         return None
 
     return check
@@ -331,7 +332,7 @@ def _never_contains(pattern: re.Pattern[str]) -> Check:
         found = pattern.search(value)
         if found is not None:
             return (
-                f"contains {_render(found.group())}, which the pattern {json.dumps(pattern.pattern)} forbids"
+                f"contains {_render(found.group())}, which the pattern {toml_string(pattern.pattern)} forbids"
             )
         return None
 

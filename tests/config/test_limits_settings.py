@@ -73,7 +73,7 @@ def test_bad_values_rejected(tmp_path: Path) -> None:
     problems = problems_of(text, tmp_path)
 
     assert any("requests_per_minute" in p and "(got 0)" in p for p in problems)
-    assert any(".per:" in p and "'team'" in p for p in problems)
+    assert any(".per:" in p and '(got "team")' in p for p in problems)
 
 
 def test_redis_url_password_rejected(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def test_every_problem_reported(tmp_path: Path) -> None:
     assert len(problems) == 3
     assert any(p.startswith("servers.a.call_timeout_seconds:") and "(got -1)" in p for p in problems)
     assert any(p.startswith("servers.b:") and "exactly one of `command`" in p for p in problems)
-    assert any("'bad id'" in p for p in problems)
+    assert any(p.startswith('servers."bad id": ') and p.count("bad id") == 1 for p in problems)
 
 
 def test_invalid_toml_names_line(tmp_path: Path) -> None:

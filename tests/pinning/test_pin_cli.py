@@ -161,7 +161,23 @@ async def test_approve_with_other_hash_fails(
     status, _ = await _run(state_dir, "approve", "files", "read_file", "--hash", "sha256:" + "0" * 64)
 
     assert status == EXIT_FAILED
-    assert "changed after it was reviewed" in capsys.readouterr().err
+    assert "does not start with sha256:" + "0" * 64 in capsys.readouterr().err
+    assert await _status(state_dir, changed) == "changed"
+
+
+async def test_approve_mistyped_hash_names_digits(
+    state_dir: Path, make_tool: ToolFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = make_tool(description=POISONED)
+    await _observe(state_dir, [make_tool()], [changed])
+
+    status, _ = await _run(state_dir, "approve", "files", "read_file", "--hash", "0" * 16)
+
+    error = capsys.readouterr().err
+    assert status == EXIT_FAILED
+    assert f"is {definition_hash(changed)}, which does not start with {'0' * 16}." in error
+    assert "Copy the hash that `mcp-guard pins review` prints." in error
+    assert "changed after it was reviewed" not in error
     assert await _status(state_dir, changed) == "changed"
 
 

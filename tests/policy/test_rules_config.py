@@ -108,14 +108,15 @@ def test_bad_regex_named() -> None:
     found = problems(rule_text('[rules.arguments.query]\nfull_match = "SELECT ("\n'))
 
     assert len(found) == 1
-    assert found[0].startswith("rules.0.arguments.query.full_match: invalid regular expression 'SELECT ('")
+    assert found[0].startswith("rules.0.arguments.query.full_match: invalid regular expression: ")
     assert "missing )" in found[0]
 
 
 def test_bad_never_contains_regex_named() -> None:
     found = problems(rule_text('[rules.arguments.query]\nnever_contains = "[a-"\n'))
 
-    assert found[0].startswith("rules.0.arguments.query.never_contains: invalid regular expression '[a-'")
+    assert found[0].startswith("rules.0.arguments.query.never_contains: invalid regular expression: ")
+    assert "unterminated character set" in found[0]
 
 
 def test_duplicate_rule_name() -> None:
@@ -191,7 +192,7 @@ def test_relative_path_root_rejected() -> None:
     found = problems(rule_text('[rules.arguments.path]\npath_under = ["data"]\n'))
 
     assert found == [
-        "rules.0.arguments.path.path_under: 'data' is not an absolute path; write it starting with '/'"
+        "rules.0.arguments.path.path_under.0: is not an absolute path; write it starting with '/'"
     ]
 
 
