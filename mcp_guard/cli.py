@@ -28,7 +28,7 @@ from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_tool
-from mcp_guard.errors import ConfigError, GuardError, SandboxError
+from mcp_guard.errors import AuditUnavailable, ConfigError, GuardError, SandboxError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.log import LEVELS, configure_logging
 from mcp_guard.pinning import PinStore
@@ -216,6 +216,14 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
         failure = _startup_failure(exc)
         if failure is None:
             raise
+        if isinstance(failure, AuditUnavailable):
+            # The generic text speaks of a denied call, and no call has been made yet.
+            fix = failure.fix or "Fix the state directory, or give the gateway another one."
+            print(
+                f"The gateway did not start: the audit trail cannot be used ({failure.reason}). {fix}",
+                file=sys.stderr,
+            )
+            return 1
         print(str(failure), file=sys.stderr)
         return 2 if isinstance(failure, ConfigError) else 1
     return 0

@@ -560,3 +560,20 @@ async def test_second_gateway_on_same_state(tmp_path: Path) -> None:
     assert [event["arguments"]["text"] for event in calls_received(record)] == ["first", "separate"]
     assert allowed.content[0].text == "separate"
     assert [call.intent.arguments for call in await read_trail(own_state)] == [{"text": "separate"}]
+
+
+async def test_uncreatable_state_stops_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state directory's parent should be")
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, {"state_dir": str(blocker / "state")})
+
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)], cwd=ROOT, check=False
+    )
+
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 1
+    assert "The gateway did not start: the audit trail cannot be used (cannot create the audit key" in stderr
+    assert "Make the state directory writable" in stderr
+    assert "the call was denied" not in stderr
+    assert "on_failure" not in stderr

@@ -159,7 +159,11 @@ class SqliteAuditStore:
             variable = f" and ${key_env_var} is not set" if key_env_var else ""
             raise AuditUnavailable(f"no audit key at {paths.key}{variable}") from None
         except (OSError, ValueError) as exc:
-            raise AuditUnavailable(f"cannot load the audit key from {paths.key}: {_describe(exc)}") from None
+            verb = "load" if paths.key.exists() else "create"
+            raise AuditUnavailable(
+                f"cannot {verb} the audit key {paths.key}: {_describe(exc)}",
+                fix="Make the state directory writable by this user, or set gateway.state_dir to one that is.",
+            ) from None
         return cls(paths.database, key, paths.head, redactor, read_only=read_only, power_safe=power_safe)
 
     async def __aenter__(self) -> SqliteAuditStore:
