@@ -5,8 +5,11 @@ canonical arguments, pinned definition and policy), and uses it. Without one:
 
 - a client that declared form elicitation, on a connection that can carry a
   request to it, is asked within the call. Only `accept` with one of the
-  offered choices approves. Decline, cancel, malformed content, a timeout or a
-  transport error deny;
+  offered choices approves. Decline, cancel, malformed content or a timeout
+  deny. A question the client fails (an error response or a transport error)
+  reached no person, so the call waits for an out-of-band decision as below.
+  The failure is not recorded as a decision and does not count towards the
+  cool-down;
 - a 2026-07-28 client that declared form elicitation gets the same question as
   an input-required result (multi-round-trip requests, MRTR), with a sealed
   `requestState`. Its retry is decided by the response only if the state was
@@ -30,7 +33,8 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +82,8 @@ PAGE_POLL_SECONDS = 0.25
 # The key of the approval question in an input-required result's `inputRequests` and in the retry's
 # `inputResponses`.
 INPUT_KEY = "mcp-guard/approve"
+# Characters kept of a client's error text in messages, the audit detail and the log.
+MAX_ERROR_CHARS = 200
 
 
 class ApprovalStage:
@@ -198,9 +204,12 @@ class ApprovalStage:
             rejected = await self._charge(call)
             if rejected is not None:
                 return rejected
-            answer = await self._wait_for_answer(call, elicit, form.message, form.schema)
+            with _abandonment_logged(call, "form"):
+                answer = await self._wait_for_answer(call, elicit, form)
         finally:
             self._asking[call.client] -= 1
+        if isinstance(answer, _QuestionFailed):
+            return await self._ask_after_failed_question(call, binding, answer.error)
         if answer is None:
             await self._record(
                 binding, form.display, approve=False, scope="once", by="timeout", channel="form"
@@ -327,25 +336,56 @@ class ApprovalStage:
         return self._sealer
 
     async def _wait_for_answer(
-        self, call: ToolCall, elicit: Elicit, message: str, schema: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Return the client's answer, None on timeout, or a `cancel` answer if the question failed."""
+        self, call: ToolCall, elicit: Elicit, form: _Form
+    ) -> dict[str, Any] | _QuestionFailed | None:
+        """Return the client's answer, None on timeout, or why the client could not ask the question."""
         timeout = self._settings.timeout_seconds
-        answer: dict[str, Any] | None = None
+        answer: dict[str, Any] | _QuestionFailed | None = None
         async with anyio.create_task_group() as tasks:
             if call.progress is not None:
                 tasks.start_soon(_report_waiting, call, timeout)
             # The relay times the question out itself; this bounds a relay that does not.
             with anyio.move_on_after(timeout + 1):
                 try:
-                    answer = await elicit(message, schema, timeout)
+                    answer = await elicit(form.message, form.schema, timeout)
                 except TimeoutError:
                     answer = None
-                except Exception as exc:  # contained: any failure to get a response denies the call
-                    log.warning("approval_question_failed", call_id=call.call_id, error=type(exc).__name__)
-                    answer = {"action": "cancel"}
+                except Exception as exc:  # contained: the call waits for an out-of-band decision instead
+                    error = self._error_text(exc, form.display)
+                    log.warning(
+                        "approval_question_failed", call_id=call.call_id, client=call.client, error=error
+                    )
+                    answer = _QuestionFailed(error)
             tasks.cancel_scope.cancel()
         return answer
+
+    def _error_text(self, exc: Exception, display: str) -> str:
+        """Return why the client failed the question: redacted, short, and without the call's arguments."""
+        error = getattr(exc, "error", None)
+        if isinstance(error, types.ErrorData):
+            head, text = f"error {error.code}", error.message
+        else:
+            head, text = type(exc).__name__, str(exc)
+        text = self._redactor.redact_text(" ".join(text.split()))
+        # A client may quote the question in its error, and the question shows every argument.
+        if any(line.strip() and line.strip() in text for line in display.splitlines()):
+            text = "its message quotes the call's arguments, so it is left out"
+        described = f"{head}: {text}" if text else head
+        return described[:MAX_ERROR_CHARS]
+
+    async def _ask_after_failed_question(
+        self, call: ToolCall, binding: CallBinding, error: str
+    ) -> ToolResult:
+        """Open an out-of-band request for a call whose client could not show the approval question.
+
+        The request was already counted against `approvals_per_hour` when the question was sent.
+        """
+        opened = await self._open_request(call, binding, charge=False)
+        if not isinstance(opened, ApprovalRequest):
+            return opened
+        return self._pending(
+            call, binding, opened, cause=f"the client could not show the approval question ({error})"
+        )
 
     async def _ask_out_of_band(self, call: ToolCall, binding: CallBinding) -> ToolResult:
         opened = await self._open_request(call, binding)
@@ -374,7 +414,8 @@ class ApprovalStage:
             async with anyio.create_task_group() as tasks:
                 if call.progress is not None:
                     tasks.start_soon(_report_waiting, call, timeout)
-                decided = await self._wait_on_page(call, question, message, link, opened.id, timeout)
+                with _abandonment_logged(call, "url"):
+                    decided = await self._wait_on_page(call, question, message, link, opened.id, timeout)
                 tasks.cancel_scope.cancel()
         finally:
             self._asking[call.client] -= 1
@@ -417,8 +458,13 @@ class ApprovalStage:
             await anyio.sleep(PAGE_POLL_SECONDS)
         return None
 
-    async def _open_request(self, call: ToolCall, binding: CallBinding) -> ApprovalRequest | ToolResult:
-        """Return the waiting request for this call, opening one if needed, or the result that ends the call."""
+    async def _open_request(
+        self, call: ToolCall, binding: CallBinding, *, charge: bool = True
+    ) -> ApprovalRequest | ToolResult:
+        """Return the waiting request for this call, opening one if needed, or the result that ends the call.
+
+        A new request counts against `approvals_per_hour` unless `charge` is False.
+        """
         display = render_arguments(call.arguments, self._redactor)
         now = self._clock()
         # A retry after a person denied the call out of band learns so, instead of asking again at once.
@@ -447,7 +493,7 @@ class ApprovalStage:
         request, created = opened
         if not created:
             return request
-        rejected = await self._charge(call)
+        rejected = await self._charge(call) if charge else None
         if rejected is not None:
             await self._store.withdraw(request.id)
             return rejected
@@ -465,9 +511,12 @@ class ApprovalStage:
             self._announce(request, link)
         return request
 
-    def _pending(self, call: ToolCall, binding: CallBinding, request: ApprovalRequest) -> ToolResult:
+    def _pending(
+        self, call: ToolCall, binding: CallBinding, request: ApprovalRequest, cause: str | None = None
+    ) -> ToolResult:
         """End the call with the "approval pending" error, which explains how to decide and to retry.
 
+        `cause`, when given, says why nobody was asked within the call, and starts the error.
         The error never carries the approval page's link: the model reads it, and the link alone
         decides, so an agent that could send an HTTP request would approve its own call. The link
         goes only to the operator's channels (the gateway's log and the webhook).
@@ -475,11 +524,15 @@ class ApprovalStage:
         minutes = max(1, round((request.expires - self._clock()) / 60))
         call.outcome = "approval_pending"
         call.detail = f"approval request {request.id} is waiting"
+        requirement = f"rule {binding.rule!r} requires"
+        if cause is not None:
+            call.detail = f"{cause}; {call.detail}"
+            requirement = f"{cause}. Rule {binding.rule!r} requires"
         page = (
             " (or use the approval page's link from the gateway's log)" if self._link_for is not None else ""
         )
         return tool_error(
-            f"Approval pending: rule {binding.rule!r} requires a person to approve this call, and it has not "
+            f"Approval pending: {requirement} a person to approve this call, and it has not "
             f"run. Request {request.id} waits for a decision for about {minutes} more minutes. Ask the user to "
             f"run `{self._command} approve {request.id}`{page}, then retry exactly the same call."
         )
@@ -527,6 +580,14 @@ class ApprovalStage:
         call.outcome, call.detail = outcome, reason
         log.info("tool_call_not_approved", call_id=call.call_id, client=call.client, reason=reason)
         return tool_error(f"Denied by mcp-guard: {reason}. The call did not run.")
+
+
+@dataclass(frozen=True)
+class _QuestionFailed:
+    """A failed approval question: the client returned an error response, or the request failed in transport."""
+
+    error: str
+    """The failure, redacted and shortened, for messages and the log."""
 
 
 @dataclass(frozen=True)
@@ -581,6 +642,16 @@ def _accepted_choice(answer: dict[str, Any], choices: dict[str, tuple[Scope, flo
         return None
     choice = content[DECISION_FIELD]
     return choice if isinstance(choice, str) and choice in choices else None
+
+
+@contextmanager
+def _abandonment_logged(call: ToolCall, channel: str) -> Iterator[None]:
+    """Log a question left open because its call was cancelled, by the client or by the gateway stopping."""
+    try:
+        yield
+    except anyio.get_cancelled_exc_class():
+        log.info("approval_question_abandoned", call_id=call.call_id, client=call.client, channel=channel)
+        raise
 
 
 async def _quietly(step: Awaitable[None]) -> None:

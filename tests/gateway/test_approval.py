@@ -11,16 +11,22 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 import pytest
+from mcp import Client, MCPError
+from mcp.client.stdio import stdio_client
 from support import (
+    LEGACY,
     MODERN,
     fixture_server,
     gateway_command,
+    gateway_parameters,
     read_records,
     stdio_gateway,
     wait_until,
@@ -452,3 +458,146 @@ async def test_pending_error_holds_no_page_link(tmp_path: Path) -> None:
     # The model reads this text; with the link it could approve its own call over HTTP.
     assert "Approval pending" in text_of(pending)
     assert "http://" not in text_of(pending)
+
+
+class BrokenForms:
+    """An elicitation callback that fails every question with a JSON-RPC error, as a client that cannot show forms.
+
+    With `quote`, the error message ends with the question's text, as some clients quote the request they failed.
+    """
+
+    def __init__(
+        self, code: int = types.METHOD_NOT_FOUND, message: str = "Method not found", *, quote: bool = False
+    ) -> None:
+        self.code, self.message, self.quote = code, message, quote
+        self.questions: list[types.ElicitRequestParams] = []
+
+    async def __call__(self, ctx: Any, params: types.ElicitRequestParams) -> types.ErrorData:
+        self.questions.append(params)
+        message = f"{self.message}: {params.message}" if self.quote else self.message
+        return types.ErrorData(code=self.code, message=message)
+
+
+@asynccontextmanager
+async def logged_gateway(
+    policy: Path, log: Path, mode: str = LEGACY, **options: Any
+) -> AsyncIterator[Client]:
+    """Start the gateway over stdio with its stderr appended to `log`, and yield a connected SDK client."""
+    with log.open("a") as errors:
+        async with Client(
+            stdio_client(gateway_parameters(policy), errlog=errors), mode=mode, **options
+        ) as client:
+            yield client
+
+
+def log_events(log: Path, event: str) -> list[dict[str, Any]]:
+    lines = log.read_text().splitlines()
+    return [entry for entry in map(json.loads, lines) if entry.get("event") == event]
+
+
+async def read_calls(state_dir: Path) -> list[tuple[str, str, str | None]]:
+    """Return (call id, outcome, detail) of every finished call, oldest first."""
+    async with SqliteAuditStore.in_state_dir(state_dir, read_only=True) as store:
+        calls = await store.search(CallFilter(), limit=100, oldest_first=True)
+    return [(c.intent.call_id, c.outcome.outcome, c.outcome.detail) for c in calls if c.outcome is not None]
+
+
+@pytest.mark.attack("approval answer forged or malformed")
+async def test_failed_question_waits_out_of_band(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record)
+    broken = BrokenForms()
+
+    async with stdio_gateway(policy, elicitation_callback=broken) as client:
+        pending = await client.call_tool("alpha__write_file", WRITE_A)
+        identifier = request_id(pending)
+        listing = await approvals(policy, "list")
+        await approvals(policy, "approve", identifier, "--by", "alice")
+        retried = await client.call_tool("alpha__write_file", WRITE_A)
+    every = await approvals(policy, "list", "--all")
+
+    assert len(broken.questions) == 1
+    assert pending.is_error is True
+    assert text_of(pending).startswith(
+        "Approval pending: the client could not show the approval question (error -32601: Method not found)."
+    )
+    assert identifier in listing
+    assert retried.is_error is False
+    assert writes(record) == [WRITE_A]
+    assert "(form)" not in every
+    assert "decided by alice (command line)" in every
+    calls = await read_calls(tmp_path / "state")
+    assert [outcome for _, outcome, _ in calls] == ["approval_pending", "succeeded"]
+    assert "could not show the approval question" in (calls[0][2] or "")
+
+
+@pytest.mark.attack("approval flood", attempts=4)
+async def test_failed_questions_skip_cooldown(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record, denials_before_cooldown=3, cooldown_seconds=300)
+    broken = BrokenForms()
+
+    async with stdio_gateway(policy, elicitation_callback=broken) as client:
+        results = [
+            await client.call_tool("alpha__write_file", {**WRITE_A, "content": str(i)}) for i in range(4)
+        ]
+    every = await approvals(policy, "list", "--all")
+
+    assert len(broken.questions) == 4
+    for result in results:
+        assert "Approval pending" in text_of(result)
+        assert "without asking" not in text_of(result)
+    assert every.count("  pending  ") == 4
+    assert "denied" not in every
+    assert writes(record) == []
+
+
+async def test_failed_question_log_omits_arguments(tmp_path: Path) -> None:
+    record, log = tmp_path / "alpha.jsonl", tmp_path / "gateway.log"
+    policy = approval_policy(tmp_path, record)
+    broken = BrokenForms(types.INTERNAL_ERROR, "form renderer crashed")
+    arguments = {"path": "/tmp/a.txt", "content": "unique-content-4217"}
+
+    async with logged_gateway(policy, log, elicitation_callback=broken) as client:
+        await client.call_tool("alpha__write_file", arguments)
+
+    [failed] = log_events(log, "approval_question_failed")
+    [(call_id, _, _)] = await read_calls(tmp_path / "state")
+    assert failed["call_id"] == call_id
+    assert failed["error"] == "error -32603: form renderer crashed"
+    assert "unique-content-4217" not in log.read_text()
+
+
+async def test_abandoned_question_is_logged(tmp_path: Path) -> None:
+    record, log = tmp_path / "alpha.jsonl", tmp_path / "gateway.log"
+    policy = approval_policy(tmp_path, record, timeout_seconds=30)
+    human = Human(accept("approve once"), delay=20.0)
+
+    async with logged_gateway(policy, log, elicitation_callback=human) as client:
+        with pytest.raises(MCPError):
+            await client.call_tool("alpha__write_file", WRITE_A, read_timeout_seconds=1.0)
+        await wait_until(
+            lambda: log_events(log, "approval_question_abandoned"), 5, "the abandoned question's log line"
+        )
+
+    [abandoned] = log_events(log, "approval_question_abandoned")
+    [(call_id, outcome, _)] = await read_calls(tmp_path / "state")
+    assert abandoned["call_id"] == call_id
+    assert outcome == "cancelled"
+    assert writes(record) == []
+
+
+async def test_quoting_error_is_left_out(tmp_path: Path) -> None:
+    record, log = tmp_path / "alpha.jsonl", tmp_path / "gateway.log"
+    policy = approval_policy(tmp_path, record)
+    broken = BrokenForms(types.INVALID_PARAMS, "cannot render", quote=True)
+    arguments = {"path": "/tmp/a.txt", "content": "unique-content-4217"}
+
+    async with logged_gateway(policy, log, elicitation_callback=broken) as client:
+        pending = await client.call_tool("alpha__write_file", arguments)
+
+    [failed] = log_events(log, "approval_question_failed")
+    assert failed["error"] == "error -32602: its message quotes the call's arguments, so it is left out"
+    assert "unique-content-4217" not in log.read_text()
+    assert "Approval pending" in text_of(pending)
+    assert writes(record) == []

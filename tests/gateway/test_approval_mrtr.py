@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 from support import LEGACY, MODERN, fixture_server, gateway_parameters, read_records, write_policy
 
 from mcp_guard.audit import CallFilter, SqliteAuditStore
@@ -205,6 +205,31 @@ async def test_formless_client_waits_out_of_band(tmp_path: Path) -> None:
     assert result.is_error is True
     assert "Approval pending" in text_of(result)
     assert writes(record) == []
+
+
+@pytest.mark.attack("approval flood", attempts=4)
+async def test_failed_question_is_no_denial(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record, denials_before_cooldown=3, cooldown_seconds=300)
+
+    async def broken(ctx: Any, params: types.ElicitRequestParams) -> types.ErrorData:
+        return types.ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found")
+
+    async with gateway(policy, elicitation_callback=broken) as client:
+        for index in range(4):
+            # The SDK client raises its callback's error and sends no retry, so the gateway never
+            # learns that the question failed: it expires unanswered.
+            with pytest.raises(MCPError, match="Method not found"):
+                await client.call_tool("alpha__write_file", {**WRITE_A, "content": str(index)})
+    human = Human(accept("approve once"))
+    async with gateway(policy, elicitation_callback=human) as client:
+        approved = await client.call_tool("alpha__write_file", WRITE_A)
+
+    assert len(human.questions) == 1  # no cool-down: the failed questions were not denials
+    assert approved.is_error is False
+    assert writes(record) == [WRITE_A]
+    trail = await outcomes(tmp_path / "state")
+    assert [outcome for outcome, _ in trail] == ["approval_pending"] * 5 + ["succeeded"]
 
 
 @pytest.mark.attack("MRTR state tampering")
