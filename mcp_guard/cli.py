@@ -26,6 +26,7 @@ from mcp_guard.approval.cli import add_approvals_commands, run_approvals_command
 from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
+from mcp_guard.config.rules import suggestion
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_tool
 from mcp_guard.errors import AuditUnavailable, ConfigError, GuardError, SandboxError
@@ -188,6 +189,13 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
     from mcp_guard.gateway.serve import serve_http, serve_stdio
 
     client = args.client or config.gateway.default_client or DEFAULT_CLIENT
+    if args.transport == "stdio" and client not in config.clients:
+        # Allowed (such a client gets the rules for every client), but most often a typo.
+        print(
+            f"Warning: client {client!r} is not defined in the policy file, so only rules with "
+            f'clients = ["*"] apply to it{suggestion(client, config.clients)}.',
+            file=sys.stderr,
+        )
 
     anonymous = config.gateway.http.allow_unauthenticated_as
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,3 +86,15 @@ async def test_missing_policy_message_fits_the_command(tmp_path: Path) -> None:
     assert listing[0] == 2
     assert f"{missing}: 1 problem found:" in listing[1]
     assert "nothing was started" not in listing[1]
+
+
+async def test_run_warns_of_undefined_client(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, clients={"agent": {}})
+    command = [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy), "--client", "agnet"]
+
+    completed = await anyio.run_process(command, cwd=ROOT, stdin=subprocess.DEVNULL, check=False)
+
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 0
+    assert "Warning: client 'agnet' is not defined in the policy file" in stderr
+    assert "(did you mean 'agent'?)" in stderr

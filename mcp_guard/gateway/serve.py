@@ -219,7 +219,10 @@ async def serve_http(
 
         jwts = JwtVerifier(oauth, config.clients)
     # Bound before anything starts, so a port in use stops the gateway with a plain message.
-    sock = _listening_socket(host, port)
+    try:
+        sock = _listening_socket(host, port)
+    except OSError as exc:
+        raise ListenFailed(f"Cannot listen on {host} port {port}: {_listen_fix(exc)}.") from None
     async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
         app = server.streamable_http_app(
             **_auth_options(gateway, jwts),
@@ -278,9 +281,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(HTTP_BACKLOG)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        raise ListenFailed(f"Cannot listen on {host} port {port}: {_listen_fix(exc)}.") from None
+        raise
     return sock
 
 
