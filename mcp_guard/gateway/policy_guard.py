@@ -160,6 +160,17 @@ class PolicyGuard:
                 log.info("rule_window_changed", at=min(changes).isoformat())
                 await on_change()
 
+    def deny_rule(self, client: str, tool: ExportedTool) -> str | None:
+        """Return the deny rule that hides `tool` from `client` now, or None."""
+        return self._engine.deny_rule(
+            client,
+            tool.server,
+            tool.name,
+            annotations=tool.definition.get("annotations"),
+            now=self._usage.clock.now(),
+            first_use=self._usage.first_uses(client),
+        )
+
     # The call path
 
     def plain_call(self, client: str, tool: ExportedTool) -> bool:

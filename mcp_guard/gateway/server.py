@@ -37,7 +37,8 @@ from mcp_guard.audit import AuditedCall, AuditStore, CallIntent, new_call_id
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
 from mcp_guard.downstream.catalog import LEGACY_ERA, MODERN_ERA, Catalog, ExportedTool
-from mcp_guard.downstream.connection import QuestionRelay
+from mcp_guard.downstream.connection import QuestionRelay, ServerState
+from mcp_guard.downstream.naming import SEPARATOR
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import AuditUnavailable, DownstreamError, DownstreamRejected, GuardError, NotFoundError
 from mcp_guard.gateway.approval import ApprovalStage
@@ -290,7 +291,8 @@ class Gateway:
         self, client: ClientIdentity, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> None:
         """Audit a call of a name the client cannot see: probing for hidden tools leaves a trace."""
-        log.warning("tool_call_unknown_name", client=client.name, name=params.name[:200])
+        server, tool, rule, detail = self._unknown_name(client.name, params.name)
+        log.warning("tool_call_unknown_name", client=client.name, name=params.name[:200], detail=detail)
         if self.guards.audit is None:
             return
         intent = CallIntent(
@@ -299,17 +301,42 @@ class Gateway:
             organisation=client.organisation,
             session=_session_id(ctx),
             protocol_era=ctx.protocol_version,
-            server="",
-            tool=params.name[:200],
+            server=server,
+            tool=tool,
             arguments=dict(params.arguments or {}),
             decision="deny",
-            rule=None,
+            rule=rule,
         )
         try:
             async with AuditedCall(self.guards.audit, intent) as audited:
-                audited.finish("denied", detail="no tool with this name is visible to the client")
+                audited.finish("denied", detail=detail)
         except AuditUnavailable as exc:
             log.error("audit_unavailable", reason=exc.reason)
+
+    def _unknown_name(self, client: str, name: str) -> tuple[str, str, str | None, str]:
+        """Return the server, tool, rule and detail to record for a call of a name the client cannot see.
+
+        A name the gateway exports is recorded as its server's tool, with the deny rule that hides
+        it, so that searches by server and tool find the attempt. A name under the prefix of a
+        server that is not available says so. The client gets "Unknown tool" in every case.
+        """
+        known = self.catalog.tools.get(name)
+        if known is not None:
+            rule = self.guards.policy.deny_rule(client, known) if self.guards.policy is not None else None
+            hidden_by = f"rule {rule!r}" if rule is not None else "the policy"
+            return known.server, known.name, rule, f"the tool is hidden from the client by {hidden_by}"
+        prefix, separator, rest = name.partition(SEPARATOR)
+        for server_id, settings in self.config.servers.items():
+            connection = self.registry.connections.get(server_id)
+            available = connection is not None and connection.state is ServerState.READY
+            if separator and prefix == (settings.prefix or server_id) and not available:
+                return (
+                    server_id,
+                    rest[:200],
+                    None,
+                    f"server {server_id!r} is not available, so it lists no tools",
+                )
+        return "", name[:200], None, "no tool with this name is visible to the client"
 
     def _question_relay(self, call: ToolCall) -> QuestionRelay | None:
         """Return how a question the server asks during `call` reaches the caller's user, or None.

@@ -196,6 +196,21 @@ class PolicyEngine:
             rule.decision for rule in self._matching(client, server, tool, annotations, now, first_use)
         )
 
+    def deny_rule(
+        self,
+        client: str,
+        server: str,
+        tool: str,
+        *,
+        annotations: Mapping[str, Any] | None,
+        now: datetime,
+        first_use: FirstUse,
+    ) -> str | None:
+        """Return the first active deny rule that names `tool` for `client` at `now`, or None."""
+        _require_timezone(now)
+        matching = self._matching(client, server, tool, annotations, now, first_use)
+        return next((rule.name for rule in matching if rule.decision == "deny"), None)
+
     def rules_missing_write(
         self, client: str, server: str, tool: str, *, annotations: Mapping[str, Any] | None
     ) -> list[str]:

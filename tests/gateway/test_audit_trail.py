@@ -577,3 +577,38 @@ async def test_uncreatable_state_stops_start(tmp_path: Path) -> None:
     assert "Make the state directory writable" in stderr
     assert "the call was denied" not in stderr
     assert "on_failure" not in stderr
+
+
+@pytest.mark.attack("hidden tool probing", attempts=3)
+async def test_hidden_name_recorded_by_tool(tmp_path: Path) -> None:
+    servers = {"alpha": fixture_server("alpha"), "ghost": {"command": str(tmp_path / "no-such-server")}}
+    rules = [
+        {**RULES[0], "name": "reads", "tools": ["echo"]},
+        {
+            "name": "no deletes",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["delete_record"],
+            "decision": "deny",
+        },
+    ]
+    policy = write_policy(tmp_path, servers, rules=rules)
+
+    async with stdio_gateway(policy) as client:
+        for name in ("alpha__delete_record", "ghost__lookup", "nothing__here"):
+            with pytest.raises(MCPError, match="Unknown tool"):
+                await client.call_tool(name, {})
+    calls = await read_trail(tmp_path / "state")
+
+    recorded = [(call.intent.server, call.intent.tool, call.intent.rule) for call in calls]
+    details = [call.outcome.detail if call.outcome else None for call in calls]
+    assert recorded == [
+        ("alpha", "delete_record", "no deletes"),
+        ("ghost", "lookup", None),
+        ("", "nothing__here", None),
+    ]
+    assert details == [
+        "the tool is hidden from the client by rule 'no deletes'",
+        "server 'ghost' is not available, so it lists no tools",
+        "no tool with this name is visible to the client",
+    ]
