@@ -361,5 +361,6 @@ async def _stop_on_signal(
             if web is None:
                 scope.cancel()
             else:
+                gateway.stop_calls(name)
                 web.should_exit = True
             return

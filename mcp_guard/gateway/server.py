@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anyio
 import mcp_types as types
 import structlog
 from mcp.server import NotificationOptions, Server, ServerRequestContext
@@ -70,6 +71,9 @@ log = structlog.get_logger(module=__name__)
 
 INSTRUCTIONS = (
     "mcp-guard forwards these tools to the MCP servers configured behind it. Tool names are <server>__<tool>."
+)
+STOPPING = (
+    "mcp-guard is stopping, so this call was stopped before it finished. Retry once the gateway is back."
 )
 # The catalogue is filtered per client, so list results must never be shared between clients.
 _PRIVATE = CacheHint(ttl_ms=0, scope="private")
@@ -127,6 +131,8 @@ class Gateway:
         self.stdio_version: str | None = None
         # Why the gateway is stopping, once it is: a signal's name or "stdin closed".
         self.stopping: str | None = None
+        # Cancel scopes of the calls `stop_calls` stops.
+        self._stoppable: set[anyio.CancelScope] = set()
         self.call_pipeline = assemble_call_pipeline(
             self._forward_call, self.guards, config, stop_reason=lambda: self.stopping
         )
@@ -210,7 +216,24 @@ class Gateway:
             # NOTE: reads the SDK's private per-session connection, as `notifications.py` does.
             self.code_tool.watch_session(getattr(ctx.session, "_connection", None), client.name, call.session)
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
-        return await self.call_pipeline(call)
+        with anyio.CancelScope() as scope:
+            self._stoppable.add(scope)
+            try:
+                return await self.call_pipeline(call)
+            finally:
+                self._stoppable.discard(scope)
+        # Reached only when `stop_calls` cancelled the call: its result tells the client why.
+        return tool_error(STOPPING)
+
+    def stop_calls(self, reason: str) -> None:
+        """Stop the calls in progress, which then return an error that says the gateway is stopping.
+
+        The HTTP server calls it before it waits for open requests to finish, so that each gets a
+        response rather than being cut off when the wait ends.
+        """
+        self.stopping = reason
+        for scope in list(self._stoppable):
+            scope.cancel()
 
     def direct_call(self, params: dict[str, Any]) -> ToolCall | None:
         """Return the call a stdio `tools/call` request's `params` describes, if it may take the direct lane.

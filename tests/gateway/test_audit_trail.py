@@ -24,6 +24,7 @@ import anyio
 import httpx2
 import psutil
 import pytest
+from mcp import Client
 from mcp.shared.exceptions import MCPError
 from support import (
     ERAS,
@@ -225,6 +226,30 @@ async def test_sigterm_mid_call_recorded_once(tmp_path: Path) -> None:
     assert calls[0].outcome is not None
     assert calls[0].outcome.outcome == "gateway_shutdown"
     assert calls[0].outcome.detail == "the gateway stopped during the call (SIGTERM)"
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_sigterm_answers_http_call(tmp_path: Path, mode: str) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
+    results: list[Any] = []
+
+    with http_gateway(policy, tmp_path) as (process, url):
+        async with Client(url, mode=mode) as client, anyio.create_task_group() as tasks:
+
+            async def slow_call() -> None:
+                results.append(await client.call_tool("alpha__slow", {"seconds": 30, "steps": 0}))
+
+            tasks.start_soon(slow_call)
+            await wait_until(lambda: calls_received(record, "slow"), 10, "slow call forwarded")
+            process.send_signal(signal.SIGTERM)
+        exit_status = await anyio.to_thread.run_sync(process.wait, PROCESS_WAIT_SECONDS)
+    log = (tmp_path / "gateway.log").read_text()
+
+    assert exit_status == 0
+    assert results[0].is_error is True
+    assert results[0].content[0].text.startswith("mcp-guard is stopping, so this call was stopped")
+    assert "Exception in ASGI application" not in log
 
 
 async def legacy_http_session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
