@@ -222,11 +222,11 @@ class Gateway:
                 return await self.call_pipeline(call)
             finally:
                 self._stoppable.discard(scope)
-        # Reached only when `stop_calls` cancelled the call: its result tells the client why.
+        # Reached only when `stop_calls` cancelled the call. Its result gives the client the reason.
         return tool_error(STOPPING)
 
     def stop_calls(self, reason: str) -> None:
-        """Stop the calls in progress, which then return an error that says the gateway is stopping.
+        """Stop the calls in progress, which then return an error stating that the gateway is stopping.
 
         The HTTP server calls it before it waits for open requests to finish, so that each gets a
         response rather than being cut off when the wait ends.
