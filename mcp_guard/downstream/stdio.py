@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import IO, Any
@@ -216,6 +217,14 @@ def _line(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+# How long the gateway waits for the exit status of a server that closed its output.
+EXIT_WAIT_SECONDS = 1.0
+# A server's stderr is passed on in lines of at most this many characters.
+MAX_STDERR_LINE_CHARS = 2000
+# Bytes of an unfinished stderr line kept while waiting for its end; older bytes are dropped.
+MAX_STDERR_PENDING = 64 * 1024
+
+
 @asynccontextmanager
 async def stdio_transport(
     command: str,
@@ -232,26 +241,77 @@ async def stdio_transport(
         OSError: The server's command cannot be started.
     """
     process = await anyio.open_process(
-        [command, *args], env=env, cwd=cwd, stderr=errlog, start_new_session=True
+        [command, *args], env=env, cwd=cwd, stderr=subprocess.PIPE, start_new_session=True
     )
-    assert process.stdin is not None and process.stdout is not None
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     to_session, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_server, from_session = anyio.create_memory_object_stream[SessionMessage](0)
     lane.attach(process.stdin)
     writer_done = anyio.Event()
+    stderr = _StderrRelay(lane.server_id, errlog)
+    output_ended = anyio.Event()
+
+    async def read(stdout: anyio.abc.ByteReceiveStream) -> None:
+        await _read(stdout, to_session, lane)
+        output_ended.set()
+
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_read, process.stdout, to_session, lane)
+        tasks.start_soon(read, process.stdout)
         tasks.start_soon(_write, process.stdin, from_session, to_session, writer_done)
+        tasks.start_soon(stderr.relay, process.stderr)
         try:
             yield from_server, to_server
         finally:
             with anyio.CancelScope(shield=True):
+                if output_ended.is_set():
+                    # The server closed its output before the gateway stopped it, most often by exiting.
+                    with anyio.move_on_after(EXIT_WAIT_SECONDS):
+                        _log_exit(lane.server_id, await process.wait(), stderr.last_line)
                 lane.close()
                 to_server.close()
                 with anyio.move_on_after(FLUSH_SECONDS):
                     await writer_done.wait()
                 await _stop(process)
             tasks.cancel_scope.cancel()
+
+
+class _StderrRelay:
+    """Relay of a server's stderr to the gateway's: each line tagged with the server's id, the last one kept."""
+
+    def __init__(self, server_id: str, errlog: IO[str]) -> None:
+        self._server_id = server_id
+        self._errlog = errlog
+        self.last_line = ""
+
+    async def relay(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        """Write `stream`'s lines to the error log as `[server id] line` until it ends."""
+        pending = b""
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            async for chunk in stream:
+                *lines, pending = (pending + chunk)[-MAX_STDERR_PENDING:].split(b"\n")
+                for line in lines:
+                    self._write(line)
+        self._write(pending)
+
+    def _write(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()[:MAX_STDERR_LINE_CHARS]
+        if not text:
+            return
+        self.last_line = text
+        with suppress(OSError, ValueError):
+            self._errlog.write(f"[{self._server_id}] {text}\n")
+            self._errlog.flush()
+
+
+def _log_exit(server_id: str, status: int, last_line: str) -> None:
+    """Log how a server's process ended on its own."""
+    ended: dict[str, str | int] = {"exit_status": status}
+    if status < 0:
+        with suppress(ValueError):
+            ended = {"signal": signal.Signals(-status).name}
+    log.warning("downstream_exited", server=server_id, **ended, last_stderr_line=last_line)
 
 
 async def _read(stdout: anyio.abc.ByteReceiveStream, session: Any, lane: DirectLane) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from support import (
     descendants,
     fixture_server,
     http_gateway,
+    raw_stdio_gateway,
     stdio_gateway,
     stop_process,
     wait_until,
@@ -193,3 +195,19 @@ def test_client_gone_stops_everything(tmp_path: Path) -> None:
     assert len(children) == 2
     assert process.returncode == 0
     assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
+
+
+async def test_crash_logged_with_status_and_stderr(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+
+    async with raw_stdio_gateway(policy, log=log) as gateway:
+        await gateway.call("alpha__crash", {"after_seconds": 0})
+        await wait_until(lambda: "downstream_exited" in log.read_text(), 10, "exit logged")
+    lines = log.read_text().splitlines()
+
+    exited = next(json.loads(line) for line in lines if '"downstream_exited"' in line)
+    assert exited["server"] == "alpha"
+    assert exited["exit_status"] == 3
+    assert "crash tool called: exiting with status 3" in exited["last_stderr_line"]
+    assert any(line.startswith("[alpha] WARNING") and "crash tool called" in line for line in lines)
