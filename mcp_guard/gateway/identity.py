@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +152,63 @@ def http_client_name(ctx: ServerRequestContext[Any]) -> str:
             INVALID_REQUEST, "This request is not authenticated; send your API key as a bearer token."
         )
     return token.client_id
+
+
+# A peer whose requests lack a bearer token is logged at most once in this many seconds.
+AUTH_LOG_INTERVAL_SECONDS = 60.0
+# Peers remembered at most. When that many are remembered, the memory starts over.
+MAX_AUTH_LOG_PEERS = 1024
+
+AsgiApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+class MissingTokenLog:
+    """ASGI wrapper that logs requests to the MCP path without a bearer token, before the SDK rejects them.
+
+    An unknown token is logged by `ApiKeyVerifier`. A request with no token, or with another
+    kind of Authorization header, never reaches it, so it is logged here: at most once a minute
+    per peer address, with the number of such requests since the last line.
+    """
+
+    def __init__(self, app: AsgiApp, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._app = app
+        self._path = path
+        self._clock = clock
+        self._peers: dict[str, tuple[float, int]] = {}
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope.get("type") == "http" and scope.get("path", "").rstrip("/") == self._path.rstrip("/"):
+            reason = _token_problem(scope.get("headers", []))
+            if reason is not None:
+                client = scope.get("client")
+                self._note(str(client[0]) if client else "unknown", reason)
+        await self._app(scope, receive, send)
+
+    def _note(self, peer: str, reason: str) -> None:
+        now = self._clock()
+        logged_at, unlogged = self._peers.get(peer, (float("-inf"), 0))
+        if now - logged_at < AUTH_LOG_INTERVAL_SECONDS:
+            self._peers[peer] = (logged_at, unlogged + 1)
+            return
+        if len(self._peers) >= MAX_AUTH_LOG_PEERS:
+            self._peers.clear()
+        self._peers[peer] = (now, 0)
+        log.warning("authentication_failed", reason=reason, peer=peer, since_last_line=unlogged)
+
+
+def _token_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Return why the request carries no bearer token, or None when it carries one."""
+    values = [value for name, value in headers if name.lower() == b"authorization"]
+    if not values:
+        return "no Authorization header"
+    if not values[0].lower().startswith(b"bearer "):
+        return "the Authorization header is not a Bearer token"
+    return None

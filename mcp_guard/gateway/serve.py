@@ -36,7 +36,7 @@ from mcp_guard.errors import AuditUnavailable, GuardError, ListenFailed
 from mcp_guard.gateway.approval import ApprovalStage
 from mcp_guard.gateway.code_tool import running_code_tool
 from mcp_guard.gateway.direct import DirectCalls
-from mcp_guard.gateway.identity import ApiKeyVerifier
+from mcp_guard.gateway.identity import ApiKeyVerifier, MissingTokenLog
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.policy_guard import PolicyGuard
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
@@ -236,11 +236,12 @@ async def serve_http(
             max_request_body_size=http.max_request_body_bytes,
             session_idle_timeout=HTTP_SESSION_IDLE_SECONDS,
         )
+        served: Any = MissingTokenLog(app, http.path) if gateway.directory.has_credentials else app
         bound_port = sock.getsockname()[1]
         if port_file is not None:
             _write_atomically(port_file, str(bound_port))
         uvicorn_config = uvicorn.Config(
-            app,
+            served,
             access_log=False,
             log_config=None,
             lifespan="on",

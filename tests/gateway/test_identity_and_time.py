@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+import structlog.testing
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from support import (
@@ -26,7 +28,7 @@ from support import (
 
 from mcp_guard.config import load_config
 from mcp_guard.errors import ConfigError
-from mcp_guard.gateway.identity import hash_api_key
+from mcp_guard.gateway.identity import MissingTokenLog, hash_api_key
 from mcp_guard.gateway.serve import running_gateway
 from mcp_guard.state.clock import HighWaterClock, ManualClock
 
@@ -79,6 +81,52 @@ async def test_http_requires_valid_key(tmp_path: Path) -> None:
     assert missing.status_code == 401
     assert wrong.status_code == 401
     assert right.status_code == 200
+
+
+async def test_missing_token_logged_once_a_minute(tmp_path: Path) -> None:
+    policy = keyed_policy(tmp_path, tmp_path / "alpha.jsonl")
+
+    with http_gateway(policy, tmp_path) as (_process, url):
+        async with httpx2.AsyncClient() as http:
+            statuses = [
+                (await http.post(url, json=INITIALIZE, headers=HTTP_HEADERS)).status_code for _ in range(3)
+            ]
+            basic = await http.post(
+                url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": "Basic eA=="}
+            )
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "gateway.log").read_text().splitlines()
+        if "authentication_failed" in line
+    ]
+
+    assert statuses == [401, 401, 401]
+    assert basic.status_code == 401
+    assert [(line["reason"], line["peer"], line["since_last_line"]) for line in lines] == [
+        ("no Authorization header", "127.0.0.1", 0)
+    ]
+
+
+async def test_missing_token_log_counts_quiet_requests() -> None:
+    now = [0.0]
+    passed: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        passed.append(scope["path"])
+
+    gate = MissingTokenLog(app, "/mcp", clock=lambda: now[0])
+    scope = {"type": "http", "path": "/mcp", "headers": [], "client": ("127.0.0.1", 5000)}
+
+    with structlog.testing.capture_logs() as captured:
+        for moment in (0.0, 10.0, 30.0, 61.0):
+            now[0] = moment
+            await gate(scope, None, None)  # type: ignore[arg-type]
+
+    assert [(entry["peer"], entry["since_last_line"]) for entry in captured] == [
+        ("127.0.0.1", 0),
+        ("127.0.0.1", 2),
+    ]
+    assert passed == ["/mcp"] * 4
 
 
 @pytest.mark.attack("client impersonation")
