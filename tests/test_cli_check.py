@@ -371,3 +371,21 @@ async def test_check_never_creates_state_file(tmp_path: Path) -> None:
     assert "client agent sees 1 tool:\n  alpha__echo\n" in output
     assert "time windows" not in output
     assert not (tmp_path / "state" / "state.sqlite3").exists()
+
+
+async def test_check_names_missing_command(tmp_path: Path) -> None:
+    servers = {
+        "alpha": fixture_server("alpha"),
+        "bare": {"command": "mcp-guard-no-such-server"},
+        "absolute": {"command": str(tmp_path / "no-such-server")},
+    }
+    policy = write_policy(tmp_path, servers, rules=RULES, clients={"agent": {}})
+
+    output = await run_check(policy, expect_code=1)
+
+    assert (
+        "[bare] NOT AVAILABLE: command not found: 'mcp-guard-no-such-server'; give its absolute path"
+        in output
+    )
+    assert f"[absolute] NOT AVAILABLE: not found: '{tmp_path / 'no-such-server'}' does not exist" in output
+    assert "give its absolute path" not in output.split("[absolute]")[1].split("\n")[0]

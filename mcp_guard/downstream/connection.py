@@ -547,6 +547,9 @@ def _describe_failure(exc: BaseException) -> str:
     if isinstance(exc, MCPError):
         return f"{exc.error.message} (code {exc.error.code})"
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        if str(exc.filename).startswith("/"):
+            # A missing working directory is reported with its own path, so both are named.
+            return f"not found: {exc.filename!r} does not exist; check the server's command and cwd"
         return (
             f"command not found: {exc.filename!r}; give its absolute path, or start the gateway with a "
             "PATH that contains it (the server is started with the gateway's PATH, or the PATH in its env)"
