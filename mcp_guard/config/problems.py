@@ -27,7 +27,7 @@ MAX_SHOWN_VALUE = 80
 USERINFO = re.compile(r"://[^/@\s]*@")
 # Keys whose values may be a secret pasted by mistake, so no error shows them.
 SECRET_KEYS = frozenset({"api_key_hashes", "env", "env_from", "headers", "headers_from"})
-# What the value must be, by the type of a pydantic error that only reports a wrong type.
+# The expected kind of value, by the type of a pydantic error that only reports a wrong type.
 EXPECTED_BY_ERROR_TYPE = {
     "string_type": "a string",
     "bool_type": "a boolean",
@@ -67,7 +67,7 @@ def _describe(keys: Location, errors: list[ErrorDetails]) -> list[str]:
         # Every branch of a union (or the one type) rejected the value's type.
         got = _described(errors[0]["input"], secret)
         return [f"{location}: must be {_expected(wrong_types)}, got {got}"]
-    # A branch that accepted the type but not the value says more than those that rejected the type.
+    # A branch that accepted the type but not the value is more precise than those that rejected the type.
     return [_describe_one(error, keys, location, secret) for error in others]
 
 
@@ -101,7 +101,7 @@ def _walk(loc: Sequence[int | str]) -> tuple[Location, Any]:
     """Return the key path of `loc` without union tags, and the type at its end (None if unknown).
 
     Pydantic adds a tag to the location for each branch of a union it tried (`minimum.int`,
-    `minimum.float`). The tags are told apart from keys by following the models' types, so an
+    `minimum.float`). The tags are distinguished from keys by following the models' types, so an
     argument a rule names `int` stays in the path.
     """
     keys: list[int | str] = []

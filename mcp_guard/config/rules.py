@@ -255,7 +255,7 @@ class ArgumentConstraints(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> ArgumentConstraints:
-        # Checked first: a table with only path_base sets no constraint either, but this says why.
+        # Checked first: a table with only path_base sets no constraint either, and this message gives the reason.
         if self.path_base is not None and self.path_under is None:
             raise ValueError("path_base only applies together with path_under; add path_under")
         checks = [getattr(self, name) for name in _VALUE_CONSTRAINTS]
