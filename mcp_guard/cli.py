@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from mcp_guard import __version__
 from mcp_guard.approval.cli import add_approvals_commands, run_approvals_command
@@ -191,10 +192,11 @@ def _run(config: GatewayConfig, args: argparse.Namespace) -> int:
     client = args.client or config.gateway.default_client or DEFAULT_CLIENT
     if args.transport == "stdio" and client not in config.clients:
         # Allowed (such a client gets the rules for every client), but most often a typo.
-        print(
-            f"Warning: client {client!r} is not defined in the policy file, so only rules with "
-            f'clients = ["*"] apply to it{suggestion(client, config.clients)}.',
-            file=sys.stderr,
+        structlog.get_logger(module=__name__).warning(
+            "client_not_defined",
+            client=client,
+            consequence='only rules with clients = ["*"] apply to it',
+            hint=suggestion(client, config.clients).strip(" ()") or None,
         )
 
     anonymous = config.gateway.http.allow_unauthenticated_as

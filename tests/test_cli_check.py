@@ -223,7 +223,7 @@ async def test_check_warns_on_unknown_tools(tmp_path: Path) -> None:
         "tools": ["write_fil", "alpha__write_file", "write_*", "read_file"],
         "decision": "deny",
     }
-    server = {**fixture_server("alpha"), "read_only_tools": ["echo", "serch"]}
+    server = {**fixture_server("alpha"), "read_only_tools": ["echo", "serch", "read_*"]}
     policy = write_policy(tmp_path, {"alpha": server}, rules=[*RULES, deny], clients={"agent": {}})
 
     output = await run_check(policy)
@@ -245,6 +245,11 @@ async def test_check_warns_on_unknown_tools(tmp_path: Path) -> None:
     assert (
         "  WARNING servers.alpha.read_only_tools names 'serch', which server 'alpha' does not list, so that "
         "entry makes no tool read-only (did you mean 'search'?)\n"
+    ) in output
+    assert (
+        "  WARNING servers.alpha.read_only_tools names 'read_*', which server 'alpha' does not list, so that "
+        "entry makes no tool read-only. Names are exact, not patterns: list each tool (tools matching it "
+        "now: read_file)\n"
     ) in output
     assert "'read_file', which" not in output
     assert "'echo', which" not in output

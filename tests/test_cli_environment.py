@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -96,5 +97,7 @@ async def test_run_warns_of_undefined_client(tmp_path: Path) -> None:
 
     stderr = completed.stderr.decode()
     assert completed.returncode == 0
-    assert "Warning: client 'agnet' is not defined in the policy file" in stderr
-    assert "(did you mean 'agent'?)" in stderr
+    warnings = [json.loads(line) for line in stderr.splitlines() if '"client_not_defined"' in line]
+    assert [(warning["client"], warning["hint"]) for warning in warnings] == [
+        ("agnet", "did you mean 'agent'?")
+    ]

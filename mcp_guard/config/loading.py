@@ -33,7 +33,7 @@ from mcp_guard.errors import ConfigError
 # tomllib's message when a double-quoted string contains a backslash that starts no escape.
 UNESCAPED_BACKSLASH = "Unescaped '\\' in a string"
 
-# Replaces `gateway.state_dir` when set. A relative path is taken from the current directory.
+# Replaces `gateway.state_dir` when set. Like it, a relative path is taken from the policy file's folder.
 STATE_DIR_ENV_VAR = "MCP_GUARD_STATE_DIR"
 
 
@@ -78,7 +78,7 @@ def load_config(
     state_dir = (os.environ if environ is None else environ).get(STATE_DIR_ENV_VAR)
     if state_dir:
         # Lets gateways that share one policy file, and run at the same time, keep separate state.
-        resolved = str(Path(state_dir).expanduser().resolve())
+        resolved = str((base / Path(state_dir).expanduser()).resolve())
         config = config.model_copy(
             update={"gateway": config.gateway.model_copy(update={"state_dir": resolved})}
         )
@@ -243,7 +243,7 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         if isinstance(server, StdioServerConfig) and server.cwd is not None:
             server = server.model_copy(update={"cwd": str((base / server.cwd).resolve())})
         servers[server_id] = server
-    state_dir = str((base / config.gateway.state_dir).resolve())
+    state_dir = str((base / Path(config.gateway.state_dir).expanduser()).resolve())
     gateway = config.gateway.model_copy(update={"state_dir": state_dir})
     if gateway.oauth is not None:
         jwks_file = str((base / gateway.oauth.jwks_file).resolve())

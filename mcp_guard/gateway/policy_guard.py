@@ -205,12 +205,12 @@ class PolicyGuard:
         )
         call.decision, call.rule = decision.kind, decision.rule
         call.policy = decision
-        if isinstance(decision, Deny):
-            call.detail = decision.reason
-        elif decision.arguments is not None:
+        if decision.arguments is not None:
             # Relative paths joined to a rule's path_base: every later stage, the audit trail and
             # the server see the path that was checked.
             call.arguments = dict(decision.arguments)
+        if isinstance(decision, Deny):
+            call.detail = decision.reason
         return await next_handler(call)
 
     async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:

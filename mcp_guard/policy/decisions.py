@@ -61,11 +61,14 @@ class Deny:
         rule: Name of the rule that denied, or None when no rule grants the tool (default deny).
         reason: A sentence for the client and the audit trail: which argument broke which constraint,
             or why no rule applies.
+        arguments: As for `Allow`: the arguments with relative paths joined, which the audit trail
+            records, or None when unchanged.
     """
 
     kind: Literal["deny"] = "deny"
     rule: str | None
     reason: str
+    arguments: Mapping[str, Any] | None = None
 
 
 Decision = Allow | RequireApproval | Deny

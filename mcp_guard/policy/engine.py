@@ -172,7 +172,7 @@ class PolicyEngine:
             # Strictly greater, so that among equally strict results the earliest rule wins.
             if SEVERITY[outcome.kind] > SEVERITY[strictest.kind]:
                 strictest = outcome
-        if isinstance(strictest, Deny) or values is sent or values == sent:
+        if values is sent or values == sent:
             return strictest
         return replace(strictest, arguments=values)
 

@@ -149,9 +149,10 @@ def _read_only_warnings(config: GatewayConfig, listings: ToolListings) -> Iterat
         for entry in settings.read_only_tools:
             if entry in listed:
                 continue
+            hint = _name_hint(entry, listed, [config.prefix_of(server)], wildcard=False)
             yield (
                 f"servers.{server}.read_only_tools names {entry!r}, which server {server!r} does not list, "
-                f"so that entry makes no tool read-only{_name_hint(entry, listed, [config.prefix_of(server)])}"
+                f"so that entry makes no tool read-only{hint}"
             )
 
 
@@ -218,8 +219,11 @@ def _servers_of(rule_server: str, config: GatewayConfig, listings: ToolListings)
     return list(listings)
 
 
-def _name_hint(entry: str, listed: Collection[str], prefixes: Sequence[str]) -> str:
-    """Say what the entry looks like (an exported name, a pattern) and which listed name is close."""
+def _name_hint(entry: str, listed: Collection[str], prefixes: Sequence[str], *, wildcard: bool = True) -> str:
+    """Say what the entry looks like (an exported name, a pattern) and which listed name is close.
+
+    `wildcard` is whether the list the entry is in accepts "*" for every tool.
+    """
     for prefix in prefixes:
         stripped = entry.removeprefix(f"{prefix}{SEPARATOR}")
         if stripped != entry:
@@ -229,9 +233,8 @@ def _name_hint(entry: str, listed: Collection[str], prefixes: Sequence[str]) -> 
             )
     if any(character in entry for character in "*?["):
         matches = _listed(sorted(fnmatch.filter(listed, entry))) or "none"
-        return (
-            f'. Names are exact, not patterns: list each tool, or use "*" (tools matching it now: {matches})'
-        )
+        every = ', or use "*"' if wildcard else ""
+        return f". Names are exact, not patterns: list each tool{every} (tools matching it now: {matches})"
     return _did_you_mean(entry, listed)
 
 

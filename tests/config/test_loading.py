@@ -35,6 +35,20 @@ def test_minimal_file_loads(tmp_path: Path) -> None:
     assert list(config.servers) == ["git", "web"]
 
 
+def test_state_dir_home_and_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "policy.toml"
+    path.write_text('[gateway]\nstate_dir = "~/mcp-guard-state"\n')
+
+    from_file = load_config(path, environ={})
+    relative = load_config(path, environ={"MCP_GUARD_STATE_DIR": "second-state"})
+    home = load_config(path, environ={"MCP_GUARD_STATE_DIR": "~/third-state"})
+
+    assert from_file.gateway.state_dir == str(tmp_path / "home" / "mcp-guard-state")
+    assert relative.gateway.state_dir == str(tmp_path / "second-state")
+    assert home.gateway.state_dir == str(tmp_path / "home" / "third-state")
+
+
 def test_unknown_key_suggests_fix(tmp_path: Path) -> None:
     problems = problems_of('[gateway]\npage_sise = 3\n[servers.git]\ncommand = "x"\nagrs = []\n', tmp_path)
 

@@ -264,6 +264,7 @@ def test_second_rule_checks_joined_path(tree: Tree) -> None:
 
     assert decision.kind == "deny"
     assert decision.rule == "joins to allowed"
+    assert decision.arguments == {"path": f"{tree.outside}/secret.txt"}
     assert swapped.kind == "deny"
     assert swapped.rule == "joins to outside"
 
