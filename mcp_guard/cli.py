@@ -266,6 +266,7 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
     if config.sandbox is not None:
         print(f"run_code backend: {_sandbox_backend(config.sandbox)}")
     if args.offline:
+        _print_windows(config, PolicyEngine(config.rules, config.clients, config.servers))
         return _check_sandbox_settings(config.sandbox)
     return anyio.run(_check_servers, config)
 
@@ -377,12 +378,7 @@ def _print_policy_warnings(warnings: Sequence[str]) -> None:
 
 async def _print_clients(config: GatewayConfig, catalog: Catalog, engine: PolicyEngine) -> None:
     """Print, for each client, the exported tools its rules let it see now, and which are withheld."""
-    first_uses, now = _read_usage(Path(config.gateway.state_dir))
-    notes = window_notes(config, engine, now, first_uses)
-    if notes:
-        print(f"\ntime windows at {now.isoformat(timespec='seconds')}:")
-    for note in notes:
-        print(f"  {escape_text(note)}")
+    first_uses, now = _print_windows(config, engine)
     pin_status = await _pin_statuses(config, catalog)
     if not config.clients:
         print(
@@ -442,6 +438,19 @@ def _print_limits(config: GatewayConfig, client: str) -> None:
         dimensions = ", ".join(f"{name} = {value:g}" for name, value in rule.dimensions().items())
         counted = "shared by all clients" if rule.per == "global" else f"counted per {rule.per}"
         print(f"  limit {rule.name!r}{scope}, {counted}: {dimensions}")
+
+
+def _print_windows(
+    config: GatewayConfig, engine: PolicyEngine
+) -> tuple[dict[str, dict[str, datetime]], datetime]:
+    """Print the rules outside their time windows now; return the first uses and the time used."""
+    first_uses, now = _read_usage(Path(config.gateway.state_dir))
+    notes = window_notes(config, engine, now, first_uses)
+    if notes:
+        print(f"\ntime windows at {now.isoformat(timespec='seconds')}:")
+    for note in notes:
+        print(f"  {escape_text(note)}")
+    return first_uses, now
 
 
 def _read_usage(state_dir: Path) -> tuple[dict[str, dict[str, datetime]], datetime]:

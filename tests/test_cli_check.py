@@ -355,9 +355,11 @@ async def test_check_applies_time_windows(tmp_path: Path) -> None:
         await usage.record_first_use("agent", "env for a day", first_call)
 
     output = await run_check(policy)
+    offline = (await check_offline(policy)).stdout.decode()
 
     assert "client agent sees 1 tool:\n  alpha__env\n" in output
     assert f"  rule 'echo ended' ended at {ended.isoformat()} (not_after)\n" in output
+    assert f"  rule 'echo ended' ended at {ended.isoformat()} (not_after)\n" in offline
     assert f"  rule 'search starts later' starts at {starts.isoformat()} (not_before)\n" in output
     closed = first_call + timedelta(seconds=60)
     assert (

@@ -101,7 +101,10 @@ def _syntax_problem(value: str, base: str | None) -> str | None:
         return 'starts with "~", which some servers expand to a home folder; send an absolute path'
     if not value.startswith("/"):
         if base is None:
-            return "is a relative path, but only absolute paths are allowed here"
+            return (
+                "is a relative path, but only absolute paths are allowed here; send an absolute path "
+                "(a policy can allow relative ones with path_base)"
+            )
         if ":" in value.split("/", 1)[0]:
             return "starts like a URL or a drive letter; send a path"
     return None
