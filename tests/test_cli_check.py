@@ -396,3 +396,20 @@ async def test_check_names_missing_command(tmp_path: Path) -> None:
     )
     assert f"[absolute] NOT AVAILABLE: not found: '{tmp_path / 'no-such-server'}' does not exist" in output
     assert "give its absolute path" not in output.split("[absolute]")[1].split("\n")[0]
+
+
+async def test_check_names_exit_status(tmp_path: Path) -> None:
+    script = "import sys; print('config file conf.json not found', file=sys.stderr); sys.exit(2)"
+    servers = {
+        "alpha": fixture_server("alpha"),
+        "broken": {"command": sys.executable, "args": ["-c", script]},
+    }
+    policy = write_policy(tmp_path, servers, rules=RULES, clients={"agent": {}})
+
+    output = await run_check(policy, expect_code=1)
+
+    line = next(line for line in output.splitlines() if line.startswith("[broken]"))
+    assert line.startswith("[broken] NOT AVAILABLE: ")
+    assert line.endswith(
+        "(the server exited with status 2; its last stderr line: config file conf.json not found)"
+    )

@@ -315,6 +315,9 @@ class DownstreamConnection:
             self.last_error = _describe_failure(exc)
         finally:
             self._session = None
+        exit_note = self._lane.exit_note if self._lane is not None else None
+        if exit_note is not None:
+            self.last_error = f"{self.last_error} ({exit_note})"
         level = "warning" if got_ready else "error"
         getattr(self._log, level)("downstream_disconnected", error=self.last_error)
         return got_ready

@@ -63,6 +63,8 @@ class DirectLane:
         self._numbers = itertools.count(1)
         self._waiting: dict[str, _Waiter] = {}
         self._closed = False
+        # How the server's process ended on its own, for the connection's error; None until it has.
+        self.exit_note: str | None = None
 
     async def request(
         self, method: str, params: dict[str, Any], version: str, wait_seconds: float
@@ -268,7 +270,7 @@ async def stdio_transport(
                 if output_ended.is_set():
                     # The server closed its output before the gateway stopped it, most often by exiting.
                     with anyio.move_on_after(EXIT_WAIT_SECONDS):
-                        _log_exit(lane.server_id, await process.wait(), stderr.last_line)
+                        lane.exit_note = _log_exit(lane.server_id, await process.wait(), stderr.last_line)
                 lane.close()
                 to_server.close()
                 with anyio.move_on_after(FLUSH_SECONDS):
@@ -305,13 +307,16 @@ class _StderrRelay:
             self._errlog.flush()
 
 
-def _log_exit(server_id: str, status: int, last_line: str) -> None:
-    """Log how a server's process ended on its own."""
+def _log_exit(server_id: str, status: int, last_line: str) -> str:
+    """Log how a server's process ended on its own, and return that as a phrase for its error."""
     ended: dict[str, str | int] = {"exit_status": status}
+    phrase = f"the server exited with status {status}"
     if status < 0:
         with suppress(ValueError):
             ended = {"signal": signal.Signals(-status).name}
+            phrase = f"the server was ended by {ended['signal']}"
     log.warning("downstream_exited", server=server_id, **ended, last_stderr_line=last_line)
+    return f"{phrase}; its last stderr line: {last_line}" if last_line else phrase
 
 
 async def _read(stdout: anyio.abc.ByteReceiveStream, session: Any, lane: DirectLane) -> None:
