@@ -14,7 +14,7 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_REQUEST
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.config.rules import API_KEY_HASH
@@ -159,11 +160,6 @@ AUTH_LOG_INTERVAL_SECONDS = 60.0
 # Peers remembered at most. When that many are remembered, the memory starts over.
 MAX_AUTH_LOG_PEERS = 1024
 
-AsgiApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
-
 
 class MissingTokenLog:
     """ASGI wrapper that logs requests to the MCP path without a bearer token, before the SDK rejects them.
@@ -173,18 +169,13 @@ class MissingTokenLog:
     per peer address, with the number of such requests since the last line.
     """
 
-    def __init__(self, app: AsgiApp, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, app: ASGIApp, path: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._app = app
         self._path = path
         self._clock = clock
         self._peers: dict[str, tuple[float, int]] = {}
 
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") == "http" and scope.get("path", "").rstrip("/") == self._path.rstrip("/"):
             reason = _token_problem(scope.get("headers", []))
             if reason is not None:
