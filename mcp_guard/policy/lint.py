@@ -30,7 +30,7 @@ _SUBSCHEMA_MAP_KEYS = ("properties", "patternProperties", "$defs", "definitions"
 # Bounds the walk of a schema. One level of arguments takes one or two schema levels (`properties`,
 # then an array's `items`), and the gateway rejects arguments nested more than 64 levels deep.
 MAX_SCHEMA_DEPTH = 128
-# Argument names (after `argument_key`) that usually hold file or folder paths.
+# Argument names (after `argument_key`) that usually contain file or folder paths.
 PATH_LIKE_NAMES = frozenset(
     {"source", "destination", "file", "files", "filename", "dir", "directory", "folder", "cwd", "root"}
 )
@@ -220,7 +220,7 @@ def _servers_of(rule_server: str, config: GatewayConfig, listings: ToolListings)
 
 
 def _name_hint(entry: str, listed: Collection[str], prefixes: Sequence[str], *, wildcard: bool = True) -> str:
-    """Say what the entry looks like (an exported name, a pattern) and which listed name is close.
+    """Return a hint naming what the entry looks like (an exported name, a pattern) and the closest listed name.
 
     `wildcard` is whether the list the entry is in accepts "*" for every tool.
     """
