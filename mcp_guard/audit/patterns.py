@@ -90,10 +90,13 @@ class ValuePattern:
         name: Detector name shown in the replacement marker.
         regex: The compiled pattern. If it has a group named `secret`, only that group is
             replaced and the rest of the match is kept.
+        trigger: A regex that finds part of every match of `regex`, so text where it finds
+            nothing is not scanned with `regex`. None: always scan.
     """
 
     name: str
     regex: re.Pattern[str]
+    trigger: str | None = None
 
     def replace(self, text: str) -> str:
         """Return `text` with every match of this pattern masked."""
@@ -116,20 +119,47 @@ BUILTIN_PATTERNS: tuple[ValuePattern, ...] = (
         # Starts only at "://", and both runs stop at "/", so scans never overlap. The
         # password run is greedy to the last "@" so a raw "@" in a password is masked too.
         re.compile(r"://(?P<user>[^\s:/?#@\[\]]*):(?P<secret>[^\s/?#]+)@"),
+        trigger="://",
     ),
-    ValuePattern("aws-access-key-id", re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")),
-    ValuePattern("github-token", re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}")),
-    ValuePattern("github-token", re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{20,}")),
-    ValuePattern("slack-token", re.compile(r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{8,}")),
-    ValuePattern("jwt", re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")),
-    ValuePattern("api-key", re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}")),
-    ValuePattern("stripe-key", re.compile(r"(?<![A-Za-z0-9_])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}")),
-    ValuePattern("google-api-key", re.compile(r"AIza[0-9A-Za-z_-]{35}")),
+    ValuePattern("aws-access-key-id", re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}"), trigger="AKIA|ASIA"),
+    ValuePattern("github-token", re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"), trigger="gh[pousr]_"),
+    ValuePattern(
+        "github-token", re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{20,}"), trigger="github_pat_"
+    ),
+    ValuePattern(
+        "slack-token", re.compile(r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{8,}"), trigger="xox[abposr]-"
+    ),
+    ValuePattern(
+        "jwt",
+        re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
+        trigger="eyJ",
+    ),
+    ValuePattern("api-key", re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}"), trigger="sk-"),
+    ValuePattern(
+        "stripe-key",
+        re.compile(r"(?<![A-Za-z0-9_])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+        trigger="k_(?:live|test)_",
+    ),
+    ValuePattern("google-api-key", re.compile(r"AIza[0-9A-Za-z_-]{35}"), trigger="AIza"),
     ValuePattern(
         "authorization-header",
         re.compile(r"(?i)(?<![A-Za-z0-9])(?:bearer|basic)[ \t]+(?P<secret>[A-Za-z0-9._~+/=-]{6,})"),
+        trigger="(?i:bearer|basic)",
     ),
 )
+
+
+def combined_trigger(value_patterns: Sequence[ValuePattern]) -> re.Pattern[str] | None:
+    """Return one regex that finds the trigger of any of `value_patterns`, or None if one has none.
+
+    A text where it finds nothing contains no match of any of the patterns, so none of them
+    needs to run: one scan instead of one per pattern.
+    """
+    triggers = [pattern.trigger for pattern in value_patterns]
+    if not triggers or None in triggers:
+        return None
+    return re.compile("|".join(f"(?:{trigger})" for trigger in triggers))
+
 
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
@@ -171,15 +201,25 @@ COMMAND_LINE_OPTION = re.compile(
     r"(?P<separator>[ \t]+)"
     r"(?P<value>\"[^\"\n]*|'[^'\n]*|[^\s\"'\-][^\s\"']*)"
 )
+# Each scan for `key=value`-like text, with the characters one of which every match contains.
+ASSIGNMENT_SCANS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (ASSIGNMENT, (":", "=")),
+    (COMMAND_LINE_OPTION, ("-",)),
+)
 # Values after a secret-looking key that are kept: the scheme word of an Authorization
 # header, whose credential the header pattern has already masked.
 KEPT_ASSIGNMENT_VALUES: frozenset[str] = frozenset({"bearer", "basic"})
 
 
 def mask_assignments(
-    text: str, is_secret_key: Callable[[str], bool], regexes: Sequence[re.Pattern[str]]
+    text: str,
+    is_secret_key: Callable[[str], bool],
+    scans: Sequence[tuple[re.Pattern[str], tuple[str, ...]]] = ASSIGNMENT_SCANS,
 ) -> str:
-    """Mask the value in each `key=value`-like match whose key `is_secret_key` accepts."""
+    """Mask the value in each `key=value`-like match whose key `is_secret_key` accepts.
+
+    A scan is skipped when the text contains none of its characters, as it cannot match.
+    """
 
     def replace(match: re.Match[str]) -> str:
         value = match.group("value")
@@ -191,6 +231,7 @@ def mask_assignments(
             return match.group(0)
         return match.group("key") + match.group("separator") + opening + marker("secret-field")
 
-    for regex in regexes:
-        text = regex.sub(replace, text)
+    for regex, marks in scans:
+        if any(mark in text for mark in marks):
+            text = regex.sub(replace, text)
     return text

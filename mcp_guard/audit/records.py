@@ -114,7 +114,7 @@ class CallIntent(BaseModel):
             update={
                 "client": redactor.redact_name(self.client),
                 "organisation": _redact_optional(redactor.redact_name, self.organisation),
-                "session": _redact_optional(redactor.redact_text, self.session),
+                "session": _redact_optional(redactor.redact_name, self.session),
                 "server": redactor.redact_name(self.server),
                 "tool": redactor.redact_name(self.tool),
                 "arguments": arguments,

@@ -23,7 +23,7 @@ from mcp_guard.audit.patterns import ValuePattern, marker
 # Nesting deeper than this is replaced by a marker rather than walked, which bounds
 # the recursion. JSON parsers stop well before it for untrusted input.
 MAX_DEPTH = 200
-# How many names `redact_name` remembers, and the longest name it remembers.
+# How many names `redact_name` remembers, and keys `is_secret_key` remembers, and the longest of each.
 NAME_CACHE_SIZE = 1024
 NAME_CACHE_MAX_CHARS = 200
 _PATTERN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -52,23 +52,35 @@ class Redactor:
         self._key_names = patterns.SECRET_KEY_NAMES | {_normalize_extra_key(key) for key in extra_keys}
         extra = [_compile_extra_pattern(name, regex) for name, regex in (extra_patterns or {}).items()]
         self._patterns: tuple[ValuePattern, ...] = (*patterns.BUILTIN_PATTERNS, *extra)
+        # Most text holds no trigger of a built-in pattern, and one scan for all of them finds
+        # that. The operator's patterns have no trigger and scan every text.
+        self._builtin_trigger = patterns.combined_trigger(patterns.BUILTIN_PATTERNS)
         self._names: dict[str, str] = {}
+        self._secret_keys: dict[str, bool] = {}
 
     def is_secret_key(self, key: str) -> bool:
         """Return whether values stored under `key` are treated as secrets."""
-        words = patterns.key_words(key)
-        if patterns.SECRET_KEY_WORDS.intersection(words):
-            return True
-        return any("".join(words[start:]) in self._key_names for start in range(len(words)))
+        secret = self._secret_keys.get(key)
+        if secret is None:
+            words = patterns.key_words(key)
+            secret = bool(patterns.SECRET_KEY_WORDS.intersection(words)) or any(
+                "".join(words[start:]) in self._key_names for start in range(len(words))
+            )
+            if len(key) <= NAME_CACHE_MAX_CHARS:
+                if len(self._secret_keys) >= NAME_CACHE_SIZE:
+                    self._secret_keys.clear()
+                self._secret_keys[key] = secret
+        return secret
 
     def redact_text(self, text: str) -> str:
         """Return `text` with every secret the patterns find replaced by a marker."""
         text = patterns.mask_private_key_blocks(text)
-        for pattern in self._patterns:
+        start = 0
+        if self._builtin_trigger is not None and self._builtin_trigger.search(text) is None:
+            start = len(patterns.BUILTIN_PATTERNS)
+        for pattern in self._patterns[start:]:
             text = pattern.replace(text)
-        return patterns.mask_assignments(
-            text, self.is_secret_key, (patterns.ASSIGNMENT, patterns.COMMAND_LINE_OPTION)
-        )
+        return patterns.mask_assignments(text, self.is_secret_key)
 
     def redact_name(self, name: str) -> str:
         """Return `redact_text(name)` for a name that repeats from call to call, such as a client or tool.

@@ -4,7 +4,10 @@ A store hands each decision to a `DecisionBatcher` and awaits it. Decisions
 requested while a batch is in progress wait for the next one, which carries all
 of them. The store's `decide` runs a batch as one transaction or pipeline and
 returns one result per decision, in order. A single decision therefore pays
-one round trip, and fifty concurrent ones pay about two instead of fifty.
+one round trip, and fifty concurrent ones pay about two instead of fifty. A
+decision the store expects no other to join (`alone`) is made at once in its
+caller's task, when no batch is in progress: queueing would cost it two trips
+through the event loop and a task, for nothing.
 """
 
 from __future__ import annotations
@@ -30,14 +33,40 @@ class DecisionBatcher(Generic[Item, Result]):
         self._decide = decide
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._runner: asyncio.Task[None] | None = None
+        # A decision made in its caller's task is under way; queued ones wait for it to end.
+        self._deciding_inline = False
 
-    async def submit(self, item: Item) -> Result:
-        """Queue `item` and return its result once its batch has run."""
+    async def submit(self, item: Item, *, alone: bool = False) -> Result:
+        """Return the result of `item` once it is decided.
+
+        Args:
+            item: The decision to make.
+            alone: No other decision is expected to join it. It is then decided at once in
+                this task unless a batch is in progress, and otherwise queued.
+        """
+        if alone and not self._busy():
+            return await self._decide_inline(item)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._runner is None or self._runner.done():
+        if not self._busy():
             self._runner = asyncio.create_task(self._run())
         return await future
+
+    def _busy(self) -> bool:
+        return self._deciding_inline or (self._runner is not None and not self._runner.done())
+
+    async def _decide_inline(self, item: Item) -> Result:
+        self._deciding_inline = True
+        try:
+            results = await self._decide([item])
+        finally:
+            self._deciding_inline = False
+            if self._queue:
+                self._runner = asyncio.create_task(self._run())
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def drain(self) -> None:
         """Wait until every queued item has been decided."""

@@ -98,6 +98,8 @@ class SqliteLimitStore:
         self._batcher: DecisionBatcher[_Acquire | _Finish, Grant | Rejection | None] = DecisionBatcher(
             self._decide
         )
+        # Calls granted and not yet finished: with none other open, a decision has nothing to wait for.
+        self._open_grants = 0
 
     async def __aenter__(self) -> SqliteLimitStore:
         await self._run(self._open)
@@ -108,13 +110,18 @@ class SqliteLimitStore:
 
     async def acquire(self, charges: Sequence[Charge], now: float) -> Grant | Rejection:
         """Take every charge, or none of them, in one transaction."""
-        outcome = await self._batcher.submit(_Acquire(list(charges), now))
+        outcome = await self._batcher.submit(_Acquire(list(charges), now), alone=self._open_grants == 0)
         assert outcome is not None
+        if isinstance(outcome, Grant):
+            self._open_grants += 1
         return outcome
 
     async def finish(self, grant: Grant, corrections: Mapping[int, float], now: float) -> None:
         """Settle the call's charges and delete its leases, in the next batch's transaction."""
-        await self._batcher.submit(_Finish(grant, dict(corrections), now))
+        try:
+            await self._batcher.submit(_Finish(grant, dict(corrections), now), alone=self._open_grants <= 1)
+        finally:
+            self._open_grants = max(self._open_grants - 1, 0)
 
     async def usage(self, charges: Sequence[Charge], now: float) -> list[float]:
         """Return the units or slots in use under each charge's key."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_guard.audit import Redactor, redact_event
+from mcp_guard.audit import Redactor, patterns, redact_event
 
 REDACTOR = Redactor()
 
@@ -27,6 +28,8 @@ REDACTOR = Redactor()
         ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1", "eyJzdWIiOiIxIn0", "jwt"),
         ("sk-proj-" + "x" * 30, "sk-proj-" + "x" * 30, "api-key"),
         ("AIza" + "B" * 35, "AIza" + "B" * 35, "google-api-key"),
+        ("key sk_live_" + "4" * 24, "sk_live_" + "4" * 24, "stripe-key"),
+        ("rk_test_" + "Q" * 16, "rk_test_" + "Q" * 16, "stripe-key"),
         ("Authorization: Bearer abc.def-123", "abc.def-123", "authorization-header"),
         ("authorization: basic dXNlcjpwYXNz", "dXNlcjpwYXNz", "authorization-header"),
         ("postgres://app:hunter2@db:5432/main", "hunter2", "url-password"),
@@ -224,6 +227,38 @@ def test_redaction_is_idempotent(text: str) -> None:
     once = REDACTOR.redact_text(text)
 
     assert REDACTOR.redact_text(once) == once
+
+
+def _scan_every_pattern(text: str) -> str:
+    """Redact as `Redactor.redact_text` does, without skipping any pattern or scan."""
+    text = patterns.mask_private_key_blocks(text)
+    for pattern in patterns.BUILTIN_PATTERNS:
+        text = pattern.replace(text)
+    every_text = tuple((regex, ("",)) for regex, _ in patterns.ASSIGNMENT_SCANS)
+    return patterns.mask_assignments(text, REDACTOR.is_secret_key, every_text)
+
+
+@pytest.mark.parametrize("pattern", patterns.BUILTIN_PATTERNS, ids=lambda pattern: pattern.name)
+@pytest.mark.attack("secret in audit trail or logs")
+def test_trigger_finds_part_of_every_match(pattern: patterns.ValuePattern) -> None:
+    # Text without a trigger is not scanned, so a trigger that misses some matches of its
+    # pattern would leave those secrets unmasked.
+    assert pattern.trigger is not None
+    trigger = re.compile(pattern.trigger)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.from_regex(pattern.regex, fullmatch=True))
+    def check(secret: str) -> None:
+        assert trigger.search(secret) is not None
+        assert REDACTOR.redact_text(secret) == _scan_every_pattern(secret)
+
+    check()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab:=/@-_ \"'\tghpxoABeyJ.kK")), max_size=60))
+def test_skipped_scans_change_nothing(text: str) -> None:
+    assert REDACTOR.redact_text(text) == _scan_every_pattern(text)
 
 
 @pytest.mark.attack("secret in audit trail or logs")

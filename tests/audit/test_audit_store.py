@@ -173,6 +173,25 @@ async def test_duplicate_intent_is_rejected_alone(
     assert await store.last_row_id() == 2
 
 
+async def test_intent_of_a_finished_call_is_rejected_alone(
+    store: SqliteAuditStore, make_intent: IntentFactory, make_outcome: OutcomeFactory
+) -> None:
+    # The store no longer remembers a finished call; the database's unique index catches the
+    # replayed intent, and the batch is checked again record by record.
+    first = make_intent()
+    await store.record_intent(first)
+    await store.record_outcome(make_outcome(first.call_id))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(store.record_intent, make_intent())
+        with pytest.raises(ValueError, match="already has an intent"):
+            await store.record_intent(make_intent(first.call_id))
+    await store.record_intent(make_intent())
+
+    assert await store.last_row_id() == 4
+    assert (await store.verify()).status == "intact"
+
+
 async def test_outcome_without_intent_is_rejected(
     store: SqliteAuditStore, make_outcome: OutcomeFactory
 ) -> None:
