@@ -119,7 +119,13 @@ class PolicyGuard:
                 if status == "approved" and name in digests:
                     approved[(server_id, name)] = digests[name]
             for name in report.withheld:
-                log.warning("tool_withheld", server=server_id, tool=name, status=report.statuses.get(name))
+                log.warning(
+                    "tool_withheld",
+                    server=server_id,
+                    tool=name,
+                    status=report.statuses.get(name),
+                    fix="review it with `mcp-guard pins review`",
+                )
         self._approved = approved
         return approved != before
 

@@ -344,6 +344,14 @@ class Gateway:
         server that is not available says so. The client gets "Unknown tool" in every case.
         """
         known = self.catalog.tools.get(name)
+        if known is not None and self.guards.policy is not None and not self.guards.policy.pinned(known):
+            return (
+                known.server,
+                known.name,
+                None,
+                "the tool is withheld until its changed or new definition is approved; "
+                "run `mcp-guard pins review`",
+            )
         if known is not None:
             rule = self.guards.policy.deny_rule(client, known) if self.guards.policy is not None else None
             hidden_by = f"rule {rule!r}" if rule is not None else "the policy"

@@ -30,6 +30,8 @@ from support import (
     write_policy,
 )
 
+from mcp_guard.audit import CallFilter, SqliteAuditStore
+
 pytestmark = pytest.mark.anyio
 
 CLIENTS = {"agent": {"organisation": "acme", "groups": ["devs"]}, "other": {"organisation": "acme"}}
@@ -256,7 +258,7 @@ async def test_other_client_cannot_use_agent_tools(policy: Path, record: Path, r
 
 
 @pytest.mark.attack("changed tool definition")
-async def test_changed_definition_withheld_until_approved(policy: Path, record: Path) -> None:
+async def test_changed_definition_withheld_until_approved(policy: Path, record: Path, tmp_path: Path) -> None:
     async with stdio_gateway(policy) as client:
         await client.list_tools()
         await client.call_tool(
@@ -270,7 +272,14 @@ async def test_changed_definition_withheld_until_approved(policy: Path, record: 
         await wait_until_visible(client, "alpha__echo")
         after = await client.call_tool("alpha__echo", {"text": "approved"})
 
+    async with SqliteAuditStore.in_state_dir(tmp_path / "state", read_only=True) as store:
+        withheld_call = (await store.search(CallFilter(server="alpha", tool="echo", outcome="denied")))[0]
+
     assert message.startswith("Unknown tool")
+    # The trail says why the call was refused and what to run, not that a rule hides the tool.
+    assert withheld_call.outcome is not None
+    assert withheld_call.outcome.detail is not None
+    assert "mcp-guard pins review" in withheld_call.outcome.detail
     assert review.returncode == 0, review.stderr
     assert b"id_rsa" in review.stdout
     assert approve.returncode == 0, approve.stderr
