@@ -27,6 +27,7 @@ from mcp_guard.approval.cli import add_approvals_commands, run_approvals_command
 from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
+from mcp_guard.config.loading import server_environment_problems
 from mcp_guard.config.rules import suggestion
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_tool
@@ -40,6 +41,7 @@ from mcp_guard.pinning.store import DATABASE_NAME as PIN_DATABASE
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
 from mcp_guard.policy.lint import policy_warnings, read_only_hint, window_notes
+from mcp_guard.ratelimit import LimitStoreUnavailable, open_limit_store
 from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
 from mcp_guard.ratelimit.limiter import names_client
 from mcp_guard.sandbox import open_backend
@@ -267,8 +269,20 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
         print(f"run_code backend: {_sandbox_backend(config.sandbox)}")
     if args.offline:
         _print_windows(config, PolicyEngine(config.rules, config.clients, config.servers))
-        return _check_sandbox_settings(config.sandbox)
+        missing = _print_missing_variables(config)
+        return 1 if missing or _check_sandbox_settings(config.sandbox) else 0
     return anyio.run(_check_servers, config)
+
+
+def _print_missing_variables(config: GatewayConfig) -> int:
+    """Print each server that cannot start for want of an environment variable; return how many."""
+    failed = 0
+    for server_id, server in config.servers.items():
+        problems = server_environment_problems(server_id, server, os.environ)
+        if problems:
+            failed += 1
+            print(f"\n[{server_id}] NOT AVAILABLE: {'; '.join(problems)}")
+    return failed
 
 
 def _sandbox_backend(sandbox: SandboxSettings) -> str:
@@ -330,6 +344,7 @@ async def _check_servers(config: GatewayConfig) -> int:
         definition = tool_definition(config.sandbox, backend.languages, backend.kind)
         builtin.append(export_builtin_tool(SANDBOX_SERVER_ID, definition))
         listings[SANDBOX_SERVER_ID] = [definition]
+    failed += await _print_limit_store(config)
     with anyio.move_on_after(CHECK_CONNECT_SECONDS):
         async with DownstreamRegistry(config, builtin=builtin).running() as registry:
             for server_id, status in registry.status().items():
@@ -344,6 +359,39 @@ async def _check_servers(config: GatewayConfig) -> int:
             _print_policy_warnings(policy_warnings(config, listings, engine))
             await _print_clients(config, registry.catalog, engine)
     return 1 if failed else 0
+
+
+async def _print_limit_store(config: GatewayConfig) -> int:
+    """Print whether a Redis limit store answers; return 1 when it does not.
+
+    A gateway starts without it, then rejects every limited call (or lets it through, with
+    `on_store_failure = "allow"`), so check reports it as a failure. The SQLite store lives
+    in the state directory, which the gateway creates when it starts.
+    """
+    limits = config.limits
+    if limits.store != "redis" or not limits.rules:
+        return 0
+    try:
+        with anyio.fail_after(CHECK_CONNECT_SECONDS):
+            async with open_limit_store(limits, Path(config.gateway.state_dir)) as store:
+                await store.time_mark()
+    except LimitStoreUnavailable as exc:
+        print(f"\n[limits] NOT AVAILABLE: {exc}{_store_failure_effect(limits.on_store_failure)}")
+        return 1
+    except TimeoutError:
+        print(
+            f"\n[limits] NOT AVAILABLE: Redis at {limits.redis_url} did not answer within "
+            f"{CHECK_CONNECT_SECONDS:g} s.{_store_failure_effect(limits.on_store_failure)}"
+        )
+        return 1
+    print(f"\n[limits] Redis at {limits.redis_url} answers")
+    return 0
+
+
+def _store_failure_effect(on_store_failure: str) -> str:
+    if on_store_failure == "allow":
+        return " Until it answers, calls go through without rate limits (on_store_failure = \"allow\")."
+    return " Until it answers, the gateway rejects every call that a limit applies to."
 
 
 async def _print_sandbox(backend: SandboxBackend) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -121,6 +122,47 @@ async def test_check_fails_on_hosts_the_sandbox_cannot_reach(tmp_path: Path) -> 
         in output
     )
     assert "Remove [sandbox] allowed_hosts" in output
+
+
+def _closed_port() -> int:
+    """Return a port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_check_fails_when_redis_limit_store_is_unreachable(tmp_path: Path) -> None:
+    # A gateway starts without its Redis and then rejects every limited call, so check must not pass.
+    limits = {
+        "store": "redis",
+        "redis_url": f"redis://127.0.0.1:{_closed_port()}/0",
+        "rules": [{"name": "each", "requests_per_minute": 5}],
+    }
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}}, limits=limits
+    )
+
+    output = await run_check(policy, expect_code=1)
+
+    assert "[limits] NOT AVAILABLE: The rate-limit store (Redis at redis://127.0.0.1:" in output
+    assert "the gateway rejects every call that a limit applies to" in output
+    assert "[alpha] ready" in output  # the servers are still checked
+
+
+async def test_check_reports_reachable_redis_limit_store(tmp_path: Path) -> None:
+    limits = {
+        "store": "redis",
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "key_prefix": f"check-test-{os.getpid()}",
+        "rules": [{"name": "each", "requests_per_minute": 5}],
+    }
+    policy = write_policy(
+        tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}}, limits=limits
+    )
+
+    output = await run_check(policy)
+
+    assert "[limits] Redis at redis://127.0.0.1:6379/0 answers" in output
 
 
 async def test_offline_check_rejects_unreachable_hosts(tmp_path: Path) -> None:

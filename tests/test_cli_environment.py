@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import ROOT, fixture_server, write_policy
+from support import ROOT, fixture_server, stdio_gateway, write_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -41,13 +41,32 @@ async def test_state_commands_run_without_server_secrets(tmp_path: Path, command
     assert code != 2
 
 
-async def test_check_still_needs_server_secrets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [["--offline"], []])
+async def test_check_reports_server_without_its_variable(tmp_path: Path, mode: list[str]) -> None:
     policy = policy_with_secret(tmp_path)
 
-    code, output = await mcp_guard("check", "--offline", str(policy))
+    code, output = await mcp_guard("check", *mode, str(policy))
 
-    assert code == 2
-    assert f"environment variable {SECRET_VARIABLE} is not set" in output
+    assert code == 1
+    assert (
+        f"[alpha] NOT AVAILABLE: servers.alpha.env_from.API_KEY reads environment variable "
+        f"{SECRET_VARIABLE}, which is not set" in output
+    )
+
+
+async def test_gateway_serves_the_servers_that_have_their_variables(tmp_path: Path) -> None:
+    # One server's missing variable leaves the others serving, as an unreachable server does.
+    beta = {**fixture_server("beta"), "env_from": {"API_KEY": f"${{{SECRET_VARIABLE}}}"}}
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": beta})
+    environment = {name: value for name, value in os.environ.items() if name != SECRET_VARIABLE}
+
+    async with stdio_gateway(policy, env=environment) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        result = await client.call_tool("alpha__echo", {"text": "still served"})
+
+    assert "alpha__echo" in names
+    assert not any(name.startswith("beta__") for name in names)
+    assert result.content[0].text == "still served"
 
 
 async def test_check_takes_the_file_with_or_without_config(tmp_path: Path) -> None:

@@ -46,9 +46,11 @@ def load_config(
     """Read, validate and resolve the policy file at `path`.
 
     Relative `cwd` and `state_dir` values are resolved against the file's folder, and
-    `$MCP_GUARD_STATE_DIR`, when set, replaces `state_dir`. With
-    `require_environment` false, variables the file references need not be set: commands that
-    only read the gateway's state (audit, pins, approvals) never use the servers' secrets.
+    `$MCP_GUARD_STATE_DIR`, when set, replaces `state_dir`. With `require_environment`, the
+    variables the gateway as a whole needs (the webhook URL, the Redis password) must be set.
+    A server's own variables are checked when it starts (`server_environment_problems`), so
+    that the other servers serve without it. Commands that only read the gateway's state
+    (audit, pins, approvals) need none of them.
 
     Raises:
         ConfigError: The file is missing, is not valid TOML, or breaks any rule.
@@ -167,18 +169,32 @@ def _redaction_problems(config: GatewayConfig) -> list[str]:
     return []
 
 
+def server_environment_problems(
+    server_id: str, server: StdioServerConfig | HttpServerConfig, environ: Mapping[str, str]
+) -> list[str]:
+    """Return one problem per variable that a server's `env_from` or `headers_from` needs and is not set.
+
+    Such a server cannot start, and the gateway serves the others without it.
+    """
+    field = "env_from" if isinstance(server, StdioServerConfig) else "headers_from"
+    templates = server.env_from if isinstance(server, StdioServerConfig) else server.headers_from
+    # Worded without "NAME: value", which the log's redaction would read as a secret assignment.
+    return [
+        f"servers.{server_id}.{field}.{name} reads environment variable {variable}, which is not set; "
+        "export it before starting mcp-guard"
+        for name, template in templates.items()
+        for variable in ENV_REFERENCE.findall(template)
+        if variable not in environ
+    ]
+
+
 def _missing_env_references(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:
+    """Return the variables that the gateway as a whole needs and that are not set.
+
+    A server's own variables are left to `server_environment_problems`: without them only
+    that server is unavailable.
+    """
     problems = []
-    for server_id, server in config.servers.items():
-        field = "env_from" if isinstance(server, StdioServerConfig) else "headers_from"
-        templates = server.env_from if isinstance(server, StdioServerConfig) else server.headers_from
-        for name, template in templates.items():
-            for variable in ENV_REFERENCE.findall(template):
-                if variable not in environ:
-                    problems.append(
-                        f"servers.{server_id}.{field}.{name}: environment variable {variable} is not set; "
-                        "export it before starting mcp-guard"
-                    )
     webhook = config.approval.webhook_url_from
     if webhook is not None:
         url = environ.get(webhook)

@@ -37,7 +37,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import TypeAdapter, ValidationError
 
 from mcp_guard import __version__
-from mcp_guard.config.loading import resolve_templates
+from mcp_guard.config.loading import resolve_templates, server_environment_problems
 from mcp_guard.config.models import HttpServerConfig, ServerConfig, StdioServerConfig
 from mcp_guard.downstream.stdio import DirectLane, stdio_transport
 from mcp_guard.errors import (
@@ -447,7 +447,13 @@ class DownstreamConnection:
             return _watched(transport, self)
         return _watched(self._http_transport(self.config), self)
 
+    def _require_variables(self, config: StdioServerConfig | HttpServerConfig) -> None:
+        problems = server_environment_problems(self.server_id, config, self._environ)
+        if problems:
+            raise ConfigError(f"servers.{self.server_id}", problems)
+
     def _stdio_environment(self, config: StdioServerConfig) -> dict[str, str]:
+        self._require_variables(config)
         env = {name: self._environ[name] for name in SAFE_BASE_ENVIRONMENT if name in self._environ}
         env.update(config.env)
         env.update(resolve_templates(config.env_from, self._environ))
@@ -463,6 +469,7 @@ class DownstreamConnection:
 
     @asynccontextmanager
     async def _http_transport(self, config: HttpServerConfig) -> AsyncIterator[Any]:
+        self._require_variables(config)
         headers = {**config.headers, **resolve_templates(config.headers_from, self._environ)}
         timeout = httpx2.Timeout(HTTP_CONNECT_TIMEOUT_SECONDS, read=config.call_timeout_seconds)
         async with (

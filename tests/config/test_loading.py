@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mcp_guard.config import HttpServerConfig, StdioServerConfig, load_config, parse_config
-from mcp_guard.config.loading import resolve_templates
+from mcp_guard.config.loading import resolve_templates, server_environment_problems
 from mcp_guard.errors import ConfigError
 
 
@@ -99,15 +99,19 @@ def test_url_credentials_masked(tmp_path: Path) -> None:
     assert "headers_from" in problems[0]
 
 
-def test_missing_env_reference_named(tmp_path: Path) -> None:
-    text = '[servers.a]\ncommand = "x"\nenv_from = { API_KEY = "${NOT_SET_ANYWHERE}" }\n'
+def test_missing_server_variable_named_per_server(tmp_path: Path) -> None:
+    # The file loads: only the server that reads the variable is unavailable, when it starts.
+    path = tmp_path / "policy.toml"
+    path.write_text('[servers.a]\ncommand = "x"\nenv_from = { API_KEY = "${NOT_SET_ANYWHERE}" }\n')
+    config = load_config(path, environ={})
 
-    problems = problems_of(text, tmp_path)
+    problems = server_environment_problems("a", config.servers["a"], {})
 
     assert problems == [
-        "servers.a.env_from.API_KEY: environment variable NOT_SET_ANYWHERE is not set; "
+        "servers.a.env_from.API_KEY reads environment variable NOT_SET_ANYWHERE, which is not set; "
         "export it before starting mcp-guard"
     ]
+    assert server_environment_problems("a", config.servers["a"], {"NOT_SET_ANYWHERE": "x"}) == []
 
 
 def test_duplicate_prefix_rejected() -> None:
