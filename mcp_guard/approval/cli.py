@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from mcp_guard.approval.display import minutes_text
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore, ApprovalStoreError, NotPending, Status
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.launcher import policy_command_line
@@ -80,7 +81,7 @@ async def run_approvals_command(
         print(exc.message(f"{approvals_command(getattr(args, 'config', None))} list"), file=sys.stderr)
         return 1
     if approve:
-        lasting = f"for {minutes} minutes" if minutes else "once"
+        lasting = f"for {minutes_text(minutes)}" if minutes else "once"
         print(
             f"Approved {request.id} ({lasting}): the client's retry of {request.binding.exported} will run.",
             file=out,

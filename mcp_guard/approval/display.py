@@ -25,6 +25,11 @@ class TooLongToShow(ValueError):
     """A call has more arguments than a person can be shown, so it cannot be approved."""
 
 
+def minutes_text(minutes: int) -> str:
+    """Return a whole number of minutes as text: "1 minute", "10 minutes"."""
+    return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+
+
 def render_arguments(arguments: dict[str, Any], redactor: Redactor) -> str:
     """Return one line per argument: `name: value`, redacted, escaped and shortened.
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from mcp_guard.approval.display import minutes_text
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore, ApprovalStoreError, NotPending
 from mcp_guard.config.approval import ApprovalSettings
 
@@ -139,7 +140,7 @@ class ApprovalPage:
         log.info("approval_decided", request=decided.id, approved=approve, channel="page")
         exported = html.escape(decided.binding.exported)
         if approve:
-            lasting = f" for {minutes} minutes" if minutes else " once"
+            lasting = f" for {minutes_text(minutes)}" if minutes else " once"
             body = f"<p>Approved{lasting}. The client's retry of <code>{exported}</code> will run.</p>"
             return _page("Approved", body, 200)
         return _page("Denied", f"<p>Denied. <code>{exported}</code> will not run.</p>", 200)
@@ -147,7 +148,7 @@ class ApprovalPage:
     def _choices(self) -> dict[str, tuple[bool, int]]:
         choices = {"approve once": (True, 0)}
         for minutes in self._settings.grant_minutes:
-            choices[f"approve this exact call for {minutes} minutes"] = (True, minutes)
+            choices[f"approve this exact call for {minutes_text(minutes)}"] = (True, minutes)
         choices["deny"] = (False, 0)
         return choices
 

@@ -43,7 +43,7 @@ import mcp_types as types
 import structlog
 
 from mcp_guard.approval.canonical import argument_digest
-from mcp_guard.approval.display import render_arguments
+from mcp_guard.approval.display import minutes_text, render_arguments
 from mcp_guard.approval.sealed import ApprovalKeyError, InvalidRequestState, StateSealer
 from mcp_guard.approval.store import (
     ApprovalRequest,
@@ -132,8 +132,14 @@ class ApprovalStage:
         try:
             grant = await self._store.take_grant(binding, self._clock())
             if grant is not None:
-                call.detail = f"approved by {grant.decided_by} ({grant.channel}), request {grant.id}"
-                log.info("approval_grant_used", call_id=call.call_id, request=grant.id, scope=grant.scope)
+                call.detail = f"approved by {_person(grant.decided_by)} ({grant.channel}), request {grant.id}"
+                log.info(
+                    "approval_grant_used",
+                    call_id=call.call_id,
+                    client=call.client,
+                    request=grant.id,
+                    scope=grant.scope,
+                )
                 return await next_handler(call)
             denial = await self._flood_guard(call)
             if denial is not None:
@@ -312,7 +318,7 @@ class ApprovalStage:
             binding, form.display, approve=True, scope=scope, by="user", channel=channel, seconds=seconds
         )
         call.detail = f"approved by the user ({channel}: {choice}), request {grant}"
-        log.info("approval_granted", call_id=call.call_id, channel=channel, choice=choice)
+        log.info("approval_granted", call_id=call.call_id, client=call.client, channel=channel, choice=choice)
         return await next_handler(call)
 
     def _form(self, call: ToolCall, rule: str) -> _Form:
@@ -426,15 +432,15 @@ class ApprovalStage:
             await _quietly(question.complete(opened.id))
         if decided.status == "denied":
             return self._deny(
-                call, "approval_declined", f"{decided.decided_by} denied it on the approval page"
+                call, "approval_declined", f"{_person(decided.decided_by)} denied it on the approval page"
             )
         grant = await self._store.take_grant(binding, self._clock())
         if grant is None or not self._still_current(call):
             return self._deny(call, "denied", "the approval no longer covers this call")
         call.detail = (
-            f"approved by {grant.decided_by} ({grant.channel}, opened from the call), request {grant.id}"
+            f"approved by {_person(grant.decided_by)} ({grant.channel}, opened from the call), request {grant.id}"
         )
-        log.info("approval_granted", call_id=call.call_id, channel="url", request=grant.id)
+        log.info("approval_granted", call_id=call.call_id, client=call.client, channel="url", request=grant.id)
         return await next_handler(call)
 
     async def _wait_on_page(
@@ -477,8 +483,8 @@ class ApprovalStage:
             return self._deny(
                 call,
                 "approval_declined",
-                f"{denied.decided_by} denied this call ({channel}request {denied.id}); the same call "
-                f"can be asked again in about {minutes} minutes",
+                f"{_person(denied.decided_by)} denied this call ({channel}request {denied.id}); the same call "
+                f"can be asked again in about {minutes_text(minutes)}",
             )
         opened = await self._store.open_request(
             binding,
@@ -570,7 +576,7 @@ class ApprovalStage:
         """Return the offered choices: label -> (grant scope, seconds the grant stays valid)."""
         choices: dict[str, tuple[Scope, float]] = {APPROVE_ONCE: ("once", 0.0)}
         for minutes in self._settings.grant_minutes:
-            choices[f"approve this exact call for {minutes} minutes"] = ("minutes", minutes * 60.0)
+            choices[f"approve this exact call for {minutes_text(minutes)}"] = ("minutes", minutes * 60.0)
         if self._settings.offer_session:
             choices[SESSION_CHOICE] = ("session", SESSION_GRANT_SECONDS)
         choices[DENY] = ("once", 0.0)
@@ -673,3 +679,10 @@ async def _report_waiting(call: ToolCall, total_seconds: float) -> None:
         except Exception as exc:  # contained: progress is a courtesy; the answer decides
             log.info("approval_progress_not_sent", call_id=call.call_id, error=type(exc).__name__)
             return
+
+
+def _person(decided_by: str | None) -> str:
+    """Name who decided, as a detail or message reads it: the form's answers are "the user"'s."""
+    if decided_by is None or decided_by == "user":
+        return "the user"
+    return decided_by

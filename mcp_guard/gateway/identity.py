@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,7 +136,7 @@ class ApiKeyVerifier:
         """Return an access token naming the client, or None (the SDK then responds with 401)."""
         name = self._directory.client_for_key(token)
         if name is None:
-            log.warning("authentication_failed", reason="unknown API key")
+            log.warning("authentication_failed", reason="unknown API key", peer=request_peer())
             return None
         return AccessToken(token=hash_api_key(token), client_id=name, scopes=[])
 
@@ -153,6 +154,15 @@ def http_client_name(ctx: ServerRequestContext[Any]) -> str:
             INVALID_REQUEST, "This request is not authenticated; send your API key as a bearer token."
         )
     return token.client_id
+
+
+# The address of the HTTP peer whose request is being authenticated, set by `MissingTokenLog`.
+_REQUEST_PEER: ContextVar[str | None] = ContextVar("mcp_guard_request_peer", default=None)
+
+
+def request_peer() -> str | None:
+    """Return the address of the HTTP peer whose request is being handled, if known."""
+    return _REQUEST_PEER.get()
 
 
 # A peer whose requests lack a bearer token is logged at most once in this many seconds.
@@ -176,12 +186,20 @@ class MissingTokenLog:
         self._peers: dict[str, tuple[float, int]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") == "http" and scope.get("path", "").rstrip("/") == self._path.rstrip("/"):
-            reason = _token_problem(scope.get("headers", []))
-            if reason is not None:
-                client = scope.get("client")
-                self._note(str(client[0]) if client else "unknown", reason)
-        await self._app(scope, receive, send)
+        if scope.get("type") != "http" or scope.get("path", "").rstrip("/") != self._path.rstrip("/"):
+            await self._app(scope, receive, send)
+            return
+        client = scope.get("client")
+        peer = str(client[0]) if client else "unknown"
+        reason = _token_problem(scope.get("headers", []))
+        if reason is not None:
+            self._note(peer, reason)
+        # The token verifiers log a rejected token with the peer they read from here.
+        marker = _REQUEST_PEER.set(peer)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            _REQUEST_PEER.reset(marker)
 
     def _note(self, peer: str, reason: str) -> None:
         now = self._clock()

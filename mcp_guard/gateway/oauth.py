@@ -23,7 +23,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp_guard.config.oauth import OAuthSettings, check_oauth_subjects
 from mcp_guard.config.rules import ClientConfig
 from mcp_guard.errors import ConfigError, GuardError
-from mcp_guard.gateway.identity import ClientDirectory, hash_api_key
+from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, request_peer
 from mcp_guard.gateway.jwks import SigningKey, load_jwks
 
 log = structlog.get_logger(module=__name__)
@@ -90,7 +90,13 @@ class JwtVerifier:
         try:
             return self.verify(token)
         except TokenRejected as exc:
-            log.warning("authentication_failed", method="oauth", reason=exc.reason, subject=exc.subject)
+            log.warning(
+                "authentication_failed",
+                method="oauth",
+                reason=exc.reason,
+                subject=exc.subject,
+                peer=request_peer(),
+            )
             return None
 
     def verify(self, token: str) -> AccessToken:
@@ -208,9 +214,17 @@ class CombinedVerifier:
             return self._jwts.verify(token)
         except TokenRejected as exc:
             if exc.reason == "malformed":
-                log.warning("authentication_failed", reason="unknown API key and not a JWT")
+                log.warning(
+                    "authentication_failed", reason="unknown API key and not a JWT", peer=request_peer()
+                )
             else:
-                log.warning("authentication_failed", method="oauth", reason=exc.reason, subject=exc.subject)
+                log.warning(
+                    "authentication_failed",
+                    method="oauth",
+                    reason=exc.reason,
+                    subject=exc.subject,
+                    peer=request_peer(),
+                )
             return None
 
 

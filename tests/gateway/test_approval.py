@@ -133,6 +133,24 @@ async def test_form_answer_decides_the_call(
         assert trail == ["approval_declined"]
 
 
+async def test_grant_of_one_minute_reads_in_the_singular(tmp_path: Path) -> None:
+    record = tmp_path / "alpha.jsonl"
+    human = Human(accept("approve this exact call for 1 minute"))
+    policy = approval_policy(tmp_path, record, grant_minutes=[1, 5])
+
+    async with stdio_gateway(policy, elicitation_callback=human) as client:
+        result = await client.call_tool("alpha__write_file", WRITE_A)
+
+    choices = human.questions[0].requested_schema["properties"]["decision"]["enum"]
+    assert choices == [
+        "approve once",
+        "approve this exact call for 1 minute",
+        "approve this exact call for 5 minutes",
+        "deny",
+    ]
+    assert result.is_error is False
+
+
 async def read_outcomes(state_dir: Path) -> list[str]:
     async with SqliteAuditStore.in_state_dir(state_dir, read_only=True) as store:
         calls = await store.search(CallFilter(), limit=100, oldest_first=True)

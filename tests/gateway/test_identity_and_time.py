@@ -107,6 +107,25 @@ async def test_missing_token_logged_once_a_minute(tmp_path: Path) -> None:
     ]
 
 
+async def test_unknown_key_logged_with_its_peer(tmp_path: Path) -> None:
+    policy = keyed_policy(tmp_path, tmp_path / "alpha.jsonl")
+
+    with http_gateway(policy, tmp_path) as (_process, url):
+        async with httpx2.AsyncClient() as http:
+            wrong = await http.post(
+                url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": "Bearer not-a-key"}
+            )
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "gateway.log").read_text().splitlines()
+        if "authentication_failed" in line
+    ]
+
+    assert wrong.status_code == 401
+    assert [(line["reason"], line["peer"]) for line in lines] == [("unknown API key", "127.0.0.1")]
+    assert "not-a-key" not in (tmp_path / "gateway.log").read_text()
+
+
 async def test_missing_token_log_counts_quiet_requests() -> None:
     now = [0.0]
     passed: list[str] = []
