@@ -113,6 +113,11 @@ class LimitStage:
         if call.tool.server == SANDBOX_SERVER_ID and sandbox is not None:
             call_timeout = sandbox.timeout_seconds
         needs_approval = call.decision == "approve"
+        # Only a call that needs approval can be released by an answer; on any other call the
+        # approval stage ignores input responses, so they must not spare it a request.
+        answers_question = (
+            needs_approval and call.input_round is not None and bool(call.input_round.responses)
+        )
         return CallFacts(
             client=call.client,
             organisation=call.organisation,
@@ -121,6 +126,7 @@ class LimitStage:
             session=call.session,
             anonymous=call.anonymous,
             needs_approval=needs_approval,
+            answers_question=answers_question,
             input_tokens=argument_tokens(call.arguments),
             # A call that waits for a person keeps its concurrent slot while it waits.
             timeout_seconds=call_timeout + (self._config.approval.timeout_seconds if needs_approval else 0.0),

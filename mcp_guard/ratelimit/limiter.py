@@ -46,6 +46,10 @@ _PERIODS = {
     "calls_per_session": SESSION_PERIOD,
     "approvals_per_hour": HOUR,
 }
+# The dimensions that count requests: an input round's answer is the same request as its first round.
+REQUEST_COUNTS = frozenset(
+    {"requests_per_minute", "requests_per_hour", "requests_per_day", "calls_per_session"}
+)
 _WHAT = {
     "requests_per_minute": "calls per minute",
     "requests_per_hour": "calls per hour",
@@ -74,6 +78,9 @@ class CallFacts:
     """The caller did not authenticate and was mapped to `allow_unauthenticated_as`."""
     needs_approval: bool = False
     """The policy decided that a person must approve the call."""
+    answers_question: bool = False
+    """The call repeats one that needs approval, carrying the person's answer to its question
+    (a 2026-07-28 input round). Its first round already took a request from each request count."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,8 @@ class Limiter:
             plan.meters.append(Meter(rule.name, dimension, rule.per, charge))
             return None
         units: float = 1.0
+        if facts.answers_question and dimension in REQUEST_COUNTS:
+            return None
         if dimension == "calls_per_session":
             if facts.session is None:
                 return None  # a 2026-07-28 HTTP request belongs to no session

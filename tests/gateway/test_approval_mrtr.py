@@ -421,3 +421,54 @@ async def test_legacy_input_fields_ignored(tmp_path: Path) -> None:
     assert [outcome for outcome, _ in trail] == ["approval_pending", "approval_pending", "approval_declined"]
     # The legacy calls never looked at the state: it was neither accepted nor rejected.
     assert all("request state" not in (detail or "") for _, detail in trail[1:])
+
+
+def limited_policy(folder: Path, record: Path, requests_per_minute: int) -> Path:
+    return write_policy(
+        folder,
+        {"alpha": fixture_server("alpha", record=record)},
+        rules=[ALLOW, WRITES],
+        clients={"alice": {}},
+        gateway={"default_client": "alice"},
+        limits={"rules": [{"name": "each client", "requests_per_minute": requests_per_minute}]},
+    )
+
+
+@pytest.mark.legitimate("rate-limit burst")
+async def test_answer_round_is_not_counted_as_a_second_request(tmp_path: Path) -> None:
+    # The first round takes the last request of the minute; the person's answer must not then
+    # be thrown away by the limit, as the answer round is the same call.
+    record = tmp_path / "alpha.jsonl"
+    human = Human(accept("approve once"))
+
+    async with gateway(limited_policy(tmp_path, record, 3), elicitation_callback=human) as client:
+        for _ in range(2):
+            await client.call_tool("alpha__echo", {"text": "spend"})
+        approved = await client.call_tool("alpha__write_file", WRITE_A)
+        after = await client.call_tool("alpha__echo", {"text": "over"})
+
+    assert len(human.questions) == 1
+    assert approved.is_error is False, text_of(approved)
+    assert writes(record) == [WRITE_A]
+    assert after.is_error is True
+    assert "Rate limited by mcp-guard" in text_of(after)
+
+
+@pytest.mark.attack("rate-limit burst", attempts=2)
+async def test_input_responses_spare_no_request_of_a_call_without_approval(tmp_path: Path) -> None:
+    # The approval stage ignores input responses on a call that needs no approval, so they
+    # must not spare it a request either.
+    record = tmp_path / "alpha.jsonl"
+
+    async with gateway(limited_policy(tmp_path, record, 2)) as client:
+        results = [
+            await client.session.call_tool(
+                "alpha__echo", {"text": "free?"}, allow_input_required=True, input_responses=APPROVE_ONCE
+            )
+            for _ in range(3)
+        ]
+
+    assert [result.is_error for result in results] == [False, False, True]
+    assert "Rate limited by mcp-guard" in text_of(results[2])
+    echoes = [event for event in read_records(record) if event["event"] == "call" and event["tool"] == "echo"]
+    assert len(echoes) == 2
