@@ -390,7 +390,7 @@ async def _print_limit_store(config: GatewayConfig) -> int:
 
 def _store_failure_effect(on_store_failure: str) -> str:
     if on_store_failure == "allow":
-        return " Until it answers, calls go through without rate limits (on_store_failure = \"allow\")."
+        return ' Until it answers, calls go through without rate limits (on_store_failure = "allow").'
     return " Until it answers, the gateway rejects every call that a limit applies to."
 
 
