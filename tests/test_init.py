@@ -3,7 +3,9 @@
 Each test writes a client configuration into its own folder and runs the real command
 line, which starts the configured servers (the fixture server, the published
 `mcp-server-time`) to list their tools. The end-to-end test then starts the gateway with the
-command, arguments and environment of the generated client configuration.
+command, arguments and environment of the generated client configuration. init runs with a
+home folder inside the test's folder and no XDG variables, unless a test sets them, so its
+default outputs never touch the real home.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ pytestmark = pytest.mark.anyio
 SECRET = "sk-test-0123456789abcdefghij"
 TIME_TOOLS = ["get_current_time", "convert_time"]
 VENV_BIN = str(Path(sys.executable).parent)
+# Variables of the test's own environment that would move init's outputs out of the test's folder.
+PLACEMENT_VARIABLES = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "MCP_GUARD_STATE_DIR")
 
 
 def fixture_entry(record: Path) -> dict[str, Any]:
@@ -50,21 +54,46 @@ def write_desktop_config(folder: Path, record: Path) -> Path:
     return path
 
 
-async def run_init(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+def init_env(home: Path, **env: str) -> dict[str, str]:
+    """Return init's environment: `home` as HOME, no XDG folders unless `env` sets them."""
     # The venv's bin folder comes first, so a bare "mcp-server-time" is found as a client would find it.
-    environ = clean_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env)
+    environ = clean_env(HOME=str(home), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    for name in PLACEMENT_VARIABLES:
+        environ.pop(name, None)
+    return {**environ, **env}
+
+
+async def run_init(
+    folder: Path, *args: str, home: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[bytes]:
+    """Run init in `folder`, with `home` (default: `folder/home`) as the home folder."""
+    environ = init_env(home or folder / "home", **env)
     command = [sys.executable, "-m", "mcp_guard", "--log-level", "warning", "init", *args]
     return await anyio.run_process(command, cwd=folder, env=environ, check=False)
 
 
+def guard_folder(home: Path) -> Path:
+    """Return where init writes by default for `home`: ~/.config/mcp-guard."""
+    return home / ".config" / "mcp-guard"
+
+
+def state_root(home: Path) -> Path:
+    """Return the parent of the state folders init names for `home`: ~/.local/state/mcp-guard."""
+    return home / ".local" / "state" / "mcp-guard"
+
+
 @pytest.fixture(scope="module")
 def desktop_init(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
-    """Run init once on a Claude Desktop configuration; the tests below read what it wrote."""
+    """Run init once on a Claude Desktop configuration; the tests below read what it wrote.
+
+    Returns:
+        The home folder init ran with, and the finished process.
+    """
     folder = tmp_path_factory.mktemp("desktop")
     source = write_desktop_config(folder, folder / "fixture.jsonl")
     completed = anyio.run(lambda: run_init(folder, "--from", str(source)))
     assert completed.returncode == 0, completed.stderr.decode()
-    return folder, completed
+    return folder / "home", completed
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -76,12 +105,13 @@ def rules_for(policy: dict[str, Any], server: str) -> dict[str, dict[str, Any]]:
 
 
 def test_desktop_config_becomes_policy(desktop_init: tuple[Path, Any]) -> None:
-    folder, _completed = desktop_init
+    home, _completed = desktop_init
 
-    policy_path = folder / "mcp-guard.toml"
+    policy_path = guard_folder(home) / "claude-desktop.toml"
     config = load_config(policy_path, environ={"FIXTURE_API_KEY": "any"})
     assert config.gateway.default_client == "desktop"
-    assert config.gateway.state_dir == str(folder / ".mcp-guard")
+    assert config.gateway.state_dir == str(state_root(home) / "claude-desktop")
+    assert f'state_dir = "{state_root(home) / "claude-desktop"}"' in policy_path.read_text(encoding="utf-8")
     assert list(config.servers) == ["fixture-server", "time"]
     time_server = config.servers["time"]
     assert time_server.read_only_tools == TIME_TOOLS
@@ -104,23 +134,24 @@ def test_desktop_config_becomes_policy(desktop_init: tuple[Path, Any]) -> None:
 
 
 def test_secret_stays_out_of_policy(desktop_init: tuple[Path, Any]) -> None:
-    folder, completed = desktop_init
+    home, completed = desktop_init
 
-    assert SECRET not in (folder / "mcp-guard.toml").read_text(encoding="utf-8")
+    assert SECRET not in (guard_folder(home) / "claude-desktop.toml").read_text(encoding="utf-8")
     assert SECRET not in completed.stdout.decode()
     assert SECRET not in completed.stderr.decode()
     assert "FIXTURE_API_KEY" in completed.stdout.decode()
 
 
 def test_client_config_routes_through_gateway(desktop_init: tuple[Path, Any]) -> None:
-    folder, _completed = desktop_init
+    home, _completed = desktop_init
+    folder = home.parent
 
-    client_path = folder / "claude_desktop_config.mcp-guard.json"
+    client_path = guard_folder(home) / "claude-desktop.client.json"
     client = json.loads(client_path.read_text(encoding="utf-8"))
     assert list(client["mcpServers"]) == ["mcp-guard"]
     entry = client["mcpServers"]["mcp-guard"]
     assert Path(entry["command"]).is_absolute()
-    assert entry["args"][-3:] == ["run", "--config", str(folder / "mcp-guard.toml")]
+    assert entry["args"][-3:] == ["run", "--config", str(guard_folder(home) / "claude-desktop.toml")]
     assert entry["env"]["FIXTURE_API_KEY"] == SECRET
     # A desktop client's own PATH lacks the folder where init found the bare mcp-server-time.
     assert entry["env"]["PATH"].split(os.pathsep)[0] == VENV_BIN
@@ -153,13 +184,12 @@ async def test_generated_setup_guards_calls(tmp_path: Path) -> None:
     record = tmp_path / "fixture.jsonl"
     completed = await run_init(tmp_path, "--from", str(write_desktop_config(tmp_path, record)))
     assert completed.returncode == 0, completed.stderr.decode()
-    policy = tmp_path / "mcp-guard.toml"
+    policy = guard_folder(tmp_path / "home") / "claude-desktop.toml"
     # The server gains a tool after init ran; no rule names it.
     text = policy.read_text(encoding="utf-8").replace('"--record"', '"--filler-tools", "1", "--record"')
     policy.write_text(text, encoding="utf-8")
-    entry = json.loads((tmp_path / "claude_desktop_config.mcp-guard.json").read_text())["mcpServers"][
-        "mcp-guard"
-    ]
+    client_config = guard_folder(tmp_path / "home") / "claude-desktop.client.json"
+    entry = json.loads(client_config.read_text(encoding="utf-8"))["mcpServers"]["mcp-guard"]
     # Only what a desktop client would give: its own minimal PATH, overridden by the entry's env.
     client_env = {"PATH": "/usr/bin:/bin", **entry["env"]}
     parameters = StdioServerParameters(command=entry["command"], args=entry["args"], env=client_env)
@@ -197,7 +227,12 @@ async def test_vscode_http_input_header(tmp_path: Path) -> None:
                 "headers": {"Authorization": "Bearer ${input:tickets-token}", "X-Team": "ops"},
             },
             "old-events": {"type": "sse", "url": "http://127.0.0.1:9/sse"},
-            "broken": {"type": "stdio", "command": sys.executable, "args": ["-c", "raise SystemExit(3)"]},
+            "broken": {
+                "type": "stdio",
+                "command": sys.executable,
+                "args": ["-c", "raise SystemExit(3)"],
+                "cwd": "${workspaceFolder}",
+            },
         }
         inputs = [{"type": "promptString", "id": "tickets-token", "description": "Token", "password": True}]
         folder = tmp_path / "project" / ".vscode"
@@ -206,22 +241,27 @@ async def test_vscode_http_input_header(tmp_path: Path) -> None:
         # VS Code accepts comments and trailing commas in mcp.json.
         (folder / "mcp.json").write_text("// my servers\n" + body[:-2] + ",\n}\n", encoding="utf-8")
 
-        completed = await run_init(tmp_path / "project", "--from", "vscode", TICKETS_TOKEN="abc")
+        completed = await run_init(
+            tmp_path / "project", "--from", "vscode", home=tmp_path / "home", TICKETS_TOKEN="abc"
+        )
 
     assert completed.returncode == 0, completed.stderr.decode()
     output = completed.stdout.decode()
-    policy = read_toml(tmp_path / "project" / "mcp-guard.toml")
+    policy_path = guard_folder(tmp_path / "home") / "vscode-project.toml"
+    policy = read_toml(policy_path)
     assert list(policy["servers"]) == ["tickets", "broken"]
     tickets = policy["servers"]["tickets"]
     assert tickets["headers_from"] == {"Authorization": "Bearer ${TICKETS_TOKEN}"}
     assert tickets["headers"] == {"X-Team": "ops"}
     assert "echo" in rules_for(policy, "tickets")["approve"]["tools"]
     assert rules_for(policy, "broken")["approve"]["tools"] == ["*"]
-    assert "init could not reach this server" in (tmp_path / "project" / "mcp-guard.toml").read_text()
+    # In a workspace's .vscode/mcp.json, ${workspaceFolder} is the folder that contains .vscode.
+    assert policy["servers"]["broken"]["cwd"] == str(tmp_path / "project")
+    assert "init could not reach this server" in policy_path.read_text(encoding="utf-8")
     assert "NOT IMPORTED 'old-events'" in output
     assert "streamable HTTP only" in output
     assert "${input:tickets-token}" in output
-    client = json.loads((tmp_path / "project" / "vscode-mcp.mcp-guard.json").read_text(encoding="utf-8"))
+    client = json.loads(policy_path.with_name("vscode-project.client.json").read_text(encoding="utf-8"))
     assert list(client["servers"]) == ["mcp-guard"]
     assert client["servers"]["mcp-guard"]["type"] == "stdio"
     assert client["servers"]["mcp-guard"]["env"] == {
@@ -238,7 +278,7 @@ async def test_init_names_unset_input(tmp_path: Path) -> None:
     folder = tmp_path / ".vscode"
     folder.mkdir()
     (folder / "mcp.json").write_text(json.dumps({"inputs": inputs, "servers": {"fixture": entry}}), "utf-8")
-    environ = clean_env(PATH=os.environ.get("PATH", ""))
+    environ = init_env(tmp_path / "home", PATH=os.environ.get("PATH", ""))
     command = [sys.executable, "-m", "mcp_guard", "init", "--from", "vscode"]
 
     unreached = await anyio.run_process(command, cwd=tmp_path, env=environ, check=False)
@@ -249,20 +289,25 @@ async def test_init_names_unset_input(tmp_path: Path) -> None:
 
     assert unreached.returncode == 0, unreached.stderr.decode()
     output = unreached.stdout.decode()
-    assert "fixture: NOT REACHED (FIXTURE_API_KEY: environment variable API_TOKEN is not set)" in output
-    assert "export API_TOKEN=..." in output
+    not_reached = [line for line in output.splitlines() if "fixture: NOT REACHED" in line]
+    assert len(not_reached) == 1
+    assert "variable API_TOKEN" in not_reached[0]
+    assert "not set" in not_reached[0]
+    assert "read -rs API_TOKEN && export API_TOKEN" in output
+    assert "API_TOKEN=" not in output
     assert "run init again with --force" in output
     # The summary reports the failure. Log lines would repeat it, so init writes them only with --log-level.
     assert unreached.stderr == b""
     assert reached.returncode == 0, reached.stderr.decode()
     assert "NOT REACHED" not in reached.stdout.decode()
-    policy = read_toml(tmp_path / "mcp-guard.toml")
+    policy = read_toml(guard_folder(tmp_path / "home") / f"vscode-{tmp_path.name}.toml")
     assert "echo" in rules_for(policy, "fixture")["approve"]["tools"]  # listed, not the offline "*"
 
 
 async def test_existing_output_needs_force(tmp_path: Path) -> None:
     source = write_desktop_config(tmp_path, tmp_path / "fixture.jsonl")
-    policy = tmp_path / "mcp-guard.toml"
+    policy = guard_folder(tmp_path / "home") / "claude-desktop.toml"
+    policy.parent.mkdir(parents=True)
     policy.write_text("# mine\n", encoding="utf-8")
 
     refused = await run_init(tmp_path, "--from", str(source), "--offline")
@@ -271,7 +316,7 @@ async def test_existing_output_needs_force(tmp_path: Path) -> None:
     assert "already exists" in refused.stderr.decode()
     assert "--force" in refused.stderr.decode()
     assert policy.read_text(encoding="utf-8") == "# mine\n"
-    assert not (tmp_path / "claude_desktop_config.mcp-guard.json").exists()
+    assert not policy.with_name("claude-desktop.client.json").exists()
 
     forced = await run_init(tmp_path, "--from", str(source), "--offline", "--force")
 
@@ -309,7 +354,7 @@ async def test_offline_puts_every_tool_on_approve(tmp_path: Path) -> None:
     completed = await run_init(tmp_path, "--from", str(source), "--offline")
 
     assert completed.returncode == 0, completed.stderr.decode()
-    policy = read_toml(tmp_path / "mcp-guard.toml")
+    policy = read_toml(guard_folder(tmp_path / "home") / "claude-desktop.toml")
     for server_id in ("fixture-server", "time"):
         assert policy["servers"][server_id]["read_only_tools"] == []
         approve = rules_for(policy, server_id)["approve"]

@@ -265,7 +265,7 @@ class _Importer:
         plain: dict[str, str] = {}
         templates: dict[str, str] = {}
         for name, value in values.items():
-            translated = self._translate(server, value, expand_references=True)
+            translated = self._translate(server, f"{field_name}.{name}", value, expand_references=True)
             if translated.references:
                 for variable, (placeholder, now) in translated.references.items():
                     self._variable(server, variable, placeholder, now, copied_secret=False)
@@ -301,7 +301,7 @@ class _Importer:
 
     def _plain(self, server: ImportedServer, key: str, value: str) -> str:
         """Return a value where only path placeholders can be resolved, warning about the rest."""
-        translated = self._translate(server, value, expand_references=False)
+        translated = self._translate(server, key, value, expand_references=False)
         for placeholder in translated.unsupported:
             self.warnings.append(
                 f"server {_shown(server.name)}: {key} contains {placeholder}, which the gateway does not "
@@ -309,7 +309,9 @@ class _Importer:
             )
         return translated.template
 
-    def _translate(self, server: ImportedServer, value: str, *, expand_references: bool) -> _Translated:
+    def _translate(
+        self, server: ImportedServer, key: str, value: str, *, expand_references: bool
+    ) -> _Translated:
         kind = self.client.kind
         if kind == "claude-desktop":
             return _Translated(value, {}, [])
@@ -317,7 +319,7 @@ class _Importer:
         result = _Translated("", {}, [])
 
         def replace(match: re.Match[str]) -> str:
-            path = self._path_placeholder(kind, match)
+            path = self._path_placeholder(server, key, kind, match)
             if path is not None:
                 return path
             reference = self._reference(kind, match) if expand_references else None
@@ -332,11 +334,16 @@ class _Importer:
         result.template = pattern.sub(replace, value)
         return result
 
-    def _path_placeholder(self, kind: ClientKind, match: re.Match[str]) -> str | None:
+    def _path_placeholder(
+        self, server: ImportedServer, key: str, kind: ClientKind, match: re.Match[str]
+    ) -> str | None:
         if kind != "vscode" or match.group(2) is not None:
             return None
         if match.group(1) == "workspaceFolder":
-            return str(_workspace_folder(self.client.path))
+            if self.client.project is None:
+                self.problems.append(_unknown_workspace(server, key, self.client.path))
+                return match.group(0)
+            return str(self.client.project)
         if match.group(1) == "userHome":
             return str(Path.home())
         return None
@@ -425,10 +432,12 @@ def _is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(name)) or DEFAULT_REDACTOR.is_secret_key(name)
 
 
-def _workspace_folder(path: Path) -> Path:
-    """Return the workspace of a VS Code `.vscode/mcp.json`, else the file's folder."""
-    folder = path.parent
-    return folder.parent if folder.name == ".vscode" else folder
+def _unknown_workspace(server: ImportedServer, key: str, path: Path) -> str:
+    # Outside .vscode/, the file belongs to a VS Code profile, which every workspace shares.
+    return (
+        f"server {_shown(server.name)}: {key} uses ${{workspaceFolder}}, which in a user-profile file "
+        f"such as {path} is the folder VS Code has open; name that folder with --workspace DIR"
+    )
 
 
 def _shown(text: str) -> str:

@@ -26,12 +26,8 @@ CLIENT_IDS: dict[ClientKind, str] = {
     "vscode": "vscode",
     "claude-code": "claude-code",
 }
-CLIENT_CONFIG_NAMES: dict[ClientKind, str] = {
-    "claude-desktop": "claude_desktop_config.mcp-guard.json",
-    "vscode": "vscode-mcp.mcp-guard.json",
-    "claude-code": "claude-code-mcp.mcp-guard.json",
-}
-DEFAULT_STATE_DIR = ".mcp-guard"
+# The header line that names the project folder of a policy written from a per-project source.
+PROJECT_LINE = "# Project folder: "
 # Arrays longer than this, in characters, are written one item per line.
 INLINE_ARRAY_WIDTH = 80
 COMMENT_WIDTH = 96
@@ -42,17 +38,22 @@ SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 NODE_SHEBANG_BYTES = 256
 
 
-def render_policy(imported: ImportResult, listings: dict[str, ToolListing] | None) -> str:
-    """Return the policy file's text; `listings` is None when init ran with --offline."""
+def render_policy(imported: ImportResult, listings: dict[str, ToolListing] | None, state_dir: Path) -> str:
+    """Return the policy file's text; `listings` is None when init ran with --offline.
+
+    Raises:
+        ValueError: A value cannot be written as TOML (see `toml_string`).
+    """
     kind = imported.client.kind
     title = CLIENT_TITLES[kind]
     client_id = CLIENT_IDS[kind]
     lines = _header(imported, title)
     lines += [
         "[gateway]",
-        "# Where the gateway keeps the audit trail, the pinned tool definitions and other state.",
-        "# A relative path is resolved against this file's folder.",
-        f"state_dir = {toml_string(DEFAULT_STATE_DIR)}",
+        "# Where the gateway keeps the audit key and trail, the pinned tool definitions and approvals.",
+        "# init gave this policy a folder of its own, because only one gateway at a time may write an",
+        "# audit trail. A relative path is resolved against this file's folder.",
+        f"state_dir = {toml_string(str(state_dir))}",
         f"# The client that `mcp-guard run` serves over stdio: {title}, defined below.",
         f"default_client = {toml_string(client_id)}",
         "",
@@ -134,9 +135,11 @@ def _runs_on_node(program: str) -> bool:
 
 
 def _header(imported: ImportResult, title: str) -> list[str]:
+    project = imported.client.project
     return [
         "# A starter policy for mcp-guard, written by `mcp-guard init` from",
         f"#   {comment_text(str(imported.client.path))} ({title})",
+        *([] if project is None else [f"{PROJECT_LINE}{comment_text(str(project))}"]),
         "#",
         f"# {title} now starts mcp-guard, which starts the servers below and offers their tools as",
         "# SERVER__TOOL. Every call passes mcp-guard's checks and is recorded in the audit trail:",

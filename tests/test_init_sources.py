@@ -1,0 +1,152 @@
+"""Where `mcp-guard init` finds servers: Claude Code's scopes and VS Code's profile files.
+
+Claude Code keeps user-scope servers at the top of `~/.claude.json` and local-scope servers
+under `projects["/abs/path"]`. A VS Code user-profile `mcp.json` has no workspace of its own,
+so `${workspaceFolder}` needs `--workspace`. Each test runs the real command line with a home
+folder inside the test's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import FIXTURE_SERVER
+from test_init import fixture_entry, guard_folder, read_toml, run_init
+
+pytestmark = pytest.mark.anyio
+
+TIME_SERVER = {"command": "mcp-server-time"}
+
+
+def write_claude_json(home: Path, data: dict[str, Any]) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / ".claude.json"
+    path.write_text(json.dumps({"numStartups": 3, **data}), encoding="utf-8")
+    return path
+
+
+async def test_claude_json_reads_local_scope(tmp_path: Path) -> None:
+    home, project, other = tmp_path / "home", tmp_path / "myproject", tmp_path / "other"
+    project.mkdir()
+    user_file = write_claude_json(
+        home,
+        {
+            "mcpServers": {"time": TIME_SERVER, "fixture": TIME_SERVER},
+            "projects": {
+                str(project): {"mcpServers": {"fixture": fixture_entry(tmp_path / "fixture.jsonl")}},
+                str(other): {"mcpServers": {"notes": TIME_SERVER}},
+                str(tmp_path / "empty"): {"mcpServers": {}},
+            },
+        },
+    )
+
+    completed = await run_init(project, "--from", str(user_file), "--offline", home=home)
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    output = completed.stdout.decode()
+    policy = read_toml(guard_folder(home) / "claude-code-myproject.toml")
+    assert list(policy["servers"]) == ["time", "fixture"]
+    assert str(FIXTURE_SERVER) in policy["servers"]["fixture"]["args"]  # the local-scope entry won
+    assert "  time (user scope): " in output
+    assert "  fixture (local scope): " in output
+    assert "user-scope server 'fixture' is not imported" in output
+    assert f"local-scope servers of other folders are not imported ({other})" in output
+    assert str(tmp_path / "empty") not in output
+    assert f"projects[{str(project)!r}].mcpServers of {user_file} (fixture)" in output
+
+
+@pytest.mark.parametrize("source", ["~/.claude.json", "claude-code"])
+async def test_other_folders_named(tmp_path: Path, source: str) -> None:
+    home, current, other = tmp_path / "home", tmp_path / "current", tmp_path / "other"
+    current.mkdir()
+    write_claude_json(home, {"projects": {str(other): {"mcpServers": {"notes": TIME_SERVER}}}})
+
+    completed = await run_init(current, "--from", source, "--offline", home=home)
+
+    assert completed.returncode == 2
+    error = completed.stderr.decode()
+    assert f"no local-scope servers for the current folder {current}" in error
+    assert f"Local-scope servers are kept for {other}: run init from that folder" in error
+    assert "is this an MCP client configuration" not in error
+    assert not guard_folder(home).exists()
+
+
+async def test_claude_code_without_mcp_json(tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "myproject"
+    project.mkdir()
+    write_claude_json(home, {"projects": {str(project): {"mcpServers": {"time": TIME_SERVER}}}})
+
+    completed = await run_init(project, "--from", "claude-code", "--offline", home=home)
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    output = completed.stdout.decode()
+    assert f"{project} has no .mcp.json, so init read" in output
+    assert str(home / ".claude.json") in output
+    assert "  time (local scope): " in output
+    assert list(read_toml(guard_folder(home) / "claude-code-myproject.toml")["servers"]) == ["time"]
+
+
+async def test_mcp_json_names_claude_json_servers(tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "myproject"
+    project.mkdir()
+    (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"time": TIME_SERVER}}), "utf-8")
+    write_claude_json(home, {"mcpServers": {"search": TIME_SERVER}})
+
+    completed = await run_init(project, "--from", "claude-code", "--offline", home=home)
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    output = completed.stdout.decode()
+    assert "Claude Code also starts the servers that" in output
+    assert "'search' (user scope)" in output
+    assert list(read_toml(guard_folder(home) / "claude-code-myproject.toml")["servers"]) == ["time"]
+
+
+def write_profile_config(home: Path) -> Path:
+    """Write a VS Code user-profile mcp.json whose server runs in ${workspaceFolder}."""
+    path = home / ".config" / "Code" / "User" / "mcp.json"
+    path.parent.mkdir(parents=True)
+    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)], "cwd": "${workspaceFolder}"}
+    path.write_text(json.dumps({"servers": {"notes": server}}), encoding="utf-8")
+    return path
+
+
+async def test_profile_workspace_folder_needs_option(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    profile = write_profile_config(home)
+
+    completed = await run_init(tmp_path, "--from", str(profile), "--offline", home=home)
+
+    assert completed.returncode == 2
+    error = completed.stderr.decode()
+    assert str(profile) in error
+    assert "server 'notes': cwd uses ${workspaceFolder}" in error
+    assert "--workspace DIR" in error
+    assert not guard_folder(home).exists()
+
+
+async def test_profile_workspace_option_sets_folder(tmp_path: Path) -> None:
+    home, workspace = tmp_path / "home", tmp_path / "webapp"
+    workspace.mkdir()
+    profile = write_profile_config(home)
+
+    completed = await run_init(
+        tmp_path, "--from", str(profile), "--workspace", str(workspace), "--offline", home=home
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    policy = read_toml(guard_folder(home) / "vscode-webapp.toml")
+    assert policy["servers"]["notes"]["cwd"] == str(workspace)
+
+
+async def test_workspace_option_needs_vscode(tmp_path: Path) -> None:
+    source = tmp_path / "claude_desktop_config.json"
+    source.write_text(json.dumps({"mcpServers": {"time": TIME_SERVER}}), encoding="utf-8")
+
+    completed = await run_init(tmp_path, "--from", str(source), "--workspace", str(tmp_path), "--offline")
+
+    assert completed.returncode == 2
+    assert "--workspace sets VS Code's ${workspaceFolder}" in completed.stderr.decode()
