@@ -437,10 +437,11 @@ class ApprovalStage:
         grant = await self._store.take_grant(binding, self._clock())
         if grant is None or not self._still_current(call):
             return self._deny(call, "denied", "the approval no longer covers this call")
-        call.detail = (
-            f"approved by {_person(grant.decided_by)} ({grant.channel}, opened from the call), request {grant.id}"
+        who = _person(grant.decided_by)
+        call.detail = f"approved by {who} ({grant.channel}, opened from the call), request {grant.id}"
+        log.info(
+            "approval_granted", call_id=call.call_id, client=call.client, channel="url", request=grant.id
         )
-        log.info("approval_granted", call_id=call.call_id, client=call.client, channel="url", request=grant.id)
         return await next_handler(call)
 
     async def _wait_on_page(
