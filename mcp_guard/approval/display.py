@@ -17,6 +17,12 @@ from mcp_guard.pinning.display import escape_text
 # Values longer than this are shortened to their first SHOWN_CHARACTERS characters.
 LONGEST_SHOWN_VALUE = 200
 SHOWN_CHARACTERS = 120
+# A text value with line breaks is shown as a block of its lines, each indented behind BLOCK_MARK
+# so that no line of a value can pass for a line of the question. At most this many of its lines
+# and characters are shown.
+BLOCK_LINES = 20
+BLOCK_CHARACTERS = 1000
+BLOCK_MARK = "  | "
 # A call with more top-level arguments than this cannot be shown whole, so it cannot be approved.
 MOST_ARGUMENTS = 50
 
@@ -68,6 +74,8 @@ def _count_hidden(original: Any, redacted: Any) -> int:
 
 
 def _value(value: Any) -> str:
+    if isinstance(value, str) and "\n" in value:
+        return _block(value)
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
     shown = escape_text(text)
     if isinstance(value, str):
@@ -76,3 +84,22 @@ def _value(value: Any) -> str:
         return shown
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return f"{shown[:SHOWN_CHARACTERS]}... ({len(text)} characters, sha256 {digest})"
+
+
+def _block(text: str) -> str:
+    """Return a multi-line text as a header and its lines, each escaped and indented, shortened if long."""
+    lines = text.split("\n")
+    shown: list[str] = []
+    used = 0
+    for line in lines[:BLOCK_LINES]:
+        if used + len(line) > BLOCK_CHARACTERS:
+            shown.append(line[: max(BLOCK_CHARACTERS - used, 0)])
+            break
+        shown.append(line)
+        used += len(line) + 1
+    header = f"({len(lines)} lines, {len(text)} characters"
+    if len(shown) < len(lines) or len(shown[-1]) < len(lines[len(shown) - 1]):
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        header += f", sha256 {digest}; the first {len(shown)} lines shown, cut"
+    body = "\n".join(BLOCK_MARK + escape_text(line) for line in shown)
+    return f"{header})\n{body}"
