@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 # Some desktop clients end a tool call after about 60 seconds, so the default wait stays below that.
 DEFAULT_TIMEOUT_SECONDS = 45.0
@@ -42,6 +42,19 @@ class ApprovalSettings(BaseModel):
     new request waiting for an out-of-band decision. The URL stays out of the file because it often
     carries a secret."""
 
+    pending_hint: Annotated[str, Field(min_length=1, max_length=300)] | None = None
+    """What the "approval pending" error asks the client's user to do, in place of running
+    `mcp-guard approvals ... approve ID` on the gateway's host; `{id}` becomes the request id.
+    For a shared gateway, whose users have no shell on its host: "Ask #platform to approve
+    request {id}". The model reads this text, so never put a link that decides in it."""
+
     page_port: Annotated[StrictInt, Field(ge=0, le=65_535)] | None = None
     """Port on 127.0.0.1 of the approval page, where a person approves waiting calls through one-time
     links; 0 picks a free port. Without it, waiting calls are decided with `mcp-guard approvals`."""
+
+    @field_validator("pending_hint")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise ValueError("must be one line without control characters; write it as plain text")
+        return value

@@ -535,13 +535,21 @@ class ApprovalStage:
         if cause is not None:
             call.detail = f"{cause}; {call.detail}"
             requirement = f"{cause}. Rule {binding.rule!r} requires"
-        page = (
-            " (or use the approval page's link from the gateway's log)" if self._link_for is not None else ""
-        )
+        hint = self._settings.pending_hint
+        if hint is not None:
+            # Replaced, not formatted: other braces in the operator's text stay as written.
+            ask = hint.replace("{id}", request.id).rstrip(". ")
+        else:
+            page = (
+                " (or use the approval page's link from the gateway's log)"
+                if self._link_for is not None
+                else ""
+            )
+            ask = f"Ask the user to run `{self._command} approve {request.id}`{page}"
         return tool_error(
             f"Approval pending: {requirement} a person to approve this call, and it has not "
-            f"run. Request {request.id} waits for a decision for about {minutes} more minutes. Ask the user to "
-            f"run `{self._command} approve {request.id}`{page}, then retry exactly the same call."
+            f"run. Request {request.id} waits for a decision for about {minutes} more minutes. "
+            f"{ask}, then retry exactly the same call."
         )
 
     async def _record(

@@ -133,6 +133,26 @@ async def test_form_answer_decides_the_call(
         assert trail == ["approval_declined"]
 
 
+async def test_pending_hint_replaces_the_command_line(tmp_path: Path) -> None:
+    # On a shared gateway the client's user has no shell on its host: the operator's text
+    # says whom to ask, and the gateway's paths stay out of the model's view.
+    record = tmp_path / "alpha.jsonl"
+    policy = approval_policy(tmp_path, record, pending_hint="Ask #platform {braces} to approve request {id}.")
+
+    async with stdio_gateway(policy) as client:
+        pending = await client.call_tool("alpha__write_file", WRITE_A)
+
+    text = text_of(pending)
+    found = re.search(r"Request ([0-9a-f]+) waits for a decision", text)
+    assert found is not None, text
+    assert (
+        f"Ask #platform {{braces}} to approve request {found.group(1)}, then retry exactly the same call."
+        in text
+    )
+    assert "mcp-guard approvals" not in text
+    assert str(policy) not in text
+
+
 async def test_grant_of_one_minute_reads_in_the_singular(tmp_path: Path) -> None:
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve this exact call for 1 minute"))
