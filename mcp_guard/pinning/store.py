@@ -132,6 +132,7 @@ class PinStore:
                 await _write_plan(db, server, plan, now)
         for plan in plans:
             _log_plan(server, plan)
+        _log_recorded(server, plans)
         return PinReport.from_plans(server, first_sight, plans)
 
     async def status(self, server: str, tool: str, digest: str) -> PinStatus:
@@ -340,7 +341,8 @@ async def _write_plan(db: aiosqlite.Connection, server: str, plan: PlannedPin, n
 def _log_plan(server: str, plan: PlannedPin) -> None:
     action, fields = plan.change.action, {"server": server, "tool": plan.name, "hash": plan.digest}
     if action == "approve":
-        logger.info("pin_recorded", **fields, approved_by=plan.change.approved_by)
+        # One line per server at info level (`_log_recorded`): a first start records every tool.
+        logger.debug("pin_recorded", **fields, approved_by=plan.change.approved_by)
     elif action == "hold":
         approved_hash = None if plan.previous is None else plan.previous.approved_hash
         logger.warning(
@@ -351,6 +353,18 @@ def _log_plan(server: str, plan: PlannedPin) -> None:
     # Findings are logged when a definition is first recorded, not on every re-listing.
     if plan.findings and action in ("approve", "hold"):
         logger.warning("tool_description_flagged", **fields, findings=list(plan.findings))
+
+
+def _log_recorded(server: str, plans: Sequence[PlannedPin]) -> None:
+    """Log the definitions recorded as approved without review, one line per way they were approved."""
+    recorded: dict[str | None, list[str]] = {}
+    for plan in plans:
+        if plan.change.action == "approve":
+            recorded.setdefault(plan.change.approved_by, []).append(plan.name)
+    for approved_by, tools in recorded.items():
+        logger.info(
+            "pins_recorded", server=server, tools=len(tools), approved_by=approved_by, names=tools[:50]
+        )
 
 
 async def _require_pending(

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 
 from mcp_guard.pinning import PinNotPending, PinStore, PinStoreError
 from mcp_guard.pinning.records import APPROVED_BY_POLICY, APPROVED_ON_FIRST_USE
@@ -59,6 +60,17 @@ async def test_first_sight_is_approved(store: PinStore, make_tool: ToolFactory) 
     assert record is not None
     assert record.approved_by == APPROVED_ON_FIRST_USE
     assert record.state == "approved"
+
+
+async def test_first_sight_logs_one_line_per_server(store: PinStore, make_tool: ToolFactory) -> None:
+    tools = [make_tool(f"tool_{number}") for number in range(30)]
+
+    with structlog.testing.capture_logs() as events:
+        await store.observe("files", tools)
+
+    infos = [(event["event"], event.get("tools")) for event in events if event["log_level"] == "info"]
+    assert infos == [("pins_recorded", 30)]
+    assert sum(event["event"] == "pin_recorded" for event in events) == 30  # each at debug level
 
 
 @pytest.mark.legitimate("changed tool definition")
