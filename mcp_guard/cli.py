@@ -262,7 +262,13 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
     count = len(config.servers)
     print(f"{args.config}: valid, {count} {'server' if count == 1 else 'servers'} configured")
     stdio_client = config.gateway.default_client or DEFAULT_CLIENT
-    print(f"stdio client: {stdio_client} (mcp-guard run --client NAME serves another)")
+    if stdio_client in config.clients:
+        print(f"stdio client: {stdio_client} (mcp-guard run --client NAME serves another)")
+    else:
+        print(
+            f'stdio client: {stdio_client}, which the policy does not define, so only rules with clients = ["*"] '
+            "apply to it (set gateway.default_client, or mcp-guard run --client NAME)"
+        )
     print(f"HTTP clients: {_http_clients(config, directory)}")
     print(f"state directory: {Path(config.gateway.state_dir)}")
     if config.sandbox is not None:

@@ -131,6 +131,17 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def test_check_says_when_the_stdio_client_is_not_defined(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert (
+        'stdio client: default, which the policy does not define, so only rules with clients = ["*"]'
+        in output
+    )
+
+
 async def test_check_fails_when_redis_limit_store_is_unreachable(tmp_path: Path) -> None:
     # A gateway starts without its Redis and then rejects every limited call, so check must not pass.
     limits = {
