@@ -437,8 +437,8 @@ class ApprovalStage:
         grant = await self._store.take_grant(binding, self._clock())
         if grant is None or not self._still_current(call):
             return self._deny(call, "denied", "the approval no longer covers this call")
-        who = _person(grant.decided_by)
-        call.detail = f"approved by {who} ({grant.channel}, opened from the call), request {grant.id}"
+        approver = _person(grant.decided_by)
+        call.detail = f"approved by {approver} ({grant.channel}, opened from the call), request {grant.id}"
         log.info(
             "approval_granted", call_id=call.call_id, client=call.client, channel="url", request=grant.id
         )
@@ -691,7 +691,7 @@ async def _report_waiting(call: ToolCall, total_seconds: float) -> None:
 
 
 def _person(decided_by: str | None) -> str:
-    """Name who decided, as a detail or message reads it: the form's answers are "the user"'s."""
+    """Return the name of who decided, for details and messages: a form's decision is "the user"'s."""
     if decided_by is None or decided_by == "user":
         return "the user"
     return decided_by

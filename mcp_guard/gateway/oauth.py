@@ -90,13 +90,7 @@ class JwtVerifier:
         try:
             return self.verify(token)
         except TokenRejected as exc:
-            log.warning(
-                "authentication_failed",
-                method="oauth",
-                reason=exc.reason,
-                subject=exc.subject,
-                peer=request_peer(),
-            )
+            _log_rejected_token(exc)
             return None
 
     def verify(self, token: str) -> AccessToken:
@@ -218,14 +212,14 @@ class CombinedVerifier:
                     "authentication_failed", reason="unknown API key and not a JWT", peer=request_peer()
                 )
             else:
-                log.warning(
-                    "authentication_failed",
-                    method="oauth",
-                    reason=exc.reason,
-                    subject=exc.subject,
-                    peer=request_peer(),
-                )
+                _log_rejected_token(exc)
             return None
+
+
+def _log_rejected_token(exc: TokenRejected) -> None:
+    log.warning(
+        "authentication_failed", method="oauth", reason=exc.reason, subject=exc.subject, peer=request_peer()
+    )
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

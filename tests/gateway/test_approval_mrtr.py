@@ -435,9 +435,9 @@ def limited_policy(folder: Path, record: Path, requests_per_minute: int) -> Path
 
 
 @pytest.mark.legitimate("rate-limit burst")
-async def test_answer_round_is_not_counted_as_a_second_request(tmp_path: Path) -> None:
-    # The first round takes the last request of the minute; the person's answer must not then
-    # be thrown away by the limit, as the answer round is the same call.
+async def test_answer_round_skips_request_counts(tmp_path: Path) -> None:
+    # The first round takes the last request of the minute. The round that carries the person's
+    # decision is the same call, so the limit must not reject it.
     record = tmp_path / "alpha.jsonl"
     human = Human(accept("approve once"))
 
@@ -455,7 +455,7 @@ async def test_answer_round_is_not_counted_as_a_second_request(tmp_path: Path) -
 
 
 @pytest.mark.attack("rate-limit burst", attempts=2)
-async def test_input_responses_spare_no_request_of_a_call_without_approval(tmp_path: Path) -> None:
+async def test_input_responses_skip_no_limits(tmp_path: Path) -> None:
     # The approval stage ignores input responses on a call that needs no approval, so they
     # must not spare it a request either.
     record = tmp_path / "alpha.jsonl"
