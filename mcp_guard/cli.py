@@ -41,6 +41,7 @@ from mcp_guard.pinning.store import DATABASE_NAME as PIN_DATABASE
 from mcp_guard.policy import PolicyEngine
 from mcp_guard.policy.definitions import definition_findings
 from mcp_guard.policy.lint import policy_warnings, read_only_hint, window_notes
+from mcp_guard.processes import POLICY_CHAIN_VARIABLE
 from mcp_guard.ratelimit import LimitStoreUnavailable, open_limit_store
 from mcp_guard.ratelimit.cli import add_limits_command, run_limits_command
 from mcp_guard.ratelimit.limiter import names_client
@@ -87,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only `run` would have started something. The other commands read or check state.
         print(str(exc) if args.command == "run" else exc.report(None), file=sys.stderr)
         return 2
+    if args.command in ("run", "check"):
+        loop = _enter_policy_chain(Path(args.config))
+        if loop is not None:
+            print(loop, file=sys.stderr)
+            return 2
     redactor = Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
     configure_logging(args.log_level, extra_processors=[redactor.redact_event])
     state_dir = Path(config.gateway.state_dir)
@@ -186,6 +192,24 @@ def _new_key() -> int:
     print(f"API key (give it to the client; it is not stored anywhere): {key}")
     print(f'Hash for the policy file:  api_key_hashes = ["{hash_api_key(key)}"]')
     return 0
+
+
+def _enter_policy_chain(policy: Path) -> str | None:
+    """Add `policy` to the chain of gateways this process runs in, or return why it must not start.
+
+    A server entry that runs mcp-guard with the policy of the gateway that starts it (a client
+    configuration imported after it was routed through mcp-guard) would start gateways without end.
+    """
+    chain = [entry for entry in os.environ.get(POLICY_CHAIN_VARIABLE, "").split(os.pathsep) if entry]
+    path = str(policy.expanduser().resolve())
+    if path in chain:
+        return (
+            f"The gateway did not start: it was started as a server of a gateway that runs the same policy "
+            f"{path}, and would start itself again without end. Remove the server entry that runs "
+            "mcp-guard from that policy's [servers]."
+        )
+    os.environ[POLICY_CHAIN_VARIABLE] = os.pathsep.join([*chain, path])
+    return None
 
 
 def _run(config: GatewayConfig, args: argparse.Namespace) -> int:

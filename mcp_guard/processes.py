@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The policy files of the gateways that started this process, one inside the other. A gateway
+# passes it to its stdio servers, so one that would start itself again can refuse (`cli.py`).
+POLICY_CHAIN_VARIABLE = "MCP_GUARD_POLICY_CHAIN"
+
 
 def close_transport(process: Any) -> None:
     """Close the asyncio transport of a process that has ended, and with it the process's pipes.

@@ -120,3 +120,32 @@ async def test_run_warns_of_undefined_client(tmp_path: Path) -> None:
     assert [(warning["client"], warning["hint"]) for warning in warnings] == [
         ("agnet", "did you mean 'agent'?")
     ]
+
+
+@pytest.mark.attack("oversized or pathological input")
+async def test_gateway_refuses_to_start_itself_again(tmp_path: Path) -> None:
+    # A gateway started by a gateway that runs the same policy would start another, without end.
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+    environment = {**os.environ, "MCP_GUARD_POLICY_CHAIN": os.pathsep.join(["/elsewhere.toml", str(policy)])}
+
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)],
+        cwd=ROOT,
+        check=False,
+        env=environment,
+    )
+
+    assert completed.returncode == 2
+    assert (
+        f"runs the same policy {policy.resolve()}, and would start itself again" in completed.stderr.decode()
+    )
+
+
+async def test_gateway_passes_its_policy_to_its_servers(tmp_path: Path) -> None:
+    # The fixture echoes its environment; the chain must reach it with this gateway's policy.
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+
+    async with stdio_gateway(policy) as client:
+        result = await client.call_tool("alpha__env", {"name": "MCP_GUARD_POLICY_CHAIN"})
+
+    assert result.content[0].text == str(policy.resolve())

@@ -48,12 +48,14 @@ from mcp_guard.errors import (
     DownstreamTimeout,
     DownstreamUnavailable,
 )
+from mcp_guard.processes import POLICY_CHAIN_VARIABLE
 
 log = structlog.get_logger(module=__name__)
 
 # Variables a child process may need to find programs and behave normally. Nothing else from
 # the gateway's environment is passed on, so the gateway's own secrets never reach a server.
 SAFE_BASE_ENVIRONMENT = (
+    POLICY_CHAIN_VARIABLE,
     "PATH",
     "HOME",
     "USER",
