@@ -150,3 +150,57 @@ async def test_workspace_option_needs_vscode(tmp_path: Path) -> None:
 
     assert completed.returncode == 2
     assert "--workspace sets VS Code's ${workspaceFolder}" in completed.stderr.decode()
+
+
+async def test_second_init_keeps_the_guarded_policy(tmp_path: Path) -> None:
+    # After the client file was replaced with init's own, a second init must neither import
+    # mcp-guard as a server (the gateway would start itself) nor replace the policy it runs.
+    home = tmp_path / "home"
+    source = tmp_path / "claude_desktop_config.json"
+    source.write_text(
+        json.dumps({"mcpServers": {"fixture": fixture_entry(tmp_path / "fixture.jsonl")}}), encoding="utf-8"
+    )
+    first = await run_init(tmp_path, "--from", str(source), "--offline", home=home)
+    policy = guard_folder(home) / "claude-desktop.toml"
+    generated = json.loads((guard_folder(home) / "claude-desktop.client.json").read_text(encoding="utf-8"))
+    generated["mcpServers"]["time"] = TIME_SERVER
+    source.write_text(json.dumps(generated), encoding="utf-8")
+    before = policy.read_text(encoding="utf-8")
+
+    second = await run_init(tmp_path, "--from", str(source), "--offline", "--force", home=home)
+
+    assert first.returncode == 0, first.stderr.decode()
+    assert second.returncode == 2
+    error = second.stderr.decode()
+    assert "the client's entry 'mcp-guard' runs mcp-guard with this policy" in error
+    assert policy.read_text(encoding="utf-8") == before
+
+
+async def test_guard_entry_alone_is_not_imported(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    source = tmp_path / "claude_desktop_config.json"
+    guard = {
+        "command": "/opt/guard/.venv/bin/mcp-guard",
+        "args": ["run", "--config", str(tmp_path / "p.toml")],
+    }
+    source.write_text(json.dumps({"mcpServers": {"mcp-guard": guard}}), encoding="utf-8")
+
+    completed = await run_init(tmp_path, "--from", str(source), "--offline", home=home)
+
+    assert completed.returncode == 2
+    assert "no server could be imported" in completed.stderr.decode()
+    assert "it runs mcp-guard itself" in completed.stderr.decode()
+
+
+async def test_project_servers_start_in_the_project(tmp_path: Path) -> None:
+    # Claude Code starts a project's servers in its folder, so "." there means the project.
+    home, project = tmp_path / "home", tmp_path / "myproject"
+    project.mkdir()
+    entry = {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "."]}
+    (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"files": entry}}), encoding="utf-8")
+
+    completed = await run_init(project, "--from", "claude-code", "--offline", home=home)
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    policy = read_toml(guard_folder(home) / "claude-code-myproject.toml")
+    assert policy["servers"]["files"]["cwd"] == str(project)

@@ -24,11 +24,11 @@ from mcp_guard.config import load_config
 from mcp_guard.errors import ConfigError, SetupError
 from mcp_guard.launcher import launcher
 from mcp_guard.log import configure_logging
-from mcp_guard.setup.importing import ImportResult, import_servers
+from mcp_guard.setup.importing import ImportResult, guarded_policy, import_servers
 from mcp_guard.setup.outputs import Exposure, Outputs, check_existing, exposures, plan_outputs
 from mcp_guard.setup.probe import list_tools
 from mcp_guard.setup.render import render_client_config, render_policy
-from mcp_guard.setup.sources import read_client_file
+from mcp_guard.setup.sources import ClientFile, read_client_file
 from mcp_guard.setup.summary import print_summary
 
 log = structlog.get_logger(module=__name__)
@@ -101,10 +101,30 @@ def run_init_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _refuse_replacing_guarded_policy(client: ClientFile, policy: Path) -> None:
+    """Stop before writing over the policy that one of the client's entries runs mcp-guard with.
+
+    The client file was routed through mcp-guard already. A policy written from its other
+    entries would drop every server the existing policy guards, even with --force.
+    """
+    for name, entry in client.servers.items():
+        guarded = guarded_policy(entry)
+        if guarded is not None and guarded.resolve() == policy.resolve():
+            raise SetupError(
+                str(policy),
+                [
+                    f"the client's entry {str(name)!r} runs mcp-guard with this policy, so writing it would "
+                    "drop the servers it guards; add the new servers to its [servers] by hand, or name "
+                    "another policy file with --output"
+                ],
+            )
+
+
 def _init(args: argparse.Namespace) -> int:
     client = read_client_file(args.source, workspace=args.workspace)
     imported = import_servers(client)
     outputs = plan_outputs(args.output, client)
+    _refuse_replacing_guarded_policy(client, outputs.policy)
     check_existing(outputs, client, force=args.force)
     listings = None if args.offline else anyio.run(list_tools, imported)
     try:

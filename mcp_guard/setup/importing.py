@@ -213,6 +213,10 @@ class _Importer:
             server.table["cwd"] = self._plain(server, "cwd", cwd)
             if not Path(server.table["cwd"]).is_absolute():
                 server.notes.append("NOTE: a relative cwd is resolved against this policy file's folder.")
+        elif self.client.project is not None:
+            # The client starts a project's servers in the project folder, so relative arguments
+            # such as "." name it; the gateway may be started anywhere.
+            server.table["cwd"] = str(self.client.project)
         server.table["env"], server.table["env_from"] = self._split_secrets(server, env, "env")
 
     def _command(self, server: ImportedServer, command: str, env: dict[str, str]) -> str:
@@ -387,7 +391,38 @@ class _Importer:
                     del self.variables[name]
 
 
+def guarded_policy(entry: Any) -> Path | None:
+    """Return the policy file a server entry runs mcp-guard with, or None if it runs something else.
+
+    init writes such entries itself: `mcp-guard run --config FILE`, or `python -m mcp_guard run
+    --config FILE`. Importing one would make the gateway start itself.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
+        return None
+    args = [str(arg) for arg in entry.get("args", []) if isinstance(arg, str | int | float)]
+    command = Path(str(entry["command"])).name
+    if command == "mcp-guard":
+        rest = args
+    elif command.startswith("python") and args[:2] == ["-m", "mcp_guard"]:
+        rest = args[2:]
+    else:
+        return None
+    if "run" not in rest:
+        return None
+    for index, arg in enumerate(rest):
+        if arg in ("--config", "-c") and index + 1 < len(rest):
+            return Path(rest[index + 1]).expanduser()
+        if arg.startswith("--config="):
+            return Path(arg.removeprefix("--config=")).expanduser()
+    return Path("mcp-guard.toml")
+
+
 def _unsupported_reason(entry: dict[str, Any]) -> str | None:
+    if guarded_policy(entry) is not None:
+        return (
+            "it runs mcp-guard itself, whose policy lists the servers it guards; add new servers to "
+            "that policy's [servers], or import a copy of the client file from before it ran mcp-guard"
+        )
     kind = entry.get("type")
     if kind == "sse":
         return (
