@@ -156,6 +156,14 @@ class DownstreamConnection:
         self._first_attempt = task_status
         failures = 0
         try:
+            problems = server_environment_problems(self.server_id, self.config, self._environ)
+            if problems:
+                # Retrying cannot help: the gateway's environment does not change while it runs.
+                self.last_error = "; ".join(problems)
+                self.state = ServerState.STOPPED
+                self._log.error("downstream_not_started", error=self.last_error)
+                self._report_first_attempt()
+                await anyio.sleep_forever()
             while True:
                 connected = await self._connect_once()
                 self._report_first_attempt()

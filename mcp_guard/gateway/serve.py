@@ -173,21 +173,22 @@ async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
 
 async def serve_stdio(config: GatewayConfig, *, client: str, policy_path: str | None = None) -> None:
     """Serve one client over this process's stdin and stdout until stdin closes."""
-    async with (
-        running_gateway(config, client=client, policy_path=policy_path) as (gateway, server),
-        anyio.create_task_group() as tasks,
-    ):
-        tasks.start_soon(_stop_on_signal, tasks.cancel_scope, gateway)
-        log.info("gateway_started", transport="stdio", servers=len(config.servers), client=client)
+    async with anyio.create_task_group() as tasks:
+        stopper = _Stopper(tasks.cancel_scope)
+        await tasks.start(stopper.watch)
+        async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
+            with anyio.CancelScope() as serving:
+                stopper.serving(gateway, serving)
+                log.info("gateway_started", transport="stdio", servers=len(config.servers), client=client)
 
-        def stdin_closed() -> None:
-            gateway.stopping = gateway.stopping or "stdin closed"
+                def stdin_closed() -> None:
+                    gateway.stopping = gateway.stopping or "stdin closed"
 
-        async with gateway_stdio(DirectCalls(gateway, server.server_info_stamp), stdin_closed) as (
-            read_stream,
-            write_stream,
-        ):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+                async with gateway_stdio(DirectCalls(gateway, server.server_info_stamp), stdin_closed) as (
+                    read_stream,
+                    write_stream,
+                ):
+                    await server.run(read_stream, write_stream, server.create_initialization_options())
         tasks.cancel_scope.cancel()
     log.info("gateway_stopped", transport="stdio")
 
@@ -223,6 +224,25 @@ async def serve_http(
         sock = _listening_socket(host, port)
     except OSError as exc:
         raise ListenFailed(f"Cannot listen on {host} port {port}: {_listen_fix(exc)}.") from None
+    async with anyio.create_task_group() as tasks:
+        stopper = _Stopper(tasks.cancel_scope)
+        await tasks.start(stopper.watch)
+        await _serve_http_app(config, client, policy_path, stopper, sock, jwts, host, port_file)
+        tasks.cancel_scope.cancel()
+    log.info("gateway_stopped", transport="http")
+
+
+async def _serve_http_app(
+    config: GatewayConfig,
+    client: str,
+    policy_path: str | None,
+    stopper: _Stopper,
+    sock: socket.socket,
+    jwts: JwtVerifier | None,
+    host: str,
+    port_file: Path | None,
+) -> None:
+    http = config.gateway.http
     async with running_gateway(config, client=client, policy_path=policy_path) as (gateway, server):
         app = server.streamable_http_app(
             **_auth_options(gateway, jwts),
@@ -248,12 +268,9 @@ async def serve_http(
             timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_SECONDS,
         )
         web = _QuietServer(uvicorn_config)
+        stopper.serving(gateway, web=web)
         log.info("gateway_started", transport="http", host=host, port=bound_port, path=http.path)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, tasks.cancel_scope, gateway, web)
-            await web.serve(sockets=[sock])
-            tasks.cancel_scope.cancel()
-    log.info("gateway_stopped", transport="http")
+        await web.serve(sockets=[sock])
 
 
 # No OAuth endpoints are served, so the issuer only fills a required field.
@@ -350,18 +367,45 @@ class _PageServer(_QuietServer):
         await self.serve(sockets=[self._sock])
 
 
-async def _stop_on_signal(
-    scope: anyio.CancelScope, gateway: Gateway, web: uvicorn.Server | None = None
-) -> None:
-    """Stop serving on SIGTERM or SIGINT: HTTP finishes open requests first, stdio stops at once."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for received in signals:
-            name = signal.Signals(received).name
-            log.info("gateway_stopping", signal=name)
-            gateway.stopping = name
-            if web is None:
-                scope.cancel()
-            else:
-                gateway.stop_calls(name)
-                web.should_exit = True
+class _Stopper:
+    """Stops the gateway on SIGTERM or SIGINT, from before its servers start until it has stopped.
+
+    While the servers start, a signal cancels the start, and each server is stopped as its
+    transport closes. The default action would end the process at once and leave the servers,
+    which run in sessions of their own, behind. Once serving, stdio stops at once and HTTP
+    finishes the requests it has.
+    """
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        self._gateway: Gateway | None = None
+        self._serving: anyio.CancelScope | None = None
+        self._web: uvicorn.Server | None = None
+
+    def serving(
+        self, gateway: Gateway, scope: anyio.CancelScope | None = None, *, web: uvicorn.Server | None = None
+    ) -> None:
+        """Stop `gateway` from now on: cancel `scope` (stdio), or tell `web` to finish (HTTP)."""
+        self._gateway, self._serving, self._web = gateway, scope, web
+
+    async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Wait for the first signal and stop; `task_status` is set once the signals are caught."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for received in signals:
+                name = signal.Signals(received).name
+                log.info("gateway_stopping", signal=name)
+                self._stop(name)
+                return
+
+    def _stop(self, name: str) -> None:
+        gateway = self._gateway
+        if gateway is None:
+            self._scope.cancel()
             return
+        gateway.stopping = name
+        if self._web is not None:
+            gateway.stop_calls(name)
+            self._web.should_exit = True
+        elif self._serving is not None:
+            self._serving.cancel()

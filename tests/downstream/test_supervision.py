@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,9 +13,11 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
+import structlog
 from support import (
     ERAS,
     MODERN,
+    ROOT,
     descendants,
     fixture_server,
     http_gateway,
@@ -23,6 +27,9 @@ from support import (
     wait_until,
     write_policy,
 )
+
+from mcp_guard.config.models import StdioServerConfig
+from mcp_guard.downstream.connection import DownstreamConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -173,8 +180,6 @@ async def test_http_shutdown_leaves_no_children(tmp_path: Path) -> None:
 
 
 def test_client_gone_stops_everything(tmp_path: Path) -> None:
-    import subprocess
-
     from support import gateway_command
 
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha"), "beta": fixture_server("beta")})
@@ -211,3 +216,64 @@ async def test_crash_logged_with_status_and_stderr(tmp_path: Path) -> None:
     assert exited["exit_status"] == 3
     assert "crash tool called: exiting with status 3" in exited["last_stderr_line"]
     assert any(line.startswith("[alpha] WARNING") and "crash tool called" in line for line in lines)
+
+
+async def test_server_without_its_variable_is_not_retried() -> None:
+    # The gateway's environment does not change while it runs, so restarting cannot help.
+    config = StdioServerConfig(
+        command=sys.executable, args=["-c", "pass"], env_from={"TOKEN": "${UNSET_VAR}"}
+    )
+    connection = DownstreamConnection("beta", config, environ={})
+
+    with structlog.testing.capture_logs() as events:
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(connection.run)
+            await anyio.sleep(1.5)
+            tasks.cancel_scope.cancel()
+
+    names = [event["event"] for event in events]
+    assert names.count("downstream_not_started") == 1
+    assert "downstream_reconnecting" not in names
+    assert connection.last_error is not None
+    assert "environment variable UNSET_VAR, which is not set" in connection.last_error
+
+
+async def test_signal_during_start_stops_the_servers(tmp_path: Path) -> None:
+    # A server that never answers holds the gateway in its start. SIGTERM then must not leave
+    # the server behind, although it runs in a session of its own.
+    silent = {
+        "command": sys.executable,
+        "args": ["-c", "import time; time.sleep(120)"],
+        "startup_timeout_seconds": 60,
+    }
+    policy = write_policy(tmp_path, {"silent": silent})
+    process = await anyio.open_process(
+        [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    servers: list[psutil.Process] = []
+    try:
+        await wait_until(lambda: bool(descendants(process.pid)), message="the server started")
+        servers = descendants(process.pid)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(15):
+            exit_code = await process.wait()
+        await wait_until(lambda: not any(_alive(server) for server in servers), message="the server stopped")
+    finally:
+        for server in servers:
+            if _alive(server):
+                server.kill()
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
+
+    assert exit_code == 0
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
