@@ -204,3 +204,22 @@ async def test_project_servers_start_in_the_project(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr.decode()
     policy = read_toml(guard_folder(home) / "claude-code-myproject.toml")
     assert policy["servers"]["files"]["cwd"] == str(project)
+    # The entry sets no credential, so the next step must not claim it does.
+    assert "contains your credentials" not in completed.stdout.decode()
+    assert "where the agent could change the entry" in " ".join(completed.stdout.decode().split())
+
+
+async def test_next_step_names_credentials_it_carries(tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "myproject"
+    project.mkdir()
+    entry = {
+        "command": "npx",
+        "args": ["-y", "@modelcontextprotocol/server-memory"],
+        "env": {"API_TOKEN": "x1"},
+    }
+    (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"memory": entry}}), encoding="utf-8")
+
+    completed = await run_init(project, "--from", "claude-code", "--offline", home=home)
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert "the entry contains your credentials" in " ".join(completed.stdout.decode().split())

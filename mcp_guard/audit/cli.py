@@ -172,10 +172,12 @@ async def _search(store: AuditStore, filters: CallFilter, args: argparse.Namespa
 
 def _no_match_message(filters: CallFilter) -> str:
     if filters.tool is not None and SEPARATOR in filters.tool:
+        prefix, _, tool = filters.tool.partition(SEPARATOR)
         return (
             f"No calls match. --tool takes a tool's name on its server, as the trail stores it, while "
-            f"{filters.tool!r} looks like the name a client sees: for a client's 'git{SEPARATOR}git_log', "
-            "use --server git --tool git_log. A name the gateway did not export is stored as the client sent it."
+            f"{filters.tool!r} looks like the name a client sees. Try --server {prefix} --tool {tool} (the "
+            f"part before {SEPARATOR!r} is the server's id, unless the server sets a prefix). A name the "
+            "gateway did not export is stored as the client sent it."
         )
     return "No calls match."
 

@@ -156,8 +156,15 @@ def _paste_instructions(imported: ImportResult, outputs: Outputs) -> str:
         f"Remove the imported servers from {_claude_code_places(imported)}. Then start Claude Code with "
         f"`claude --mcp-config {shlex.quote(str(outputs.client_config))}`, or add its mcp-guard entry as a local-scope "
         "server (under this folder's entry of `projects` in ~/.claude.json). Do not put it in .mcp.json: "
-        "that file is in the project folder, and the entry contains your credentials."
+        f"that file is in the project folder{_credentials_note(imported)}."
     )
+
+
+def _credentials_note(imported: ImportResult) -> str:
+    """Return why the entry must stay out of the project folder: its credentials, if it sets any."""
+    if imported.variables:
+        return ", and the entry contains your credentials"
+    return ", where the agent could change the entry that starts its own gateway"
 
 
 def _claude_code_places(imported: ImportResult) -> str:

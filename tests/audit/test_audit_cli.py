@@ -88,7 +88,7 @@ async def test_search_by_exported_tool_name_explains_the_filter(
     assert status == 0
     assert output == ""
     assert "'files__read_file' looks like the name a client sees" in hint
-    assert "--server git --tool git_log" in hint
+    assert "Try --server files --tool read_file" in hint
     assert calls[0].call_id in by_server_name
 
 
