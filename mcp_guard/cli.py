@@ -118,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _default_log_level(command: str) -> str:
     # init reports every server it could not reach in its summary, and the same errors as log
-    # lines would only bury it.
-    return "critical" if command == "init" else "info"
+    # lines would only bury it. check prints a report too, so only warnings and errors join it.
+    if command == "init":
+        return "critical"
+    return "warning" if command == "check" else "info"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -131,6 +131,20 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def test_check_logs_no_info_lines(tmp_path: Path) -> None:
+    # The report says which servers started; info log lines would only interleave with it.
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}})
+    environment = {name: value for name, value in os.environ.items() if name != "MCP_GUARD_LOG_LEVEL"}
+
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "check", str(policy)], cwd=ROOT, check=False, env=environment
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+    assert '"level": "info"' not in completed.stderr.decode()
+    assert "[alpha] ready" in completed.stdout.decode()
+
+
 async def test_check_says_when_the_stdio_client_is_not_defined(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}})
 
