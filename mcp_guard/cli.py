@@ -394,7 +394,7 @@ async def _check_servers(config: GatewayConfig) -> int:
 
 
 async def _print_limit_store(config: GatewayConfig) -> int:
-    """Print whether a Redis limit store answers; return 1 when it does not.
+    """Print whether a Redis limit store responds, and return 1 when it does not.
 
     A gateway starts without it, then rejects every limited call (or lets it through, with
     `on_store_failure = "allow"`), so check reports it as a failure. The SQLite store lives

@@ -132,7 +132,7 @@ def _closed_port() -> int:
 
 
 async def test_check_logs_no_info_lines(tmp_path: Path) -> None:
-    # The report says which servers started; info log lines would only interleave with it.
+    # The report lists which servers started, so info log lines would only interleave with it.
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}})
     environment = {name: value for name, value in os.environ.items() if name != "MCP_GUARD_LOG_LEVEL"}
 

@@ -52,8 +52,8 @@ class Redactor:
         self._key_names = patterns.SECRET_KEY_NAMES | {_normalize_extra_key(key) for key in extra_keys}
         extra = [_compile_extra_pattern(name, regex) for name, regex in (extra_patterns or {}).items()]
         self._patterns: tuple[ValuePattern, ...] = (*patterns.BUILTIN_PATTERNS, *extra)
-        # Most text holds no trigger of a built-in pattern, and one scan for all of them finds
-        # that. The operator's patterns have no trigger and scan every text.
+        # Most text contains no trigger of a built-in pattern, which one scan for all of them
+        # finds. The operator's patterns have no trigger and scan every text.
         self._builtin_trigger = patterns.combined_trigger(patterns.BUILTIN_PATTERNS)
         self._names: dict[str, str] = {}
         self._secret_keys: dict[str, bool] = {}

@@ -43,7 +43,7 @@ class ApprovalSettings(BaseModel):
     carries a secret."""
 
     pending_hint: Annotated[str, Field(min_length=1, max_length=300)] | None = None
-    """What the "approval pending" error asks the client's user to do, in place of running
+    """The request to the client's user in the "approval pending" error, in place of running
     `mcp-guard approvals ... approve ID` on the gateway's host; `{id}` becomes the request id.
     For a shared gateway, whose users have no shell on its host: "Ask #platform to approve
     request {id}". The model reads this text, so never put a link that decides in it."""

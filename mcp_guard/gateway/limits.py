@@ -113,8 +113,8 @@ class LimitStage:
         if call.tool.server == SANDBOX_SERVER_ID and sandbox is not None:
             call_timeout = sandbox.timeout_seconds
         needs_approval = call.decision == "approve"
-        # Only a call that needs approval can be released by an answer; on any other call the
-        # approval stage ignores input responses, so they must not spare it a request.
+        # Only a call that needs approval can be released by a person's decision. The approval
+        # stage ignores input responses on any other call, so they must not spare it a request.
         answers_question = (
             needs_approval and call.input_round is not None and bool(call.input_round.responses)
         )

@@ -46,7 +46,8 @@ _PERIODS = {
     "calls_per_session": SESSION_PERIOD,
     "approvals_per_hour": HOUR,
 }
-# The dimensions that count requests: an input round's answer is the same request as its first round.
+# The dimensions that count requests. The input round that carries a person's decision is the
+# same request as its first round.
 REQUEST_COUNTS = frozenset(
     {"requests_per_minute", "requests_per_hour", "requests_per_day", "calls_per_session"}
 )

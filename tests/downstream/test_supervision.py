@@ -239,7 +239,7 @@ async def test_server_without_its_variable_is_not_retried() -> None:
 
 
 async def test_signal_during_start_stops_the_servers(tmp_path: Path) -> None:
-    # A server that never responds holds the gateway in its start. SIGTERM then must not leave
+    # A server that never responds keeps the gateway in its start. SIGTERM then must not leave
     # the server behind, although it runs in a session of its own.
     silent = {
         "command": sys.executable,

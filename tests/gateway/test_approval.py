@@ -134,8 +134,8 @@ async def test_form_answer_decides_the_call(
 
 
 async def test_pending_hint_replaces_the_command_line(tmp_path: Path) -> None:
-    # On a shared gateway the client's user has no shell on its host: the operator's text
-    # says whom to ask, and the gateway's paths stay out of the model's view.
+    # On a shared gateway the client's user has no shell on its host. The operator's text
+    # names whom to ask, and the gateway's paths stay out of the model's view.
     record = tmp_path / "alpha.jsonl"
     policy = approval_policy(tmp_path, record, pending_hint="Ask #platform {braces} to approve request {id}.")
 

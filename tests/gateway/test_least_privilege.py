@@ -276,7 +276,7 @@ async def test_changed_definition_withheld_until_approved(policy: Path, record: 
         withheld_call = (await store.search(CallFilter(server="alpha", tool="echo", outcome="denied")))[0]
 
     assert message.startswith("Unknown tool")
-    # The trail says why the call was refused and what to run, not that a rule hides the tool.
+    # The trail records why the call was rejected and what to run, not that a rule hides the tool.
     assert withheld_call.outcome is not None
     assert withheld_call.outcome.detail is not None
     assert "mcp-guard pins review" in withheld_call.outcome.detail
