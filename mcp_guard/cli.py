@@ -456,6 +456,25 @@ def _print_policy_warnings(warnings: Sequence[str]) -> None:
         print(f"  WARNING {escape_text(warning)}")
 
 
+def _decision_note(
+    engine: PolicyEngine, client: str, tool: ExportedTool, now: datetime, first_use: dict[str, datetime]
+) -> str:
+    """Return how a visible tool's calls are decided, when a person is asked or told: the strictest rule wins."""
+    decisions = engine.rule_decisions(
+        client,
+        tool.server,
+        tool.name,
+        annotations=tool.definition.get("annotations"),
+        now=now,
+        first_use=first_use,
+    )
+    if "approve" in decisions:
+        return "  (asks for approval)"
+    if "notify" in decisions:
+        return "  (notifies the client)"
+    return ""
+
+
 async def _print_clients(config: GatewayConfig, catalog: Catalog, engine: PolicyEngine) -> None:
     """Print, for each client, the exported tools its rules let it see now, and which are withheld."""
     first_uses, now = _print_windows(config, engine)
@@ -485,7 +504,7 @@ async def _print_clients(config: GatewayConfig, catalog: Catalog, engine: Policy
                 else pin_status.get((tool.server, tool.name), "approved")
             )
             note = (
-                ""
+                _decision_note(engine, client, tool, now, first_uses.get(client, {}))
                 if status == "approved"
                 else f"  (withheld: {status} definition, see mcp-guard pins review)"
             )

@@ -41,6 +41,21 @@ async def test_check_lists_tools_per_client(tmp_path: Path) -> None:
     assert "No tool definitions are pinned yet" in output
 
 
+async def test_check_marks_tools_that_ask_or_notify(tmp_path: Path) -> None:
+    rules = [
+        *RULES,
+        {**RULES[0], "name": "agent writes", "tools": ["write_file"], "decision": "approve"},
+        {**RULES[0], "name": "agent runs sql", "tools": ["execute_sql"], "decision": "notify"},
+    ]
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=rules, clients={"agent": {}})
+
+    output = await run_check(policy)
+
+    assert "  alpha__write_file  (asks for approval)\n" in output
+    assert "  alpha__execute_sql  (notifies the client)\n" in output
+    assert "  alpha__echo\n" in output
+
+
 async def test_check_lists_limits_per_client(tmp_path: Path) -> None:
     clients = {"agent": {"groups": ["bots"]}, "other": {}}
     limits = {
