@@ -459,7 +459,7 @@ def _print_policy_warnings(warnings: Sequence[str]) -> None:
 def _decision_note(
     engine: PolicyEngine, client: str, tool: ExportedTool, now: datetime, first_use: dict[str, datetime]
 ) -> str:
-    """Return how a visible tool's calls are decided, when a person is asked or told: the strictest rule wins."""
+    """Return the note for a visible tool whose calls ask a person or notify the client (the strictest rule wins)."""
     decisions = engine.rule_decisions(
         client,
         tool.server,

@@ -160,7 +160,7 @@ async def test_check_logs_no_info_lines(tmp_path: Path) -> None:
     assert "[alpha] ready" in completed.stdout.decode()
 
 
-async def test_check_says_when_the_stdio_client_is_not_defined(tmp_path: Path) -> None:
+async def test_check_names_undefined_stdio_client(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}})
 
     output = await run_check(policy)

@@ -89,17 +89,17 @@ def _value(value: Any) -> str:
 def _block(text: str) -> str:
     """Return a multi-line text as a header and its lines, each escaped and indented, shortened if long."""
     lines = text.split("\n")
-    shown: list[str] = []
+    visible: list[str] = []
     used = 0
     for line in lines[:BLOCK_LINES]:
         if used + len(line) > BLOCK_CHARACTERS:
-            shown.append(line[: max(BLOCK_CHARACTERS - used, 0)])
+            visible.append(line[: max(BLOCK_CHARACTERS - used, 0)])
             break
-        shown.append(line)
+        visible.append(line)
         used += len(line) + 1
     header = f"({len(lines)} lines, {len(text)} characters"
-    if len(shown) < len(lines) or len(shown[-1]) < len(lines[len(shown) - 1]):
+    if len(visible) < len(lines) or len(visible[-1]) < len(lines[len(visible) - 1]):
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        header += f", sha256 {digest}; the first {len(shown)} lines shown, cut"
-    body = "\n".join(BLOCK_MARK + escape_text(line) for line in shown)
+        header += f", sha256 {digest}; the first {len(visible)} lines shown, cut"
+    body = "\n".join(BLOCK_MARK + escape_text(line) for line in visible)
     return f"{header})\n{body}"

@@ -101,7 +101,7 @@ def run_init_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def _refuse_replacing_guarded_policy(client: ClientFile, policy: Path) -> None:
+def _reject_replacing_guarded_policy(client: ClientFile, policy: Path) -> None:
     """Stop before writing over the policy that one of the client's entries runs mcp-guard with.
 
     The client file was routed through mcp-guard already. A policy written from its other
@@ -124,7 +124,7 @@ def _init(args: argparse.Namespace) -> int:
     client = read_client_file(args.source, workspace=args.workspace)
     imported = import_servers(client)
     outputs = plan_outputs(args.output, client)
-    _refuse_replacing_guarded_policy(client, outputs.policy)
+    _reject_replacing_guarded_policy(client, outputs.policy)
     check_existing(outputs, client, force=args.force)
     listings = None if args.offline else anyio.run(list_tools, imported)
     try:

@@ -83,6 +83,11 @@ async def test_http_requires_valid_key(tmp_path: Path) -> None:
     assert right.status_code == 200
 
 
+def authentication_failures(log: Path) -> list[dict[str, Any]]:
+    """Return the gateway's `authentication_failed` log lines, parsed."""
+    return [json.loads(line) for line in log.read_text().splitlines() if "authentication_failed" in line]
+
+
 async def test_missing_token_logged_once_a_minute(tmp_path: Path) -> None:
     policy = keyed_policy(tmp_path, tmp_path / "alpha.jsonl")
 
@@ -94,11 +99,7 @@ async def test_missing_token_logged_once_a_minute(tmp_path: Path) -> None:
             basic = await http.post(
                 url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": "Basic eA=="}
             )
-    lines = [
-        json.loads(line)
-        for line in (tmp_path / "gateway.log").read_text().splitlines()
-        if "authentication_failed" in line
-    ]
+    lines = authentication_failures(tmp_path / "gateway.log")
 
     assert statuses == [401, 401, 401]
     assert basic.status_code == 401
@@ -115,11 +116,7 @@ async def test_unknown_key_logged_with_its_peer(tmp_path: Path) -> None:
             wrong = await http.post(
                 url, json=INITIALIZE, headers={**HTTP_HEADERS, "Authorization": "Bearer not-a-key"}
             )
-    lines = [
-        json.loads(line)
-        for line in (tmp_path / "gateway.log").read_text().splitlines()
-        if "authentication_failed" in line
-    ]
+    lines = authentication_failures(tmp_path / "gateway.log")
 
     assert wrong.status_code == 401
     assert [(line["reason"], line["peer"]) for line in lines] == [("unknown API key", "127.0.0.1")]

@@ -61,7 +61,7 @@ async def test_lone_decision_is_made_in_the_callers_task() -> None:
     assert recorder.tasks == [asyncio.current_task()]
 
 
-async def test_decision_arriving_during_a_lone_one_runs_after_it() -> None:
+async def test_queued_decision_follows_lone_one() -> None:
     recorder = Recorder()
     recorder.hold = True
     batcher = DecisionBatcher(recorder.decide)
