@@ -260,7 +260,8 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
             server = server.model_copy(update={"cwd": str((base / server.cwd).resolve())})
         servers[server_id] = server
     state_dir = str((base / Path(config.gateway.state_dir).expanduser()).resolve())
-    gateway = config.gateway.model_copy(update={"state_dir": state_dir})
+    protected = [os.path.normpath(base / Path(path).expanduser()) for path in config.gateway.protected_paths]
+    gateway = config.gateway.model_copy(update={"state_dir": state_dir, "protected_paths": protected})
     if gateway.oauth is not None:
         jwks_file = str((base / gateway.oauth.jwks_file).resolve())
         gateway = gateway.model_copy(

@@ -223,6 +223,11 @@ class GatewaySettings(_Frozen):
     state_dir: str = ".mcp-guard"
     """Folder for state that survives restarts; relative paths are resolved against the policy file."""
 
+    protected_paths: list[Annotated[str, Field(min_length=1)]] = []
+    """More files and folders that no tool call may name, on top of mcp-guard's own files: `~/.ssh`,
+    say. A folder protects everything in it. `~` is expanded; a relative path is resolved against
+    the policy file."""
+
     max_tool_name_length: Annotated[int, Field(ge=16, le=64)] = DEFAULT_MAX_TOOL_NAME_LENGTH
     """Longest exported tool or prompt name; longer names are shortened with a hash."""
 

@@ -11,7 +11,9 @@ row records the decision; enforcing runs after it, so denials are recorded.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,14 +21,25 @@ import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
-from mcp_guard.config.models import GatewayConfig
+from mcp_guard.config.models import GatewayConfig, StdioServerConfig
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
 from mcp_guard.downstream.catalog import ExportedTool
 from mcp_guard.downstream.registry import DownstreamRegistry
 from mcp_guard.errors import GuardError
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
+from mcp_guard.locations import (
+    APP_FOLDER,
+    CLAUDE_CODE_PROJECT_FILE,
+    VSCODE_WORKSPACE_FILE,
+    claude_code_user_path,
+    claude_desktop_path,
+    client_config_beside,
+    config_home,
+    state_home,
+)
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
+from mcp_guard.policy.protected import ProtectedPaths, ProtectedPlace
 from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
@@ -54,15 +67,33 @@ WINDOW_MARGIN_SECONDS = 0.05
 
 
 class PolicyGuard:
-    """Pins, visibility and decisions for every client of one gateway."""
+    """Pins, visibility and decisions for every client of one gateway.
+
+    Args:
+        protected: The places no call may name; by default those `protected_places` finds for
+            `config` alone, without the policy file.
+    """
 
     def __init__(
-        self, config: GatewayConfig, engine: PolicyEngine, pins: PinStore, usage: UsageStore
+        self,
+        config: GatewayConfig,
+        engine: PolicyEngine,
+        pins: PinStore,
+        usage: UsageStore,
+        protected: ProtectedPaths | None = None,
     ) -> None:
         self._config = config
         self._engine = engine
         self._pins = pins
         self._usage = usage
+        self.protected = protected if protected is not None else ProtectedPaths(protected_places(config))
+        cwd = os.getcwd()
+        # The folder each server takes a relative path from: its own `cwd`, or the gateway's.
+        self._bases = {
+            server_id: (server.cwd if isinstance(server, StdioServerConfig) and server.cwd else cwd)
+            for server_id, server in config.servers.items()
+        }
+        self._gateway_cwd = cwd
         self._approved: dict[tuple[str, str], str] = {}
         self._validators: dict[str, Draft202012Validator | None] = {}
 
@@ -211,13 +242,26 @@ class PolicyGuard:
         )
         call.decision, call.rule = decision.kind, decision.rule
         call.policy = decision
+        sent = call.arguments
         if decision.arguments is not None:
             # Relative paths joined to a rule's path_base: every later stage, the audit trail and
             # the server see the path that was checked.
             call.arguments = dict(decision.arguments)
         if isinstance(decision, Deny):
             call.detail = decision.reason
+            return await next_handler(call)
+        # Both forms: the joined path is what the server gets, the one sent is what was asked for.
+        problem = self.protected_problem(tool.server, sent)
+        if problem is None and decision.arguments is not None:
+            problem = self.protected_problem(tool.server, call.arguments)
+        if problem is not None:
+            call.decision, call.rule, call.detail = "deny", None, problem
+            call.policy = Deny(rule=None, reason=problem)
         return await next_handler(call)
+
+    def protected_problem(self, server: str, arguments: Mapping[str, Any]) -> str | None:
+        """Return why `arguments` sent to `server` name a protected place, or None."""
+        return self.protected.problem(arguments, self._bases.get(server, self._gateway_cwd))
 
     async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Stage: reject what the decision does not allow, check the arguments, then pass the call on."""
@@ -288,6 +332,47 @@ class PolicyGuard:
                 log.warning("input_schema_invalid", server=tool.server, tool=tool.name)
                 self._validators[tool.digest] = None
         return self._validators[tool.digest]
+
+
+def protected_places(
+    config: GatewayConfig,
+    *,
+    policy_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> list[ProtectedPlace]:
+    """Return the places no tool call may name: mcp-guard's own files, the client settings that
+    start it, and the policy's `protected_paths`.
+
+    Args:
+        policy_path: The policy file the gateway runs; None when it was built in memory.
+        environ: Where the XDG folders are read from (default: this process's environment).
+        cwd: The gateway's working folder, where a project's client settings lie (default: the
+            current folder).
+    """
+    environ = os.environ if environ is None else environ
+    folder = Path(cwd if cwd is not None else os.getcwd())
+    settings = "client settings that start MCP servers"
+    places = [
+        ProtectedPlace(config.gateway.state_dir, "mcp-guard's state directory", folder=True),
+        ProtectedPlace(str(config_home(environ) / APP_FOLDER), "mcp-guard's settings folder", folder=True),
+        ProtectedPlace(str(state_home(environ) / APP_FOLDER), "mcp-guard's state folder", folder=True),
+        ProtectedPlace(str(claude_desktop_path(environ)), f"Claude Desktop's {settings}", folder=False),
+        ProtectedPlace(str(claude_code_user_path()), f"Claude Code's {settings}", folder=False),
+        ProtectedPlace(str(folder / CLAUDE_CODE_PROJECT_FILE), f"the project's {settings}", folder=False),
+        ProtectedPlace(str(folder / VSCODE_WORKSPACE_FILE), f"the project's {settings}", folder=False),
+    ]
+    if policy_path is not None:
+        policy = Path(policy_path).absolute()
+        places.append(ProtectedPlace(str(policy), "mcp-guard's policy file", folder=False))
+        places.append(
+            ProtectedPlace(str(client_config_beside(policy)), "mcp-guard's client settings", folder=False)
+        )
+    places.extend(
+        ProtectedPlace(path, "a path the policy protects (gateway.protected_paths)", folder=True)
+        for path in config.gateway.protected_paths
+    )
+    return places
 
 
 def _size_problem(value: Any) -> str | None:

@@ -38,11 +38,12 @@ from mcp_guard.gateway.code_tool import running_code_tool
 from mcp_guard.gateway.direct import DirectCalls
 from mcp_guard.gateway.identity import ApiKeyVerifier, MissingTokenLog
 from mcp_guard.gateway.limits import LimitStage
-from mcp_guard.gateway.policy_guard import PolicyGuard
+from mcp_guard.gateway.policy_guard import PolicyGuard, protected_places
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
 from mcp_guard.gateway.stdio import gateway_stdio
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import PolicyEngine
+from mcp_guard.policy.protected import ProtectedPaths
 from mcp_guard.ratelimit import Limiter, open_limit_store
 from mcp_guard.state.clock import HighWaterClock, SteadyClock
 from mcp_guard.state.usage import UsageStore
@@ -94,7 +95,8 @@ async def running_gateway(
         )
         limits = LimitStage(Limiter(config.limits, config.clients, limit_store), config, limit_clock)
         engine = PolicyEngine(config.rules, config.clients, config.servers)
-        policy = PolicyGuard(config, engine, pins, usage)
+        protected = ProtectedPaths(protected_places(config, policy_path=policy_path, environ=environ))
+        policy = PolicyGuard(config, engine, pins, usage, protected)
         code_tool = await stack.enter_async_context(
             running_code_tool(config.sandbox, os.environ if environ is None else environ)
         )

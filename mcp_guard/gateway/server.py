@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import anyio
 import mcp_types as types
@@ -528,15 +528,18 @@ class Gateway:
         """Forward a prompts/get, resources/read or completion/complete request, with an audit record.
 
         These requests are allowed by server-level visibility, and argument constraints of rules do
-        not apply to them. Each is recorded like a tool call, under `<method> <name or URI>`.
+        not apply to them; one that names a protected file is refused. Each is recorded like a tool
+        call, under `<method> <name or URI>`.
         """
-        audit = self.guards.audit
-        if audit is None:
-            return await self._send(server, request, ctx)
-        client = self.client_of(ctx)
         params = (
             request.params.model_dump(by_alias=True, mode="json", exclude_none=True) if request.params else {}
         )
+        policy = self.guards.policy
+        problem = policy.protected_problem(server, params) if policy is not None else None
+        audit = self.guards.audit
+        if audit is None and problem is None:
+            return await self._send(server, request, ctx)
+        client = self.client_of(ctx)
         target = params.get("name") or params.get("uri") or (params.get("ref") or {}).get("name") or ""
         intent = CallIntent(
             call_id=new_call_id(),
@@ -547,9 +550,12 @@ class Gateway:
             server=server,
             tool=f"{request.method} {target}"[:200],
             arguments=params,
-            decision="auto",
-            rule=SERVER_VISIBILITY_RULE,
+            decision="auto" if problem is None else "deny",
+            rule=SERVER_VISIBILITY_RULE if problem is None else None,
         )
+        if problem is not None:
+            await self._refuse_request(intent, problem)
+        assert audit is not None
         async with AsyncExitStack() as stack:
             try:
                 audited = await stack.enter_async_context(AuditedCall(audit, intent))
@@ -563,6 +569,17 @@ class Gateway:
             audited.finish("succeeded", result_bytes=len(str(result)))
             return result
         raise AssertionError("unreachable: the block above always returns or raises")
+
+    async def _refuse_request(self, intent: CallIntent, problem: str) -> NoReturn:
+        """Record a refused prompts/get, resources/read or completion/complete request, and raise its error."""
+        log.info("request_denied", client=intent.client, request=intent.tool, reason=problem)
+        if self.guards.audit is not None:
+            try:
+                async with AuditedCall(self.guards.audit, intent) as audited:
+                    audited.finish("denied", detail=problem)
+            except AuditUnavailable as exc:
+                log.error("audit_unavailable", reason=exc.reason)
+        raise MCPError(types.INVALID_PARAMS, f"Denied by mcp-guard: {problem}")
 
     async def _send(
         self, server: str, request: types.ClientRequest, ctx: ServerRequestContext[Any]

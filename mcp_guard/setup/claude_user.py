@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mcp_guard.errors import SetupError
+from mcp_guard.locations import CLAUDE_CODE_USER_FILE
 
-CLAUDE_CODE_USER_FILE = ".claude.json"
 USER_SCOPE = "user"
 LOCAL_SCOPE = "local"
 # How many other folders a message names before it only counts the rest.

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcp_guard.errors import SetupError
+from mcp_guard.locations import APP_FOLDER, client_config_beside, config_home, state_home
 from mcp_guard.setup.importing import ImportedServer, ImportResult
 from mcp_guard.setup.render import PROJECT_LINE, comment_text
 from mcp_guard.setup.sources import ClientFile
 
-APP_FOLDER = "mcp-guard"
 POLICY_SUFFIX = ".toml"
-CLIENT_CONFIG_SUFFIX = ".client.json"
 # Characters of a project folder's name that a default policy file name keeps; others become "-".
 UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
 # Hex digits of the policy path's SHA-256 in the state folder of a policy outside the
@@ -92,7 +91,7 @@ def plan_outputs(output: str | None, client: ClientFile, environ: Mapping[str, s
     policy = default if output is None else Path(output).expanduser().absolute()
     if policy.is_dir():
         raise SetupError(str(policy), ["--output names a folder; name the policy file to write"])
-    client_config = policy.with_name(policy.stem + CLIENT_CONFIG_SUFFIX)
+    client_config = client_config_beside(policy)
     if client.path in (policy, client_config):
         raise SetupError(
             str(policy), ["init never writes over the client's own file; choose another --output"]
@@ -103,16 +102,6 @@ def plan_outputs(output: str | None, client: ClientFile, environ: Mapping[str, s
         state_dir=state_folder(policy, config_folder, env),
         default=output is None,
     )
-
-
-def config_home(environ: Mapping[str, str]) -> Path:
-    """Return `$XDG_CONFIG_HOME`, else `~/.config`. A relative value is invalid by the XDG spec, and ignored."""
-    return _xdg_folder(environ, "XDG_CONFIG_HOME", Path(".config"))
-
-
-def state_home(environ: Mapping[str, str]) -> Path:
-    """Return `$XDG_STATE_HOME`, else `~/.local/state`. A relative value is invalid by the XDG spec, and ignored."""
-    return _xdg_folder(environ, "XDG_STATE_HOME", Path(".local") / "state")
 
 
 def default_policy_name(client: ClientFile) -> str:
@@ -216,11 +205,6 @@ def git_work_tree(path: Path) -> Path | None:
         if (folder / ".git").exists():
             return folder
     return None
-
-
-def _xdg_folder(environ: Mapping[str, str], variable: str, default: Path) -> Path:
-    value = environ.get(variable, "")
-    return Path(value) if os.path.isabs(value) else Path.home() / default
 
 
 def _project_of_policy(policy: Path) -> str | None:

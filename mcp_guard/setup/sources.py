@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from mcp_guard.errors import SetupError
-from mcp_guard.setup.claude_user import CLAUDE_CODE_USER_FILE, is_claude_user_file, servers_for_folder
+from mcp_guard.locations import (
+    CLAUDE_CODE_PROJECT_FILE,
+    VSCODE_WORKSPACE_FILE,
+    claude_code_user_path,
+    claude_desktop_path,
+)
+from mcp_guard.setup.claude_user import is_claude_user_file, servers_for_folder
 
 ClientKind = Literal["claude-desktop", "vscode", "claude-code"]
 CLIENT_KINDS: tuple[ClientKind, ...] = ("claude-desktop", "vscode", "claude-code")
@@ -28,9 +33,6 @@ CLIENT_TITLES: dict[ClientKind, str] = {
     "vscode": "VS Code",
     "claude-code": "Claude Code",
 }
-CLAUDE_DESKTOP_FILE = "claude_desktop_config.json"
-VSCODE_WORKSPACE_FILE = Path(".vscode") / "mcp.json"
-CLAUDE_CODE_PROJECT_FILE = ".mcp.json"
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,6 @@ def _read_client_file(path: Path, kind: ClientKind | None, cwd: Path) -> ClientF
     return client
 
 
-def claude_code_user_path() -> Path:
-    """Return where Claude Code keeps user-scope and local-scope servers: `~/.claude.json`."""
-    return Path.home() / CLAUDE_CODE_USER_FILE
-
-
 def _claude_user_client(path: Path, data: dict[str, Any], cwd: Path) -> ClientFile:
     scoped = servers_for_folder(path, data, cwd)
     return ClientFile(
@@ -176,17 +173,6 @@ def _with_workspace(client: ClientFile, workspace: Path) -> ClientFile:
     if not folder.is_dir():
         raise SetupError(str(folder), ["--workspace must name an existing folder: the one VS Code opens"])
     return replace(client, project=folder)
-
-
-def claude_desktop_path(environ: Mapping[str, str], platform: str = sys.platform) -> Path:
-    """Return where Claude Desktop keeps its configuration on `platform`."""
-    if platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "Claude" / CLAUDE_DESKTOP_FILE
-    if platform == "win32":
-        appdata = environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
-        return Path(appdata) / "Claude" / CLAUDE_DESKTOP_FILE
-    config_home = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config_home) / "Claude" / CLAUDE_DESKTOP_FILE
 
 
 def _default_path(kind: ClientKind, environ: Mapping[str, str], cwd: Path) -> Path:

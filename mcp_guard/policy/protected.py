@@ -1,0 +1,219 @@
+"""Refuse calls whose arguments name a protected file, whatever the rules allow.
+
+mcp-guard's own files decide what an agent may do: the state directory holds the audit trail and
+its key, the pins, the approvals and the rate-limit counts; the policy file holds the rules; the
+client settings start the gateway and carry the servers' credentials. A tool that could read or
+change one of them would let an agent read those credentials, erase or forge its record, approve
+its own calls, or remove the gateway from its client's settings before the next start. So every
+string in a call's arguments (keys included) that a server could take as a file path is resolved
+as `path_under` resolves paths, and a call that names a protected place is denied.
+
+A string is checked in each form a server might turn it into: as sent (joined to the server's
+working folder when relative), with surrounding white space removed, percent-decoded, with a
+leading `~` expanded, and as the path of a `file:` URI.
+
+NOTE: a tool that walks folders (a recursive search from the home folder, say) can still reach a
+protected place without naming it. Keep these places out of the folders servers are given;
+`mcp-guard init` writes mcp-guard's files outside project folders for this reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from mcp_guard.policy.paths import MAX_PATH_CHARS, PathResolver, default_resolver
+
+# Strings resolved against the filesystem in one call, at most. Each costs a few system calls; a
+# call that sends more is refused rather than checked in part.
+MAX_RESOLVED_STRINGS = 1_000
+# Percent-decoding is applied this often at most: a server may decode twice.
+DECODE_ROUNDS = 2
+# A string that every form leaves as it is: no separator, `~`, percent sign, colon or surrounding
+# white space. It names at most a file in the working folder.
+_PLAIN_NAME = re.compile(r"[^/~%:\s\x00](?:[^/~%:\x00]*[^/~%:\s\x00])?")
+# macOS and Windows compare file names without regard to case by default.
+CASE_BLIND = sys.platform in ("darwin", "win32")
+
+
+@dataclass(frozen=True)
+class ProtectedPlace:
+    """A file or folder no tool call may name.
+
+    Attributes:
+        path: Absolute path, as configured.
+        what: What it is, completing "names ...": "mcp-guard's state directory".
+        folder: Whether everything below `path` is protected too.
+    """
+
+    path: str
+    what: str
+    folder: bool
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    path: str
+    place: ProtectedPlace
+
+
+class ProtectedPaths:
+    """Finds the arguments of a call that name a protected place."""
+
+    def __init__(self, places: Iterable[ProtectedPlace], resolve: PathResolver = default_resolver) -> None:
+        self._resolve = resolve
+        resolved: list[_Resolved] = []
+        for place in places:
+            # Both forms: a place that does not exist yet has no links to follow, and one whose
+            # folder is a link is found by its target.
+            for form in {os.path.abspath(place.path), resolve(os.path.abspath(place.path))}:
+                resolved.append(_Resolved(_fold(form), place))
+        self._places = tuple(resolved)
+        self._bases: dict[str, str] = {}
+
+    @property
+    def places(self) -> tuple[ProtectedPlace, ...]:
+        """The protected places, each once."""
+        return tuple(dict.fromkeys(entry.place for entry in self._places))
+
+    def problem(self, arguments: Mapping[str, Any], base: str) -> str | None:
+        """Return why the call must be refused, a sentence for the caller, or None.
+
+        Args:
+            arguments: The call's arguments.
+            base: Absolute folder a relative path is taken from: the server's working folder.
+        """
+        resolved_base = self._bases.get(base)
+        if resolved_base is None:
+            resolved_base = self._bases[base] = self._resolve(os.path.abspath(base))
+        budget = _Budget(MAX_RESOLVED_STRINGS)
+        seen: set[str] = set()
+        for where, value in _strings(arguments):
+            if value in seen:
+                continue
+            seen.add(value)
+            place = self.named(value, resolved_base, budget)
+            if place is not None:
+                return f"{_describe(where)} names {place.what}, which mcp-guard lets no tool call reach"
+            if budget.spent:
+                return (
+                    f"the arguments hold more than {MAX_RESOLVED_STRINGS:,} values that could be file paths, "
+                    "more than mcp-guard checks in one call; send fewer in each call"
+                )
+        return None
+
+    def named(self, value: str, base: str, budget: _Budget | None = None) -> ProtectedPlace | None:
+        """Return the protected place `value` names as a path taken from `base`, or None."""
+        budget = budget if budget is not None else _Budget(MAX_RESOLVED_STRINGS)
+        if _PLAIN_NAME.fullmatch(value) and value not in (".", ".."):
+            # The common case, text that is at most a name in the working folder, costs one lstat.
+            absolute = f"{base}/{value}"
+            place = self._place_of(absolute)
+            if place is not None or not os.path.islink(absolute):
+                return place
+        for form in _forms(value):
+            absolute = form if form.startswith("/") else os.path.join(base, form)
+            if "/" not in form and form not in (".", ".."):
+                # One name in the working folder: only a link there leads elsewhere.
+                place = self._place_of(absolute)
+                if place is not None:
+                    return place
+                if not os.path.islink(absolute):
+                    continue
+            if not budget.take():
+                return None
+            try:
+                resolved = self._resolve(absolute)
+            except (OSError, ValueError):
+                # No file can have this name (a lone surrogate, say), so the server cannot open one.
+                continue
+            place = self._place_of(resolved) or self._place_of(os.path.normpath(absolute))
+            if place is not None:
+                return place
+        return None
+
+    def _place_of(self, path: str) -> ProtectedPlace | None:
+        path = _fold(path)
+        for entry in self._places:
+            if path == entry.path or (entry.place.folder and path.startswith(entry.path.rstrip("/") + "/")):
+                return entry.place
+        return None
+
+
+class _Budget:
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.spent = False
+
+    def take(self) -> bool:
+        if self.left == 0:
+            self.spent = True
+            return False
+        self.left -= 1
+        return True
+
+
+def _fold(path: str) -> str:
+    return path.casefold() if CASE_BLIND else path
+
+
+def _forms(value: str) -> Iterator[str]:
+    """Yield each path a server could make of `value`, each once."""
+    forms: dict[str, None] = {}
+    stripped = value.strip()
+    pending = [value, stripped]
+    decoded = stripped
+    for _ in range(DECODE_ROUNDS):
+        if "%" not in decoded:
+            break
+        decoded = unquote(decoded)
+        pending.append(decoded)
+    for form in pending:
+        candidates = [form]
+        if form[:5].lower() == "file:":
+            candidates.append(unquote(urlsplit(form).path))
+        if form.startswith("~"):
+            candidates.append(os.path.expanduser(form))
+        for candidate in candidates:
+            if len(candidate) > MAX_PATH_CHARS:
+                # Too long for the kernel, unless a server shortens it first ("a/../" repeated).
+                candidate = os.path.normpath(candidate)
+            if candidate and len(candidate) <= MAX_PATH_CHARS and "\0" not in candidate:
+                forms.setdefault(candidate)
+    yield from forms
+
+
+# Position of a string in the arguments: the keys and indexes leading to it, and whether the
+# string is the last key itself rather than its value.
+_Where = tuple[tuple[str | int, ...], bool]
+# Characters of a key shown in a refusal, at most.
+MAX_SHOWN_KEY_CHARS = 60
+
+
+def _strings(value: Any) -> Iterator[tuple[_Where, str]]:
+    """Yield where each string in `value` sits and the string, keys included."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        parts, item = stack.pop()
+        if isinstance(item, str):
+            yield (parts, False), item
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if isinstance(key, str):
+                    yield ((*parts, key), True), key
+                stack.append(((*parts, key), child))
+        elif isinstance(item, list | tuple):
+            stack.extend(((*parts, index), child) for index, child in enumerate(item))
+
+
+def _describe(where: _Where) -> str:
+    parts, is_key = where
+    shown = "".join(
+        f"[{part}]" if isinstance(part, int) else f"[{part[:MAX_SHOWN_KEY_CHARS]!r}]" for part in parts
+    )
+    return f"the key arguments{shown}" if is_key else f"arguments{shown}"

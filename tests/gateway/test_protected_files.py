@@ -1,0 +1,146 @@
+"""Attacks on mcp-guard's own files through a running gateway, whatever the rules allow.
+
+The published filesystem server is given the folder that contains the policy file and the state
+directory, and a rule lets every client read and write anywhere in it without asking. The gateway
+must still refuse each call that names one of its own files, and let the others through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from support import NODE_BIN, fixture_server, read_records, stdio_gateway, write_policy
+
+from mcp_guard.audit import CallFilter, SqliteAuditStore
+
+pytestmark = pytest.mark.anyio
+
+WRITE_TOOLS = ["read_text_file", "list_directory", "write_file"]
+
+
+async def refused_text(client: Client, name: str, arguments: dict[str, object]) -> str:
+    result = await client.call_tool(name, arguments)
+    assert result.is_error is True, f"{name} ran with {arguments}: {result.content}"
+    return str(result.content[0].text)
+
+
+@pytest.mark.slow
+@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=6)
+async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("notes")
+    (tmp_path / "to-state").symlink_to(tmp_path / "state")
+    servers = {
+        "fs": {
+            "command": str(NODE_BIN / "mcp-server-filesystem"),
+            "args": [str(tmp_path)],
+            "cwd": str(tmp_path),
+        }
+    }
+    rules = [
+        {
+            "name": "anything in the folder",
+            "clients": ["*"],
+            "server": "fs",
+            "tools": WRITE_TOOLS,
+            "decision": "auto",
+            "write": True,
+            "arguments": {"path": {"path_under": [str(tmp_path)], "path_base": str(tmp_path)}},
+        }
+    ]
+    policy = write_policy(tmp_path, servers, rules=rules)
+    before = policy.read_text()
+    attempts = [
+        ("fs__read_text_file", {"path": str(tmp_path / "state" / "audit.key")}),
+        ("fs__read_text_file", {"path": "state/approval.key"}),
+        ("fs__read_text_file", {"path": str(tmp_path / "to-state" / "audit.key")}),
+        ("fs__list_directory", {"path": str(tmp_path / "state")}),
+        ("fs__read_text_file", {"path": f" {policy} "}),
+        ("fs__write_file", {"path": str(policy), "content": '[[rules]]\nname = "everything"\n'}),
+    ]
+
+    async with stdio_gateway(policy) as client:
+        messages = [await refused_text(client, name, arguments) for name, arguments in attempts]
+        notes = await client.call_tool("fs__read_text_file", {"path": "notes.txt"})
+        listing = await client.call_tool("fs__list_directory", {"path": str(tmp_path)})
+        written = await client.call_tool("fs__write_file", {"path": "draft.txt", "content": "draft"})
+
+    async with SqliteAuditStore.in_state_dir(tmp_path / "state", read_only=True) as store:
+        denied = await store.search(CallFilter(server="fs", outcome="denied"))
+
+    assert all(
+        message.startswith("Denied by mcp-guard: arguments['path'] names mcp-guard's") for message in messages
+    )
+    assert "state directory" in messages[0]
+    assert "policy file" in messages[-1]
+    assert policy.read_text() == before
+    assert notes.content[0].text == "notes"
+    assert "state" in listing.content[0].text
+    assert written.is_error is False
+    assert (tmp_path / "draft.txt").read_text() == "draft"
+    # Each refusal is recorded as a denial in the intent row, with the reason in the outcome.
+    assert len(denied) == len(attempts)
+    assert all(call.intent.decision == "deny" and call.intent.rule is None for call in denied)
+    assert all("which mcp-guard lets no tool call reach" in (call.outcome.detail or "") for call in denied)
+
+
+@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=3)
+async def test_protected_paths_skip_approval(tmp_path: Path) -> None:
+    # A policy's own protected_paths (with "~") and an "approve" rule: the call is refused before
+    # anyone is asked, and never reaches the server.
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    record = tmp_path / "alpha.jsonl"
+    rules = [
+        {
+            "name": "reads need a person",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["read_file"],
+            "decision": "approve",
+            "write": True,
+        },
+        {
+            "name": "greet",
+            "clients": ["*"],
+            "server": "alpha",
+            "tools": ["echo"],
+            "decision": "auto",
+            "write": True,
+        },
+    ]
+    policy = write_policy(
+        tmp_path,
+        {"alpha": fixture_server("alpha", record=record)},
+        {"protected_paths": ["~/.ssh"]},
+        rules=rules,
+    )
+    asked: list[object] = []
+
+    async def elicit(*_: object) -> object:
+        asked.append(_)
+        raise AssertionError("nobody should be asked")
+
+    env = {"HOME": str(home)}
+    async with stdio_gateway(policy, env=env, elicitation_callback=elicit) as client:
+        key = await refused_text(client, "alpha__read_file", {"path": str(home / ".ssh" / "id_ed25519")})
+        tilde = await refused_text(client, "alpha__read_file", {"path": "~/.ssh/config"})
+        try:
+            await client.get_prompt("alpha__greet", {"name": str(policy)})
+        except MCPError as exc:
+            prompt = exc.error.message
+        else:
+            raise AssertionError("the prompt was rendered")
+        echoed = await client.call_tool("alpha__echo", {"text": "~/notes and /tmp/x"})
+
+    assert "a path the policy protects (gateway.protected_paths)" in key
+    assert "a path the policy protects" in tilde
+    assert prompt.startswith(
+        "Denied by mcp-guard: arguments['arguments']['name'] names mcp-guard's policy file"
+    )
+    assert echoed.content[0].text == "~/notes and /tmp/x"
+    assert asked == []
+    events = read_records(record)
+    assert [event["event"] for event in events if event["event"] in ("call", "get_prompt")] == ["call"]

@@ -1,0 +1,152 @@
+"""The protected places: every form of a path that reaches one is found, and nothing else is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_guard.config.loading import load_config
+from mcp_guard.gateway.policy_guard import protected_places
+from mcp_guard.policy.protected import MAX_RESOLVED_STRINGS, ProtectedPaths, ProtectedPlace
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, Path]:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "audit.key").write_text("key")
+    policy = tmp_path / "policy.toml"
+    policy.write_text("")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("notes")
+    (project / "link").symlink_to(state)
+    (project / "policy-link").symlink_to(policy)
+    return {"root": tmp_path, "state": state, "policy": policy, "project": project}
+
+
+@pytest.fixture
+def paths(tree: dict[str, Path]) -> ProtectedPaths:
+    return ProtectedPaths(
+        [
+            ProtectedPlace(str(tree["state"]), "the state directory", folder=True),
+            ProtectedPlace(str(tree["policy"]), "the policy file", folder=False),
+        ]
+    )
+
+
+def refusal(paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]) -> str | None:
+    return paths.problem(arguments, str(tree["project"]))
+
+
+@pytest.mark.attack("tool argument naming mcp-guard's own files")
+@pytest.mark.parametrize(
+    "value",
+    [
+        "{state}",
+        "{state}/audit.key",
+        "{state}/",
+        "{project}/../state/audit.key",
+        "../state/audit.key",
+        "link",
+        "link/audit.key",
+        "policy-link",
+        "  {policy}\n",
+        "file://{state}/audit.key",
+        "FILE://localhost{policy}",
+        "{project}/%2e%2e/state",
+        "{project}/%252e%252e/policy.toml",
+        "//{state}",
+    ],
+)
+def test_every_form_of_a_protected_path_is_refused(
+    paths: ProtectedPaths, tree: dict[str, Path], value: str
+) -> None:
+    text = value.format(**{name: str(path) for name, path in tree.items()})
+
+    problem = refusal(paths, tree, {"path": text})
+
+    assert problem is not None
+    assert problem.startswith("arguments['path'] names the ")
+
+
+@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=4)
+def test_protected_paths_anywhere_in_the_arguments(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
+    key = str(tree["state"] / "audit.key")
+    long_form = "/" * 5000 + key.lstrip("/")
+
+    nested = refusal(paths, tree, {"options": {"files": ["notes.txt", key]}})
+    as_key = refusal(paths, tree, {"files": {key: "new content"}})
+    long = refusal(paths, tree, {"path": long_form})
+    home = paths.problem({"path": "~/audit.key"}, "/")
+
+    assert nested is not None
+    assert nested.startswith("arguments['options']['files'][1] names the state directory, which")
+    assert as_key is not None and as_key.startswith("the key arguments[")
+    assert long is not None
+    # "~" is taken from the home folder, which contains no protected place here.
+    assert home is None
+
+
+@pytest.mark.legitimate("tool argument naming mcp-guard's own files")
+@pytest.mark.parametrize(
+    "value",
+    [
+        "notes.txt",
+        "hello from the benchmark",
+        "{project}/notes.txt",
+        "{root}",
+        "{root}/statement.txt",
+        "{state}x/file",
+        "{root}/policy.toml.bak",
+        "https://example.invalid/state",
+        "line one\nline two",
+    ],
+)
+def test_other_values_pass(paths: ProtectedPaths, tree: dict[str, Path], value: str) -> None:
+    text = value.format(**{name: str(path) for name, path in tree.items()})
+
+    assert refusal(paths, tree, {"path": text, "count": 3, "flags": [True, None]}) is None
+
+
+def test_relative_name_in_protected_cwd(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
+    problem = paths.problem({"path": "audit.key"}, str(tree["state"]))
+
+    assert problem is not None
+    assert "names the state directory" in problem
+
+
+def test_too_many_paths_refused(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
+    many = [f"{tree['project']}/file-{index}.txt" for index in range(MAX_RESOLVED_STRINGS + 1)]
+
+    problem = refusal(paths, tree, {"paths": many})
+    within = refusal(paths, tree, {"paths": many[:MAX_RESOLVED_STRINGS]})
+
+    assert problem is not None
+    assert f"more than {MAX_RESOLVED_STRINGS:,} values" in problem
+    assert within is None
+
+
+def test_places_of_a_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gateway]\nstate_dir = "state"\nprotected_paths = ["~/.ssh", "secrets"]\n')
+    config = load_config(policy)
+    environ = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+    found = protected_places(config, policy_path=str(policy), environ=environ, cwd=str(tmp_path / "proj"))
+    places = {place.path: place for place in found}
+
+    assert places[str(tmp_path / "state")].folder
+    assert places[str(tmp_path / "xdg" / "mcp-guard")].what == "mcp-guard's settings folder"
+    assert str(home / ".local" / "state" / "mcp-guard") in places
+    assert str(tmp_path / "p.toml") in places
+    assert places[str(tmp_path / "p.client.json")].what == "mcp-guard's client settings"
+    assert str(tmp_path / "proj" / ".mcp.json") in places
+    assert str(tmp_path / "proj" / ".vscode" / "mcp.json") in places
+    assert str(home / ".claude.json") in places
+    assert str(home / ".ssh") in places
+    assert places[str(tmp_path / "secrets")].what == "a path the policy protects (gateway.protected_paths)"
