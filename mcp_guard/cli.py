@@ -28,11 +28,13 @@ from mcp_guard.audit import Redactor
 from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.config import GatewayConfig, load_config
 from mcp_guard.config.loading import server_environment_problems
+from mcp_guard.config.models import StdioServerConfig
 from mcp_guard.config.rules import suggestion
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID, SandboxSettings
 from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_tool
 from mcp_guard.errors import AuditUnavailable, ConfigError, GuardError, SandboxError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
+from mcp_guard.gateway.policy_guard import protected_places
 from mcp_guard.log import LEVELS, configure_logging
 from mcp_guard.pinning import PinStore
 from mcp_guard.pinning.cli import add_pins_commands, run_pins_command
@@ -49,6 +51,7 @@ from mcp_guard.sandbox import open_backend
 from mcp_guard.sandbox.base import SandboxBackend, reject_allowed_hosts
 from mcp_guard.sandbox.tool import tool_definition
 from mcp_guard.setup import add_init_command, run_init_command
+from mcp_guard.setup.outputs import folders_given
 from mcp_guard.state.clock import HighWaterClock
 
 DEFAULT_POLICY = "mcp-guard.toml"
@@ -297,6 +300,8 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
         )
     print(f"HTTP clients: {_http_clients(config, directory)}")
     print(f"state directory: {Path(config.gateway.state_dir)}")
+    for warning in exposed_places(config, args.config):
+        print(f"  WARNING {escape_text(warning)}")
     if config.sandbox is not None:
         print(f"run_code backend: {_sandbox_backend(config.sandbox)}")
     if args.offline:
@@ -304,6 +309,39 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
         missing = _print_missing_variables(config)
         return 1 if missing or _check_sandbox_settings(config.sandbox) else 0
     return anyio.run(_check_servers, config)
+
+
+def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
+    """Return a warning for each stdio server given a folder that contains a protected place.
+
+    The gateway refuses calls that name such a place, but a tool that searches or lists the
+    folder can still reach it.
+    """
+    # A folder counts before it exists: the gateway creates the state directory when it starts.
+    places = [
+        place
+        for place in protected_places(config, policy_path=policy_path)
+        if place.folder or os.path.exists(place.path)
+    ]
+    policy_folder = Path(policy_path).resolve().parent
+    warnings: list[str] = []
+    for server_id, server in config.servers.items():
+        if not isinstance(server, StdioServerConfig):
+            continue
+        table = {"cwd": server.cwd, "args": server.args}
+        for folder in folders_given(table, Path.cwd(), policy_folder):
+            inside = [place.what for place in places if Path(place.path).resolve().is_relative_to(folder)]
+            if inside:
+                warnings.append(
+                    f"server {server_id!r} is given {folder}, which contains {_listed(list(dict.fromkeys(inside)))}. "
+                    "The gateway refuses calls that name them, but a tool that searches or lists the folder "
+                    "can still reach them: give the server a folder without them"
+                )
+    return warnings
+
+
+def _listed(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _print_missing_variables(config: GatewayConfig) -> int:

@@ -292,6 +292,25 @@ async def test_check_rejects_malformed_hash_from_environment(tmp_path: Path) -> 
     assert "mcpg_pasted-key-by-mistake" not in completed.stderr.decode()
 
 
+async def test_check_warns_on_server_given_gateway_files(tmp_path: Path) -> None:
+    # The server is given the folder of the policy and its state directory, and a folder of its own.
+    data = tmp_path / "data"
+    data.mkdir()
+    server = {**fixture_server("alpha"), "args": [*fixture_server("alpha")["args"], str(tmp_path), str(data)]}
+    policy = write_policy(tmp_path, {"alpha": server}, rules=RULES, clients={"agent": {}})
+
+    completed = await check_offline(policy, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    warnings = [line for line in completed.stdout.decode().splitlines() if "WARNING server 'alpha'" in line]
+
+    assert completed.returncode == 0
+    assert len(warnings) == 1
+    assert (
+        f"is given {tmp_path}, which contains mcp-guard's state directory, mcp-guard's settings folder "
+        "and mcp-guard's policy file." in warnings[0]
+    )
+    assert "a tool that searches or lists the folder can still reach them" in warnings[0]
+
+
 async def check_offline(policy: Path, **environment: str) -> subprocess.CompletedProcess[bytes]:
     command = [sys.executable, "-m", "mcp_guard", "check", "--offline", str(policy)]
     return await anyio.run_process(command, cwd=ROOT, env={**os.environ, **environment}, check=False)

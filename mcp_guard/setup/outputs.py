@@ -17,10 +17,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mcp_guard.errors import SetupError
 from mcp_guard.locations import APP_FOLDER, client_config_beside, config_home, state_home
-from mcp_guard.setup.importing import ImportedServer, ImportResult
+from mcp_guard.setup.importing import ImportResult
 from mcp_guard.setup.render import PROJECT_LINE, comment_text
 from mcp_guard.setup.sources import ClientFile
 
@@ -166,7 +167,9 @@ def exposures(outputs: Outputs, imported: ImportResult) -> list[Exposure]:
     start = imported.client.project or Path.cwd()
     found: list[Exposure] = []
     for server in imported.servers:
-        for folder in folders_given(server, start, outputs.policy.parent):
+        if server.kind != "stdio":
+            continue
+        for folder in folders_given(server.table, start, outputs.policy.parent):
             found += [
                 Exposure(label, path, folder, server.name)
                 for label, path in labelled
@@ -179,21 +182,23 @@ def exposures(outputs: Outputs, imported: ImportResult) -> list[Exposure]:
     return _unique(found)
 
 
-def folders_given(server: ImportedServer, start: Path, policy_folder: Path) -> list[Path]:
+def folders_given(table: Mapping[str, Any], start: Path, policy_folder: Path) -> list[Path]:
     """Return the existing folders among a stdio server's `cwd` and arguments, resolved.
 
-    A relative `cwd` is taken from the policy's folder, as the loader does. A relative argument
-    is taken from the server's `cwd`, else from `start`: the project folder, where the client
-    starts its servers, or the folder init runs in. `--option=VALUE` arguments are split.
+    Args:
+        table: The server's policy table, with `cwd` and `args`.
+        start: Where a relative argument is taken from when the server has no `cwd`: the project
+            folder, where the client starts its servers, or the folder init or check runs in.
+        policy_folder: Where a relative `cwd` is taken from, as the loader does.
+
+    `--option=VALUE` arguments are split.
     """
-    if server.kind != "stdio":
-        return []
     folders: list[Path] = []
-    cwd = server.table.get("cwd")
+    cwd = table.get("cwd")
     if cwd:
         start = policy_folder / Path(cwd).expanduser()
         folders.append(start)
-    for arg in server.table.get("args", []):
+    for arg in table.get("args") or []:
         values = [arg, arg.split("=", 1)[1]] if arg.startswith("-") and "=" in arg else [arg]
         folders += [start / Path(value).expanduser() for value in values if value]
     return list(dict.fromkeys(folder.resolve() for folder in folders if folder.is_dir()))
