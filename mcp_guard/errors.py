@@ -138,13 +138,14 @@ class NotFoundError(GuardError):
     Attributes:
         kind: "tool", "prompt" or "resource".
         name: The requested name or URI, as received.
+        reason: A sentence on why, given only where it reveals nothing the caller may not know.
     """
 
-    def __init__(self, kind: str, name: str) -> None:
+    def __init__(self, kind: str, name: str, reason: str | None = None) -> None:
         self.kind = kind
         self.name = name
         shown = name if len(name) <= 200 else name[:200] + "..."
-        super().__init__(f"Unknown {kind}: {shown!r}")
+        super().__init__(f"Unknown {kind}: {shown!r}" + (f". {reason}" if reason else ""))
 
 
 class SetupError(GuardError):

@@ -197,6 +197,18 @@ class PolicyGuard:
                 log.info("rule_window_changed", at=min(changes).isoformat())
                 await on_change()
 
+    def grants(self, client: str, server: str, tool: str) -> bool:
+        """Return whether an active rule would let `client` see `tool` of `server`, whose definition is unknown."""
+        decisions = self._engine.rule_decisions(
+            client,
+            server,
+            tool,
+            annotations=None,
+            now=self._usage.clock.now(),
+            first_use=self._usage.first_uses(client),
+        )
+        return _grants(decisions)
+
     def deny_rule(self, client: str, tool: ExportedTool) -> str | None:
         """Return the deny rule that hides `tool` from `client` now, or None."""
         return self._engine.deny_rule(

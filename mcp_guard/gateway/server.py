@@ -77,6 +77,8 @@ STOPPING = (
 )
 # The catalogue is filtered per client, so list results must never be shared between clients.
 _PRIVATE = CacheHint(ttl_ms=0, scope="private")
+# Ends the audit detail of a call under the prefix of a server that is not available.
+UNAVAILABLE_DETAIL = "is not available, so it lists no tools"
 # The rule recorded for prompts, resources and completions, which follow server-level visibility.
 SERVER_VISIBILITY_RULE = "(a tool of this server is visible to the client)"
 _CACHEABLE = cast("frozenset[CacheableMethod]", CACHEABLE_METHODS)
@@ -196,8 +198,8 @@ class Gateway:
         client = self.client_of(ctx)
         tool = self.catalog.tools.get(params.name)
         if tool is None or not self.can_see(client, tool, ctx.protocol_version):
-            await self._record_unknown(client, ctx, params)
-            raise _mcp_error(NotFoundError("tool", params.name))
+            reason = await self._record_unknown(client, ctx, params)
+            raise _mcp_error(NotFoundError("tool", params.name, reason))
         call = ToolCall(
             client=client.name,
             organisation=client.organisation,
@@ -312,12 +314,28 @@ class Gateway:
 
     async def _record_unknown(
         self, client: ClientIdentity, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> None:
-        """Audit a call of a name the client cannot see: probing for hidden tools leaves a trace."""
+    ) -> str | None:
+        """Audit a call of a name the client cannot see: probing for hidden tools leaves a trace.
+
+        Returns:
+            What the client may be told beyond "Unknown tool": that the server is not available,
+            when a rule would grant the client the name if the server were.
+        """
         server, tool, rule, detail = self._unknown_name(client.name, params.name)
         log.warning("tool_call_unknown_name", client=client.name, name=params.name[:200], detail=detail)
+        reason = None
+        policy = self.guards.policy
+        if (
+            detail.endswith(UNAVAILABLE_DETAIL)
+            and policy is not None
+            and policy.grants(client.name, server, tool)
+        ):
+            reason = (
+                f"Server {server!r} is not available, so its tools cannot be called now; "
+                "the gateway's log says why"
+            )
         if self.guards.audit is None:
-            return
+            return reason
         intent = CallIntent(
             call_id=new_call_id(),
             client=client.name,
@@ -335,6 +353,7 @@ class Gateway:
                 audited.finish("denied", detail=detail)
         except AuditUnavailable as exc:
             log.error("audit_unavailable", reason=exc.reason)
+        return reason
 
     def _unknown_name(self, client: str, name: str) -> tuple[str, str, str | None, str]:
         """Return the server, tool, rule and detail to record for a call of a name the client cannot see.
@@ -365,7 +384,7 @@ class Gateway:
                     server_id,
                     rest[:200],
                     None,
-                    f"server {server_id!r} is not available, so it lists no tools",
+                    f"server {server_id!r} {UNAVAILABLE_DETAIL}",
                 )
         return "", name[:200], None, "no tool with this name is visible to the client"
 

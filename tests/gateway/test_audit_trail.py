@@ -637,3 +637,35 @@ async def test_hidden_name_recorded_by_tool(tmp_path: Path) -> None:
         "server 'ghost' is not available, so it lists no tools",
         "no tool with this name is visible to the client",
     ]
+
+
+@pytest.mark.attack("hidden tool probing")
+async def test_unavailable_server_named_only_to_granted_clients(tmp_path: Path) -> None:
+    # The stdio client "agent" may call ghost's tools; "other" may not, so it learns nothing more.
+    servers = {"alpha": fixture_server("alpha"), "ghost": {"command": str(tmp_path / "no-such-server")}}
+    rules = [
+        {
+            "name": "agent uses ghost",
+            "clients": ["agent"],
+            "server": "ghost",
+            "tools": ["*"],
+            "decision": "auto",
+            "write": True,
+        }
+    ]
+    messages: dict[str, str] = {}
+    for client_name in ("agent", "other"):
+        folder = tmp_path / client_name
+        folder.mkdir()
+        clients: dict[str, dict[str, Any]] = {"agent": {}, "other": {}}
+        policy = write_policy(folder, servers, {"default_client": client_name}, rules=rules, clients=clients)
+        async with stdio_gateway(policy) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("ghost__lookup", {})
+        messages[client_name] = raised.value.error.message
+
+    assert messages["agent"] == (
+        "Unknown tool: 'ghost__lookup'. Server 'ghost' is not available, so its tools cannot be called now; "
+        "the gateway's log says why"
+    )
+    assert messages["other"] == "Unknown tool: 'ghost__lookup'"
