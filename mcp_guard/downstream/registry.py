@@ -9,6 +9,7 @@ allowed does not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,28 +57,44 @@ class DownstreamRegistry:
         self._listeners.append(listener)
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[DownstreamRegistry]:
-        """Start every connection, yield once each made its first attempt, stop all on exit."""
+    async def running(self, wait_seconds: float = math.inf) -> AsyncIterator[DownstreamRegistry]:
+        """Start every connection, yield once each made its first attempt, stop all on exit.
+
+        Args:
+            wait_seconds: Yield after this long even if some connections are still on their first
+                attempt. Each such server joins the catalogue when it gets ready, as after a restart.
+        """
         if self._entered:
             raise RuntimeError("the registry is already running; create a new one to start again")
         self._entered = True
         async with anyio.create_task_group() as tasks:
-            async with anyio.create_task_group() as first_attempts:
-                for connection in self.connections.values():
-                    first_attempts.start_soon(self._start, tasks, connection)
-            unavailable = [
-                sid for sid, conn in self.connections.items() if conn.state is not ServerState.READY
-            ]
-            for server_id in unavailable:
-                log.error(
-                    "downstream_unavailable_at_start",
-                    server=server_id,
-                    error=self.connections[server_id].last_error,
-                )
+            first_attempts_done = anyio.Event()
+            tasks.start_soon(self._first_attempts, tasks, first_attempts_done)
+            with anyio.move_on_after(wait_seconds):
+                await first_attempts_done.wait()
+            if not first_attempts_done.is_set():
+                starting = [
+                    sid for sid, conn in self.connections.items() if conn.state is ServerState.STARTING
+                ]
+                log.warning("downstream_still_starting", servers=starting, waited_seconds=wait_seconds)
             try:
                 yield self
             finally:
                 tasks.cancel_scope.cancel()
+
+    async def _first_attempts(self, tasks: anyio.abc.TaskGroup, done: anyio.Event) -> None:
+        """Start every connection, then log each that did not get ready in its first attempt."""
+        async with anyio.create_task_group() as first_attempts:
+            for connection in self.connections.values():
+                first_attempts.start_soon(self._start, tasks, connection)
+        done.set()
+        unavailable = [sid for sid, conn in self.connections.items() if conn.state is not ServerState.READY]
+        for server_id in unavailable:
+            log.error(
+                "downstream_unavailable_at_start",
+                server=server_id,
+                error=self.connections[server_id].last_error,
+            )
 
     def connection(self, server_id: str) -> DownstreamConnection:
         """Return the connection of a configured server."""

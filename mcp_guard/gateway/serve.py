@@ -123,7 +123,7 @@ async def running_gateway(
         )
         guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval)
         gateway = Gateway(config, registry, client=client, guards=guards, code_tool=code_tool)
-        await stack.enter_async_context(registry.running())
+        await stack.enter_async_context(registry.running(config.gateway.startup_wait_seconds))
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         tasks.start_soon(policy.watch_pins, registry, gateway.tools_changed)

@@ -14,6 +14,8 @@ import anyio
 import psutil
 import pytest
 import structlog
+from mcp import Client
+from mcp.shared.exceptions import MCPError
 from support import (
     ERAS,
     MODERN,
@@ -112,6 +114,39 @@ async def test_hanging_server_times_out(tmp_path: Path) -> None:
     # Far below the 600 s the server hangs and the 30 s default start-up timeout, with room for a
     # busy machine: the bound separates a 1 s start-up timeout from a wait for the hanging server.
     assert elapsed < 20
+
+
+async def test_slow_server_joins_after_the_gateway_answers(tmp_path: Path) -> None:
+    # The slow server sleeps 6 s before it starts; the gateway waits 0.5 s, then serves.
+    fixture = fixture_server("slow")
+    slow = {
+        "command": "/bin/sh",
+        "args": ["-c", 'sleep 6; exec "$0" "$@"', fixture["command"], *fixture["args"]],
+    }
+    policy = write_policy(
+        tmp_path, {"slow": slow, "alpha": fixture_server("alpha")}, {"startup_wait_seconds": 0.5}
+    )
+
+    async with stdio_gateway(policy) as client:
+        await wait_until_listed(client, "alpha__echo")
+        first = {tool.name for tool in (await client.list_tools()).tools}
+        with pytest.raises(MCPError) as early:
+            await client.call_tool("slow__echo", {"text": "early"})
+        await wait_until_listed(client, "slow__echo")
+        late = await client.call_tool("slow__echo", {"text": "late"})
+
+    # The client was served while the slow server still slept.
+    assert "slow__echo" not in first
+    assert "Server 'slow' is not available" in early.value.error.message
+    assert late.content[0].text == "late"
+
+
+async def wait_until_listed(client: Client, name: str) -> None:
+    for _attempt in range(300):
+        if name in {tool.name for tool in (await client.list_tools()).tools}:
+            return
+        await anyio.sleep(0.1)
+    raise AssertionError(f"{name} was not listed within 30 s")
 
 
 @pytest.mark.parametrize("mode", ERAS)
