@@ -35,6 +35,7 @@ from mcp_guard.downstream.catalog import Catalog, ExportedTool, export_builtin_t
 from mcp_guard.errors import AuditUnavailable, ConfigError, GuardError, SandboxError
 from mcp_guard.gateway.identity import ClientDirectory, hash_api_key, new_api_key
 from mcp_guard.gateway.policy_guard import protected_places
+from mcp_guard.locations import folders_given
 from mcp_guard.log import LEVELS, configure_logging
 from mcp_guard.pinning import PinStore
 from mcp_guard.pinning.cli import add_pins_commands, run_pins_command
@@ -51,7 +52,6 @@ from mcp_guard.sandbox import open_backend
 from mcp_guard.sandbox.base import SandboxBackend, reject_allowed_hosts
 from mcp_guard.sandbox.tool import tool_definition
 from mcp_guard.setup import add_init_command, run_init_command
-from mcp_guard.setup.outputs import folders_given
 from mcp_guard.state.clock import HighWaterClock
 
 DEFAULT_POLICY = "mcp-guard.toml"
@@ -334,8 +334,8 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
             if inside:
                 warnings.append(
                     f"server {server_id!r} is given {folder}, which contains {_listed(list(dict.fromkeys(inside)))}. "
-                    "The gateway refuses calls that name them, but a tool that searches or lists the folder "
-                    "can still reach them: give the server a folder without them"
+                    "Calls that name them are refused, but a tool that searches or lists the folder can "
+                    "still reach them: give the server a folder without them"
                 )
     return warnings
 

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 # mcp-guard's folder inside the XDG configuration and state folders.
 APP_FOLDER = "mcp-guard"
@@ -19,6 +20,23 @@ CLAUDE_DESKTOP_FILE = "claude_desktop_config.json"
 CLAUDE_CODE_USER_FILE = ".claude.json"
 CLAUDE_CODE_PROJECT_FILE = ".mcp.json"
 VSCODE_WORKSPACE_FILE = Path(".vscode") / "mcp.json"
+# Other files in a project that start MCP servers or run commands for an MCP client.
+PROJECT_CLIENT_FILES = (
+    CLAUDE_CODE_PROJECT_FILE,
+    str(VSCODE_WORKSPACE_FILE),
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".cursor/mcp.json",
+)
+# Such files in the home folder, besides Claude Desktop's and VS Code's, whose places depend on
+# the system.
+HOME_CLIENT_FILES = (
+    CLAUDE_CODE_USER_FILE,
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".cursor/mcp.json",
+    ".codeium/windsurf/mcp_config.json",
+)
 
 
 def config_home(environ: Mapping[str, str]) -> Path:
@@ -47,9 +65,41 @@ def claude_desktop_path(environ: Mapping[str, str], platform: str = sys.platform
     return Path(config_home) / "Claude" / CLAUDE_DESKTOP_FILE
 
 
+def vscode_user_path(environ: Mapping[str, str], platform: str = sys.platform) -> Path:
+    """Return VS Code's user-profile `mcp.json` on `platform`."""
+    if platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "Code" / "User" / "mcp.json"
+    if platform == "win32":
+        appdata = environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
+        return Path(appdata) / "Code" / "User" / "mcp.json"
+    return config_home(environ) / "Code" / "User" / "mcp.json"
+
+
 def claude_code_user_path() -> Path:
     """Return where Claude Code keeps user-scope and local-scope servers: `~/.claude.json`."""
     return Path.home() / CLAUDE_CODE_USER_FILE
+
+
+def folders_given(table: Mapping[str, Any], start: Path, policy_folder: Path) -> list[Path]:
+    """Return the existing folders among a stdio server's `cwd` and arguments, resolved.
+
+    Args:
+        table: The server's policy table, with `cwd` and `args`.
+        start: Where a relative argument is taken from when the server has no `cwd`: the project
+            folder, where the client starts its servers, or the folder init or check runs in.
+        policy_folder: Where a relative `cwd` is taken from, as the loader does.
+
+    `--option=VALUE` arguments are split.
+    """
+    folders: list[Path] = []
+    cwd = table.get("cwd")
+    if cwd:
+        start = policy_folder / Path(cwd).expanduser()
+        folders.append(start)
+    for arg in table.get("args") or []:
+        values = [arg, arg.split("=", 1)[1]] if arg.startswith("-") and "=" in arg else [arg]
+        folders += [start / Path(value).expanduser() for value in values if value]
+    return list(dict.fromkeys(folder.resolve() for folder in folders if folder.is_dir()))
 
 
 def _xdg_folder(environ: Mapping[str, str], variable: str, default: Path) -> Path:

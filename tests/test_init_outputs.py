@@ -124,7 +124,8 @@ async def test_output_in_served_folder_warns(tmp_path: Path) -> None:
     assert len(served) == 2
     assert f"policy {policy} is inside {project}" in served[0]
     assert f"client configuration {client_config} is inside {project}" in served[1]
-    assert "contains the credentials" in served[1]
+    assert "carries any credentials" in served[1]
+    assert "a tool that searches or lists that folder can still reach it" in served[1]
     assert all("--output FILE outside" in line for line in served)
     in_git = [line for line in warnings if "git work tree" in line]
     assert len(in_git) == 2

@@ -21,7 +21,7 @@ import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
-from mcp_guard.config.models import GatewayConfig, StdioServerConfig
+from mcp_guard.config.models import GatewayConfig, HttpServerConfig, StdioServerConfig
 from mcp_guard.config.sandbox import SANDBOX_SERVER_ID
 from mcp_guard.downstream.catalog import ExportedTool
 from mcp_guard.downstream.registry import DownstreamRegistry
@@ -29,13 +29,14 @@ from mcp_guard.errors import GuardError
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 from mcp_guard.locations import (
     APP_FOLDER,
-    CLAUDE_CODE_PROJECT_FILE,
-    VSCODE_WORKSPACE_FILE,
-    claude_code_user_path,
+    HOME_CLIENT_FILES,
+    PROJECT_CLIENT_FILES,
     claude_desktop_path,
     client_config_beside,
     config_home,
+    folders_given,
     state_home,
+    vscode_user_path,
 )
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
@@ -88,12 +89,10 @@ class PolicyGuard:
         self._usage = usage
         self.protected = protected if protected is not None else ProtectedPaths(protected_places(config))
         cwd = os.getcwd()
-        # The folder each server takes a relative path from: its own `cwd`, or the gateway's.
         self._bases = {
-            server_id: (server.cwd if isinstance(server, StdioServerConfig) and server.cwd else cwd)
-            for server_id, server in config.servers.items()
+            server_id: _relative_bases(server, cwd) for server_id, server in config.servers.items()
         }
-        self._gateway_cwd = cwd
+        self._gateway_bases = (cwd, str(Path.home()))
         self._approved: dict[tuple[str, str], str] = {}
         self._validators: dict[str, Draft202012Validator | None] = {}
 
@@ -273,7 +272,7 @@ class PolicyGuard:
 
     def protected_problem(self, server: str, arguments: Mapping[str, Any]) -> str | None:
         """Return why `arguments` sent to `server` name a protected place, or None."""
-        return self.protected.problem(arguments, self._bases.get(server, self._gateway_cwd))
+        return self.protected.problem(arguments, self._bases.get(server, self._gateway_bases))
 
     async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         """Stage: reject what the decision does not allow, check the arguments, then pass the call on."""
@@ -346,6 +345,19 @@ class PolicyGuard:
         return self._validators[tool.digest]
 
 
+def _relative_bases(server: StdioServerConfig | HttpServerConfig, cwd: str) -> tuple[str, ...]:
+    """Return the folders a server may take a relative path from.
+
+    Its working folder, each folder it is given in its arguments (the published filesystem
+    server resolves relative paths against those), and the home folder.
+    """
+    if not isinstance(server, StdioServerConfig):
+        return (cwd, str(Path.home()))
+    start = server.cwd or cwd
+    given = folders_given({"cwd": server.cwd, "args": server.args}, Path(start), Path(start))
+    return tuple(dict.fromkeys([start, *map(str, given), str(Path.home())]))
+
+
 def protected_places(
     config: GatewayConfig,
     *,
@@ -364,15 +376,22 @@ def protected_places(
     """
     environ = os.environ if environ is None else environ
     folder = Path(cwd if cwd is not None else os.getcwd())
-    settings = "client settings that start MCP servers"
+    home = Path.home()
+    settings = "an MCP client's settings"
     places = [
         ProtectedPlace(config.gateway.state_dir, "mcp-guard's state directory", folder=True),
-        ProtectedPlace(str(config_home(environ) / APP_FOLDER), "mcp-guard's settings folder", folder=True),
-        ProtectedPlace(str(state_home(environ) / APP_FOLDER), "mcp-guard's state folder", folder=True),
-        ProtectedPlace(str(claude_desktop_path(environ)), f"Claude Desktop's {settings}", folder=False),
-        ProtectedPlace(str(claude_code_user_path()), f"Claude Code's {settings}", folder=False),
-        ProtectedPlace(str(folder / CLAUDE_CODE_PROJECT_FILE), f"the project's {settings}", folder=False),
-        ProtectedPlace(str(folder / VSCODE_WORKSPACE_FILE), f"the project's {settings}", folder=False),
+        ProtectedPlace(
+            str(config_home(environ) / APP_FOLDER),
+            "mcp-guard's folder of policies and client settings",
+            folder=True,
+        ),
+        ProtectedPlace(
+            str(state_home(environ) / APP_FOLDER), "mcp-guard's folder of state directories", folder=True
+        ),
+        ProtectedPlace(str(claude_desktop_path(environ)), settings, folder=False),
+        ProtectedPlace(str(vscode_user_path(environ)), settings, folder=False),
+        *(ProtectedPlace(str(home / name), settings, folder=False) for name in HOME_CLIENT_FILES),
+        *(ProtectedPlace(str(folder / name), settings, folder=False) for name in PROJECT_CLIENT_FILES),
     ]
     if policy_path is not None:
         policy = Path(policy_path).absolute()

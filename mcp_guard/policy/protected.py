@@ -1,16 +1,16 @@
 """Refuse calls whose arguments name a protected file, whatever the rules allow.
 
-mcp-guard's own files decide what an agent may do: the state directory holds the audit trail and
-its key, the pins, the approvals and the rate-limit counts; the policy file holds the rules; the
-client settings start the gateway and carry the servers' credentials. A tool that could read or
-change one of them would let an agent read those credentials, erase or forge its record, approve
-its own calls, or remove the gateway from its client's settings before the next start. So every
-string in a call's arguments (keys included) that a server could take as a file path is resolved
-as `path_under` resolves paths, and a call that names a protected place is denied.
+mcp-guard's own files decide what an agent may do. The state directory holds the audit trail and
+its key, the pins, the approvals and the rate-limit counts. The policy file holds the rules, and
+the client settings start the gateway and carry the servers' credentials. A tool that could read
+or change one of them would let an agent read those credentials, erase or forge its record,
+approve its own calls, or remove the gateway from its client's settings before the next start.
+So every string in a call's arguments (keys included) that a server could take as a file path is
+resolved as `path_under` resolves paths, and a call that names a protected place is denied.
 
-A string is checked in each form a server might turn it into: as sent (joined to the server's
-working folder when relative), with surrounding white space removed, percent-decoded, with a
-leading `~` expanded, and as the path of a `file:` URI.
+A string is checked in each form a server might turn it into: as sent, with surrounding white
+space removed, percent-decoded, with a leading `~` expanded, and as the path of a `file:` URI. A
+relative form is checked from each folder the server might take it from.
 
 NOTE: a tool that walks folders (a recursive search from the home folder, say) can still reach a
 protected place without naming it. Keep these places out of the folders servers are given;
@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -74,30 +75,33 @@ class ProtectedPaths:
             for form in {os.path.abspath(place.path), resolve(os.path.abspath(place.path))}:
                 resolved.append(_Resolved(_fold(form), place))
         self._places = tuple(resolved)
-        self._bases: dict[str, str] = {}
+        self._bases: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @property
     def places(self) -> tuple[ProtectedPlace, ...]:
         """The protected places, each once."""
         return tuple(dict.fromkeys(entry.place for entry in self._places))
 
-    def problem(self, arguments: Mapping[str, Any], base: str) -> str | None:
+    def problem(self, arguments: Mapping[str, Any], bases: Sequence[str]) -> str | None:
         """Return why the call must be refused, a sentence for the caller, or None.
 
         Args:
             arguments: The call's arguments.
-            base: Absolute folder a relative path is taken from: the server's working folder.
+            bases: Absolute folders a server may take a relative path from: its working folder,
+                the folders it is given, the home folder. A relative path is checked against each.
         """
-        resolved_base = self._bases.get(base)
-        if resolved_base is None:
-            resolved_base = self._bases[base] = self._resolve(os.path.abspath(base))
+        key = tuple(bases)
+        resolved_bases = self._bases.get(key)
+        if resolved_bases is None:
+            resolved = (self._resolve(os.path.abspath(base)) for base in bases)
+            resolved_bases = self._bases[key] = tuple(dict.fromkeys(resolved))
         budget = _Budget(MAX_RESOLVED_STRINGS)
         seen: set[str] = set()
         for where, value in _strings(arguments):
             if value in seen:
                 continue
             seen.add(value)
-            place = self.named(value, resolved_base, budget)
+            place = self.named(value, resolved_bases, budget)
             if place is not None:
                 return f"{_describe(where)} names {place.what}, which mcp-guard lets no tool call reach"
             if budget.spent:
@@ -107,35 +111,46 @@ class ProtectedPaths:
                 )
         return None
 
-    def named(self, value: str, base: str, budget: _Budget | None = None) -> ProtectedPlace | None:
-        """Return the protected place `value` names as a path taken from `base`, or None."""
+    def named(self, value: str, bases: Sequence[str], budget: _Budget | None = None) -> ProtectedPlace | None:
+        """Return the protected place `value` names as a path, taken from each of `bases` when relative, or None."""
         budget = budget if budget is not None else _Budget(MAX_RESOLVED_STRINGS)
         if _PLAIN_NAME.fullmatch(value) and value not in (".", ".."):
-            # The common case, text that is at most a name in the working folder, costs one lstat.
-            absolute = f"{base}/{value}"
-            place = self._place_of(absolute)
-            if place is not None or not os.path.islink(absolute):
-                return place
+            # The common case, text that is at most a file name, costs one lstat per base.
+            return self._name_in(value, bases, budget)
         for form in _forms(value):
-            absolute = form if form.startswith("/") else os.path.join(base, form)
-            if "/" not in form and form not in (".", ".."):
-                # One name in the working folder: only a link there leads elsewhere.
-                place = self._place_of(absolute)
-                if place is not None:
-                    return place
-                if not os.path.islink(absolute):
-                    continue
-            if not budget.take():
-                return None
-            try:
-                resolved = self._resolve(absolute)
-            except (OSError, ValueError):
-                # No file can have this name (a lone surrogate, say), so the server cannot open one.
-                continue
-            place = self._place_of(resolved) or self._place_of(os.path.normpath(absolute))
+            if form.startswith("/"):
+                place = self._path_named(form, budget)
+            elif "/" not in form and form not in (".", ".."):
+                place = self._name_in(form, bases, budget)
+            else:
+                place = next(
+                    (found for base in bases if (found := self._path_named(f"{base}/{form}", budget))), None
+                )
             if place is not None:
                 return place
         return None
+
+    def _name_in(self, name: str, bases: Sequence[str], budget: _Budget) -> ProtectedPlace | None:
+        """Return the protected place that the file `name` in one of `bases` is, or is a link into."""
+        for base in bases:
+            absolute = f"{base}/{name}"
+            place = self._place_of(absolute)
+            if place is None and os.path.islink(absolute):
+                place = self._path_named(absolute, budget)
+            if place is not None:
+                return place
+        return None
+
+    def _path_named(self, absolute: str, budget: _Budget) -> ProtectedPlace | None:
+        """Return the protected place an absolute path names once resolved, or None."""
+        if not budget.take():
+            return None
+        try:
+            resolved = self._resolve(absolute)
+        except (OSError, ValueError):
+            # No file can have this name (a lone surrogate, say), so the server cannot open one.
+            return None
+        return self._place_of(resolved) or self._place_of(os.path.normpath(absolute))
 
     def _place_of(self, path: str) -> ProtectedPlace | None:
         path = _fold(path)
@@ -159,13 +174,27 @@ class _Budget:
 
 
 def _fold(path: str) -> str:
+    """Return the form in which two names of one file compare equal.
+
+    Servers and filesystems may match names in either Unicode normal form (macOS does, and so does
+    the published filesystem server), and macOS and Windows ignore case by default.
+    """
+    if not path.isascii():
+        path = unicodedata.normalize("NFC", path)
     return path.casefold() if CASE_BLIND else path
 
 
 def _forms(value: str) -> Iterator[str]:
     """Yield each path a server could make of `value`, each once."""
     forms: dict[str, None] = {}
+    # Some servers drop white space around a path. A relative name followed by a line break is
+    # more likely a file's content (".mcp.json" in a .gitignore), so it is checked only as it is.
     stripped = value.strip()
+    if any(mark in value for mark in "\r\n") and (
+        any(mark in stripped for mark in "\r\n")
+        or not (stripped.startswith(("/", "~")) or stripped[:5].lower() == "file:")
+    ):
+        stripped = value
     pending = [value, stripped]
     decoded = stripped
     for _ in range(DECODE_ROUNDS):

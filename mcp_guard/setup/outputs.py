@@ -17,10 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mcp_guard.errors import SetupError
-from mcp_guard.locations import APP_FOLDER, client_config_beside, config_home, state_home
+from mcp_guard.locations import APP_FOLDER, client_config_beside, config_home, folders_given, state_home
 from mcp_guard.setup.importing import ImportResult
 from mcp_guard.setup.render import PROJECT_LINE, comment_text
 from mcp_guard.setup.sources import ClientFile
@@ -68,14 +67,14 @@ class Exposure:
             )
         return (
             f"the {self.label} {self.path} is inside {self.folder}, a folder that server {self.server!r} "
-            f"is given, so the agent can read it through that server without asking. It {contents}; "
-            f"{_move_hint(self.label, self.folder)}"
+            "is given. The gateway refuses calls that name it, but a tool that searches or lists that "
+            f"folder can still reach it. It {contents}; {_move_hint(self.label, self.folder)}"
         )
 
 
 _CONTENTS = {
     "policy": "names your servers and the rules that guard them",
-    "client configuration": "contains the credentials your client configuration had",
+    "client configuration": "carries any credentials your client configuration gave its servers",
     "state directory": "will contain the audit key and trail, the pins and the approvals",
 }
 
@@ -180,28 +179,6 @@ def exposures(outputs: Outputs, imported: ImportResult) -> list[Exposure]:
         if root is not None:
             found.append(Exposure(label, path, root, None))
     return _unique(found)
-
-
-def folders_given(table: Mapping[str, Any], start: Path, policy_folder: Path) -> list[Path]:
-    """Return the existing folders among a stdio server's `cwd` and arguments, resolved.
-
-    Args:
-        table: The server's policy table, with `cwd` and `args`.
-        start: Where a relative argument is taken from when the server has no `cwd`: the project
-            folder, where the client starts its servers, or the folder init or check runs in.
-        policy_folder: Where a relative `cwd` is taken from, as the loader does.
-
-    `--option=VALUE` arguments are split.
-    """
-    folders: list[Path] = []
-    cwd = table.get("cwd")
-    if cwd:
-        start = policy_folder / Path(cwd).expanduser()
-        folders.append(start)
-    for arg in table.get("args") or []:
-        values = [arg, arg.split("=", 1)[1]] if arg.startswith("-") and "=" in arg else [arg]
-        folders += [start / Path(value).expanduser() for value in values if value]
-    return list(dict.fromkeys(folder.resolve() for folder in folders if folder.is_dir()))
 
 
 def git_work_tree(path: Path) -> Path | None:

@@ -28,26 +28,22 @@ async def refused_text(client: Client, name: str, arguments: dict[str, object]) 
 
 
 @pytest.mark.slow
-@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=6)
+@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=8)
 async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path) -> None:
+    # The gateway runs in the repository, and the server resolves a relative path against the
+    # folder it is given, which is also the home folder here.
     (tmp_path / "notes.txt").write_text("notes")
+    (tmp_path / ".claude.json").write_text("{}")
     (tmp_path / "to-state").symlink_to(tmp_path / "state")
-    servers = {
-        "fs": {
-            "command": str(NODE_BIN / "mcp-server-filesystem"),
-            "args": [str(tmp_path)],
-            "cwd": str(tmp_path),
-        }
-    }
+    servers = {"fs": {"command": str(NODE_BIN / "mcp-server-filesystem"), "args": [str(tmp_path)]}}
     rules = [
         {
-            "name": "anything in the folder",
+            "name": "anything the server offers",
             "clients": ["*"],
             "server": "fs",
             "tools": WRITE_TOOLS,
             "decision": "auto",
             "write": True,
-            "arguments": {"path": {"path_under": [str(tmp_path)], "path_base": str(tmp_path)}},
         }
     ]
     policy = write_policy(tmp_path, servers, rules=rules)
@@ -55,24 +51,26 @@ async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path)
     attempts = [
         ("fs__read_text_file", {"path": str(tmp_path / "state" / "audit.key")}),
         ("fs__read_text_file", {"path": "state/approval.key"}),
+        ("fs__read_text_file", {"path": "policy.toml"}),
         ("fs__read_text_file", {"path": str(tmp_path / "to-state" / "audit.key")}),
         ("fs__list_directory", {"path": str(tmp_path / "state")}),
         ("fs__read_text_file", {"path": f" {policy} "}),
+        ("fs__write_file", {"path": ".claude.json", "content": '{"mcpServers": {}}'}),
         ("fs__write_file", {"path": str(policy), "content": '[[rules]]\nname = "everything"\n'}),
     ]
 
-    async with stdio_gateway(policy) as client:
+    async with stdio_gateway(policy, env={"HOME": str(tmp_path)}) as client:
         messages = [await refused_text(client, name, arguments) for name, arguments in attempts]
         notes = await client.call_tool("fs__read_text_file", {"path": "notes.txt"})
         listing = await client.call_tool("fs__list_directory", {"path": str(tmp_path)})
         written = await client.call_tool("fs__write_file", {"path": "draft.txt", "content": "draft"})
+        ignored = await client.call_tool("fs__write_file", {"path": ".gitignore", "content": ".mcp.json\n"})
 
     async with SqliteAuditStore.in_state_dir(tmp_path / "state", read_only=True) as store:
         denied = await store.search(CallFilter(server="fs", outcome="denied"))
 
-    assert all(
-        message.startswith("Denied by mcp-guard: arguments['path'] names mcp-guard's") for message in messages
-    )
+    assert all(message.startswith("Denied by mcp-guard: arguments['path'] names ") for message in messages)
+    assert "an MCP client's settings" in messages[-2]
     assert "state directory" in messages[0]
     assert "policy file" in messages[-1]
     assert policy.read_text() == before
@@ -80,6 +78,8 @@ async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path)
     assert "state" in listing.content[0].text
     assert written.is_error is False
     assert (tmp_path / "draft.txt").read_text() == "draft"
+    assert ignored.is_error is False
+    assert (tmp_path / ".claude.json").read_text() == "{}"
     # Each refusal is recorded as a denial in the intent row, with the reason in the outcome.
     assert len(denied) == len(attempts)
     assert all(call.intent.decision == "deny" and call.intent.rule is None for call in denied)

@@ -38,7 +38,7 @@ def paths(tree: dict[str, Path]) -> ProtectedPaths:
 
 
 def refusal(paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]) -> str | None:
-    return paths.problem(arguments, str(tree["project"]))
+    return paths.problem(arguments, [str(tree["project"])])
 
 
 @pytest.mark.attack("tool argument naming mcp-guard's own files")
@@ -80,7 +80,7 @@ def test_protected_paths_anywhere_in_the_arguments(paths: ProtectedPaths, tree: 
     nested = refusal(paths, tree, {"options": {"files": ["notes.txt", key]}})
     as_key = refusal(paths, tree, {"files": {key: "new content"}})
     long = refusal(paths, tree, {"path": long_form})
-    home = paths.problem({"path": "~/audit.key"}, "/")
+    home = paths.problem({"path": "~/audit.key"}, ["/"])
 
     assert nested is not None
     assert nested.startswith("arguments['options']['files'][1] names the state directory, which")
@@ -103,6 +103,7 @@ def test_protected_paths_anywhere_in_the_arguments(paths: ProtectedPaths, tree: 
         "{root}/policy.toml.bak",
         "https://example.invalid/state",
         "line one\nline two",
+        "policy.toml\n",
     ],
 )
 def test_other_values_pass(paths: ProtectedPaths, tree: dict[str, Path], value: str) -> None:
@@ -111,8 +112,37 @@ def test_other_values_pass(paths: ProtectedPaths, tree: dict[str, Path], value: 
     assert refusal(paths, tree, {"path": text, "count": 3, "flags": [True, None]}) is None
 
 
+@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=3)
+def test_relative_path_checked_against_every_base(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
+    # A server may take a relative path from its working folder or from a folder it is given.
+    bases = [str(tree["project"]), str(tree["root"])]
+
+    from_second = paths.problem({"path": "state/audit.key"}, bases)
+    name_in_second = paths.problem({"path": "policy.toml"}, bases)
+    dotted = paths.problem({"path": "./policy.toml"}, bases)
+    elsewhere = paths.problem({"path": "notes.txt"}, bases)
+
+    assert from_second is not None
+    assert name_in_second is not None
+    assert dotted is not None
+    assert elsewhere is None
+
+
+@pytest.mark.attack("tool argument naming mcp-guard's own files")
+def test_other_unicode_form_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "caf\u00e9"
+    folder.mkdir()
+    paths = ProtectedPaths([ProtectedPlace(str(folder), "a protected folder", folder=True)])
+
+    decomposed = paths.problem({"path": str(tmp_path / "cafe\u0301" / "s.txt")}, [str(tmp_path)])
+    composed = paths.problem({"path": str(folder / "s.txt")}, [str(tmp_path)])
+
+    assert decomposed is not None
+    assert composed is not None
+
+
 def test_relative_name_in_protected_cwd(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
-    problem = paths.problem({"path": "audit.key"}, str(tree["state"]))
+    problem = paths.problem({"path": "audit.key"}, [str(tree["state"])])
 
     assert problem is not None
     assert "names the state directory" in problem
@@ -141,12 +171,17 @@ def test_places_of_a_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     places = {place.path: place for place in found}
 
     assert places[str(tmp_path / "state")].folder
-    assert places[str(tmp_path / "xdg" / "mcp-guard")].what == "mcp-guard's settings folder"
+    assert (
+        places[str(tmp_path / "xdg" / "mcp-guard")].what
+        == "mcp-guard's folder of policies and client settings"
+    )
     assert str(home / ".local" / "state" / "mcp-guard") in places
     assert str(tmp_path / "p.toml") in places
     assert places[str(tmp_path / "p.client.json")].what == "mcp-guard's client settings"
     assert str(tmp_path / "proj" / ".mcp.json") in places
     assert str(tmp_path / "proj" / ".vscode" / "mcp.json") in places
-    assert str(home / ".claude.json") in places
+    assert str(tmp_path / "proj" / ".claude" / "settings.json") in places
+    assert places[str(home / ".claude.json")].what == "an MCP client's settings"
+    assert str(tmp_path / "xdg" / "Code" / "User" / "mcp.json") in places
     assert str(home / ".ssh") in places
     assert places[str(tmp_path / "secrets")].what == "a path the policy protects (gateway.protected_paths)"
