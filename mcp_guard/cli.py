@@ -395,7 +395,10 @@ def _http_clients(config: GatewayConfig, directory: ClientDirectory) -> str:
         return "; ".join(ways)
     if directory.has_credentials:
         return "none yet: [gateway.oauth] is set, but no client lists oauth_subjects"
-    return f"none: {NO_HTTP_CLIENTS}"
+    return (
+        "none, which matters only for `mcp-guard run --transport http`: give a client api_key_hashes "
+        "(`mcp-guard keys new`), or configure [gateway.oauth]"
+    )
 
 
 async def _check_servers(config: GatewayConfig) -> int:

@@ -20,6 +20,8 @@ from mcp_guard.audit.store import CallRecord, StoredRow
 LIST_VALUE_MAX_CHARS = 60
 LIST_DETAIL_MAX_CHARS = 120
 SHOW_VALUE_MAX_CHARS = 2000
+# A preview that contains this many first characters of the detail repeats it, and is left out.
+DETAIL_PROBE_CHARS = 40
 # Unicode categories escaped on output: controls, format characters (bidi overrides,
 # zero-width) and the line and paragraph separators.
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -50,11 +52,18 @@ def call_line(call: CallRecord) -> str:
         f"{outcome.latency_ms:.1f}ms" if outcome is not None else "-",
     ]
     cells = [_cell(field) for field in fields]
+    if intent.arguments:
+        cells.append(_cell(json.dumps(intent.arguments, ensure_ascii=False, separators=(",", ":"))))
     if outcome is not None and outcome.detail:
         cells.append(_cell(f"[{outcome.detail}]", LIST_DETAIL_MAX_CHARS))
-    if outcome is not None and outcome.preview:
+    if outcome is not None and outcome.preview and not _repeats(outcome.preview, outcome.detail):
         cells.append(_cell(outcome.preview))
     return "  ".join(cells)
+
+
+def _repeats(preview: str, detail: str | None) -> bool:
+    """Return whether a result's preview repeats the detail, as the error of a refused call does."""
+    return detail is not None and detail != "" and detail[:DETAIL_PROBE_CHARS] in preview
 
 
 def row_line(row: StoredRow) -> str:

@@ -118,6 +118,25 @@ async def test_search_line_shows_outcome_detail(
     assert "  latency_ms: 5010.5\n" in details
 
 
+async def test_search_line_shows_arguments_once(
+    new_store: StoreFactory, make_intent: IntentFactory, make_outcome: OutcomeFactory, state_dir: Path
+) -> None:
+    intent = make_intent(tool="read_text_file", arguments={"path": "/home/me/notes.txt"})
+    reason = "arguments['path'] names mcp-guard's state directory, which mcp-guard lets no tool call reach"
+    async with new_store() as store:
+        await store.record_intent(intent)
+        await store.record_outcome(
+            make_outcome(
+                intent.call_id, outcome="denied", detail=reason, preview=f"Denied by mcp-guard: {reason}"
+            )
+        )
+
+    _, output = await _run(state_dir, "search")
+
+    assert '{"path":"/home/me/notes.txt"}' in output
+    assert output.count("names mcp-guard's state") == 1
+
+
 async def test_search_filters_by_outcome_and_time(calls: list[CallIntent], state_dir: Path) -> None:
     _, declined = await _run(state_dir, "search", "--outcome", "approval_declined")
     _, old = await _run(state_dir, "search", "--until", "2021-01-01")
