@@ -75,7 +75,7 @@ class ProtectedPaths:
             for form in {os.path.abspath(place.path), resolve(os.path.abspath(place.path))}:
                 resolved.append(_Resolved(_fold(form), place))
         self._places = tuple(resolved)
-        self._bases: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._bases: dict[tuple[str, ...], tuple[_Base, ...]] = {}
 
     @property
     def places(self) -> tuple[ProtectedPlace, ...]:
@@ -93,15 +93,15 @@ class ProtectedPaths:
         key = tuple(bases)
         resolved_bases = self._bases.get(key)
         if resolved_bases is None:
-            resolved = (self._resolve(os.path.abspath(base)) for base in bases)
-            resolved_bases = self._bases[key] = tuple(dict.fromkeys(resolved))
+            resolved = dict.fromkeys(self._resolve(os.path.abspath(base)) for base in bases)
+            resolved_bases = self._bases[key] = tuple(self._base(base) for base in resolved)
         budget = _Budget(MAX_RESOLVED_STRINGS)
         seen: set[str] = set()
         for where, value in _strings(arguments):
             if value in seen:
                 continue
             seen.add(value)
-            place = self.named(value, resolved_bases, budget)
+            place = self._named(value, resolved_bases, budget)
             if place is not None:
                 return f"{_describe(where)} names {place.what}, which mcp-guard lets no tool call reach"
             if budget.spent:
@@ -111,9 +111,18 @@ class ProtectedPaths:
                 )
         return None
 
-    def named(self, value: str, bases: Sequence[str], budget: _Budget | None = None) -> ProtectedPlace | None:
+    def _base(self, path: str) -> _Base:
+        inside = self._place_of(path)
+        folded = _fold(path)
+        names = {
+            os.path.basename(entry.path): entry.place
+            for entry in self._places
+            if os.path.dirname(entry.path) == folded
+        }
+        return _Base(path, inside if inside is not None and inside.folder else None, names)
+
+    def _named(self, value: str, bases: Sequence[_Base], budget: _Budget) -> ProtectedPlace | None:
         """Return the protected place `value` names as a path, taken from each of `bases` when relative, or None."""
-        budget = budget if budget is not None else _Budget(MAX_RESOLVED_STRINGS)
         if _PLAIN_NAME.fullmatch(value) and value not in (".", ".."):
             # The common case, text that is at most a file name, costs one lstat per base.
             return self._name_in(value, bases, budget)
@@ -124,19 +133,22 @@ class ProtectedPaths:
                 place = self._name_in(form, bases, budget)
             else:
                 place = next(
-                    (found for base in bases if (found := self._path_named(f"{base}/{form}", budget))), None
+                    (found for base in bases if (found := self._path_named(f"{base.path}/{form}", budget))),
+                    None,
                 )
             if place is not None:
                 return place
         return None
 
-    def _name_in(self, name: str, bases: Sequence[str], budget: _Budget) -> ProtectedPlace | None:
+    def _name_in(self, name: str, bases: Sequence[_Base], budget: _Budget) -> ProtectedPlace | None:
         """Return the protected place that the file `name` in one of `bases` is, or is a link into."""
+        folded = _fold(name)
         for base in bases:
-            absolute = f"{base}/{name}"
-            place = self._place_of(absolute)
-            if place is None and os.path.islink(absolute):
-                place = self._path_named(absolute, budget)
+            place = base.inside or base.names.get(folded)
+            if place is None:
+                absolute = f"{base.path}/{name}"
+                if os.path.islink(absolute):
+                    place = self._path_named(absolute, budget)
             if place is not None:
                 return place
         return None
@@ -158,6 +170,21 @@ class ProtectedPaths:
             if path == entry.path or (entry.place.folder and path.startswith(entry.path.rstrip("/") + "/")):
                 return entry.place
         return None
+
+
+@dataclass(frozen=True)
+class _Base:
+    """A folder relative paths are taken from, with what the protected places are to it.
+
+    Attributes:
+        path: The folder, resolved.
+        inside: The protected folder it lies in, if any: every name in it is protected then.
+        names: The protected places directly in it, by their folded names.
+    """
+
+    path: str
+    inside: ProtectedPlace | None
+    names: Mapping[str, ProtectedPlace]
 
 
 class _Budget:
