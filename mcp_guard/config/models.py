@@ -37,8 +37,8 @@ DEFAULT_MAX_TOOL_NAME_LENGTH = 48
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_CALL_TIMEOUT_SECONDS = 300.0
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
-# Clients give up on a server that does not answer `initialize` soon enough (Codex after 10 s by
-# default), so the gateway answers sooner even while a server still starts (a first `npx` download).
+# Clients give up on a server that does not respond to `initialize` soon enough (Codex after 10 s
+# by default), so the gateway responds sooner even while a server still starts (a first `npx` download).
 DEFAULT_STARTUP_WAIT_SECONDS = 8.0
 
 # Server ids and prefixes become part of exported names, so they use the exported character set.
@@ -227,12 +227,12 @@ class GatewaySettings(_Frozen):
     """Folder for state that survives restarts; relative paths are resolved against the policy file."""
 
     startup_wait_seconds: Annotated[float, Field(ge=0, le=600)] = DEFAULT_STARTUP_WAIT_SECONDS
-    """Longest wait for the servers' first start before the gateway answers its clients. A server
-    that gets ready later joins then, and clients get a list-changed notification."""
+    """Longest wait for the servers' first start before the gateway responds to its clients. A
+    server that gets ready later joins then, and clients get a list-changed notification."""
 
     protected_paths: list[Annotated[str, Field(min_length=1)]] = []
-    """More files and folders that no tool call may name, on top of mcp-guard's own files: `~/.ssh`,
-    say. A folder protects everything in it. `~` is expanded; a relative path is resolved against
+    """More files and folders that no tool call may name, on top of mcp-guard's own files, for
+    example `~/.ssh`. A folder protects everything in it. `~` is expanded; a relative path is resolved against
     the policy file."""
 
     max_tool_name_length: Annotated[int, Field(ge=16, le=64)] = DEFAULT_MAX_TOOL_NAME_LENGTH

@@ -354,8 +354,8 @@ def _relative_bases(server: StdioServerConfig | HttpServerConfig, cwd: str) -> t
     if not isinstance(server, StdioServerConfig):
         return (cwd, str(Path.home()))
     start = server.cwd or cwd
-    given = folders_given({"cwd": server.cwd, "args": server.args}, Path(start), Path(start))
-    return tuple(dict.fromkeys([start, *map(str, given), str(Path.home())]))
+    folders = folders_given({"cwd": server.cwd, "args": server.args}, Path(start), Path(start))
+    return tuple(dict.fromkeys([start, *map(str, folders), str(Path.home())]))
 
 
 def protected_places(

@@ -77,8 +77,6 @@ STOPPING = (
 )
 # The catalogue is filtered per client, so list results must never be shared between clients.
 _PRIVATE = CacheHint(ttl_ms=0, scope="private")
-# Ends the audit detail of a call under the prefix of a server that is not available.
-UNAVAILABLE_DETAIL = "is not available, so it lists no tools"
 # The rule recorded for prompts, resources and completions, which follow server-level visibility.
 SERVER_VISIBILITY_RULE = "(a tool of this server is visible to the client)"
 _CACHEABLE = cast("frozenset[CacheableMethod]", CACHEABLE_METHODS)
@@ -318,15 +316,16 @@ class Gateway:
         """Audit a call of a name the client cannot see: probing for hidden tools leaves a trace.
 
         Returns:
-            What the client may be told beyond "Unknown tool": that the server is not available,
-            when a rule would grant the client the name if the server were.
+            What the error may add to "Unknown tool": that the server is not available, when a rule
+            would grant the client the name if the server were.
         """
         server, tool, rule, detail = self._unknown_name(client.name, params.name)
         log.warning("tool_call_unknown_name", client=client.name, name=params.name[:200], detail=detail)
         reason = None
         policy = self.guards.policy
         if (
-            detail.endswith(UNAVAILABLE_DETAIL)
+            server
+            and not self._ready(server)
             and policy is not None
             and policy.grants(client.name, server, tool)
         ):
@@ -377,16 +376,19 @@ class Gateway:
             return known.server, known.name, rule, f"the tool is hidden from the client by {hidden_by}"
         prefix, separator, rest = name.partition(SEPARATOR)
         for server_id, settings in self.config.servers.items():
-            connection = self.registry.connections.get(server_id)
-            available = connection is not None and connection.state is ServerState.READY
-            if separator and prefix == (settings.prefix or server_id) and not available:
+            if separator and prefix == (settings.prefix or server_id) and not self._ready(server_id):
                 return (
                     server_id,
                     rest[:200],
                     None,
-                    f"server {server_id!r} {UNAVAILABLE_DETAIL}",
+                    f"server {server_id!r} is not available, so it lists no tools",
                 )
         return "", name[:200], None, "no tool with this name is visible to the client"
+
+    def _ready(self, server_id: str) -> bool:
+        """Return whether the server is connected and has listed its tools."""
+        connection = self.registry.connections.get(server_id)
+        return connection is not None and connection.state is ServerState.READY
 
     def _question_relay(self, call: ToolCall) -> QuestionRelay | None:
         """Return how a question the server asks during `call` reaches the caller's user, or None.
@@ -573,7 +575,7 @@ class Gateway:
             rule=SERVER_VISIBILITY_RULE if problem is None else None,
         )
         if problem is not None:
-            await self._refuse_request(intent, problem)
+            await self._reject_request(intent, problem)
         assert audit is not None
         async with AsyncExitStack() as stack:
             try:
@@ -589,8 +591,8 @@ class Gateway:
             return result
         raise AssertionError("unreachable: the block above always returns or raises")
 
-    async def _refuse_request(self, intent: CallIntent, problem: str) -> NoReturn:
-        """Record a refused prompts/get, resources/read or completion/complete request, and raise its error."""
+    async def _reject_request(self, intent: CallIntent, problem: str) -> NoReturn:
+        """Record a rejected prompts/get, resources/read or completion/complete request, and raise its error."""
         log.info("request_denied", client=intent.client, request=intent.tool, reason=problem)
         if self.guards.audit is not None:
             try:

@@ -1,8 +1,8 @@
-"""Refuse calls whose arguments name a protected file, whatever the rules allow.
+"""Reject calls whose arguments name a protected file, whatever the rules allow.
 
-mcp-guard's own files decide what an agent may do. The state directory holds the audit trail and
-its key, the pins, the approvals and the rate-limit counts. The policy file holds the rules, and
-the client settings start the gateway and carry the servers' credentials. A tool that could read
+mcp-guard's own files decide what an agent may do. The state directory contains the audit trail
+and its key, the pins, the approvals and the rate-limit counts. The policy file contains the
+rules, and the client settings start the gateway and carry the servers' credentials. A tool that could read
 or change one of them would let an agent read those credentials, erase or forge its record,
 approve its own calls, or remove the gateway from its client's settings before the next start.
 So every string in a call's arguments (keys included) that a server could take as a file path is

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 WRITE_TOOLS = ["read_text_file", "list_directory", "write_file"]
 
 
-async def refused_text(client: Client, name: str, arguments: dict[str, object]) -> str:
+async def rejection_text(client: Client, name: str, arguments: dict[str, object]) -> str:
     result = await client.call_tool(name, arguments)
     assert result.is_error is True, f"{name} ran with {arguments}: {result.content}"
     return str(result.content[0].text)
@@ -60,7 +60,7 @@ async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path)
     ]
 
     async with stdio_gateway(policy, env={"HOME": str(tmp_path)}) as client:
-        messages = [await refused_text(client, name, arguments) for name, arguments in attempts]
+        messages = [await rejection_text(client, name, arguments) for name, arguments in attempts]
         notes = await client.call_tool("fs__read_text_file", {"path": "notes.txt"})
         listing = await client.call_tool("fs__list_directory", {"path": str(tmp_path)})
         written = await client.call_tool("fs__write_file", {"path": "draft.txt", "content": "draft"})
@@ -125,8 +125,8 @@ async def test_protected_paths_skip_approval(tmp_path: Path) -> None:
 
     env = {"HOME": str(home)}
     async with stdio_gateway(policy, env=env, elicitation_callback=elicit) as client:
-        key = await refused_text(client, "alpha__read_file", {"path": str(home / ".ssh" / "id_ed25519")})
-        tilde = await refused_text(client, "alpha__read_file", {"path": "~/.ssh/config"})
+        key = await rejection_text(client, "alpha__read_file", {"path": str(home / ".ssh" / "id_ed25519")})
+        tilde = await rejection_text(client, "alpha__read_file", {"path": "~/.ssh/config"})
         try:
             await client.get_prompt("alpha__greet", {"name": str(policy)})
         except MCPError as exc:

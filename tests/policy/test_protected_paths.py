@@ -37,7 +37,7 @@ def paths(tree: dict[str, Path]) -> ProtectedPaths:
     )
 
 
-def refusal(paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]) -> str | None:
+def rejection(paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]) -> str | None:
     return paths.problem(arguments, [str(tree["project"])])
 
 
@@ -66,7 +66,7 @@ def test_every_form_of_a_protected_path_is_refused(
 ) -> None:
     text = value.format(**{name: str(path) for name, path in tree.items()})
 
-    problem = refusal(paths, tree, {"path": text})
+    problem = rejection(paths, tree, {"path": text})
 
     assert problem is not None
     assert problem.startswith("arguments['path'] names the ")
@@ -77,9 +77,9 @@ def test_protected_paths_anywhere_in_the_arguments(paths: ProtectedPaths, tree: 
     key = str(tree["state"] / "audit.key")
     long_form = "/" * 5000 + key.lstrip("/")
 
-    nested = refusal(paths, tree, {"options": {"files": ["notes.txt", key]}})
-    as_key = refusal(paths, tree, {"files": {key: "new content"}})
-    long = refusal(paths, tree, {"path": long_form})
+    nested = rejection(paths, tree, {"options": {"files": ["notes.txt", key]}})
+    as_key = rejection(paths, tree, {"files": {key: "new content"}})
+    long = rejection(paths, tree, {"path": long_form})
     home = paths.problem({"path": "~/audit.key"}, ["/"])
 
     assert nested is not None
@@ -109,7 +109,7 @@ def test_protected_paths_anywhere_in_the_arguments(paths: ProtectedPaths, tree: 
 def test_other_values_pass(paths: ProtectedPaths, tree: dict[str, Path], value: str) -> None:
     text = value.format(**{name: str(path) for name, path in tree.items()})
 
-    assert refusal(paths, tree, {"path": text, "count": 3, "flags": [True, None]}) is None
+    assert rejection(paths, tree, {"path": text, "count": 3, "flags": [True, None]}) is None
 
 
 @pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=3)
@@ -151,8 +151,8 @@ def test_relative_name_in_protected_cwd(paths: ProtectedPaths, tree: dict[str, P
 def test_too_many_paths_refused(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
     many = [f"{tree['project']}/file-{index}.txt" for index in range(MAX_RESOLVED_STRINGS + 1)]
 
-    problem = refusal(paths, tree, {"paths": many})
-    within = refusal(paths, tree, {"paths": many[:MAX_RESOLVED_STRINGS]})
+    problem = rejection(paths, tree, {"paths": many})
+    within = rejection(paths, tree, {"paths": many[:MAX_RESOLVED_STRINGS]})
 
     assert problem is not None
     assert f"more than {MAX_RESOLVED_STRINGS:,} values" in problem
