@@ -15,9 +15,10 @@ from pydantic import JsonValue
 from mcp_guard.audit.records import CallIntent, CallOutcome
 from mcp_guard.audit.store import CallRecord, StoredRow
 
-# Characters of one value in a list line, of the outcome's detail there (a sentence, such as why
-# a call was denied or how a run ended), and of one string inside `show` output.
+# Characters of one value in a list line, of the arguments and the outcome's detail there (a
+# sentence, such as why a call was denied or how a run ended), and of one string inside `show`.
 LIST_VALUE_MAX_CHARS = 60
+LIST_ARGUMENTS_MAX_CHARS = 120
 LIST_DETAIL_MAX_CHARS = 120
 SHOW_VALUE_MAX_CHARS = 2000
 # A preview that contains this many first characters of the detail repeats it, and is left out.
@@ -53,12 +54,21 @@ def call_line(call: CallRecord) -> str:
     ]
     cells = [_cell(field) for field in fields]
     if intent.arguments:
-        cells.append(_cell(json.dumps(intent.arguments, ensure_ascii=False, separators=(",", ":"))))
+        cells.append(_cell(_arguments_text(intent.arguments), LIST_ARGUMENTS_MAX_CHARS))
     if outcome is not None and outcome.detail:
         cells.append(_cell(f"[{outcome.detail}]", LIST_DETAIL_MAX_CHARS))
     if outcome is not None and outcome.preview and not _repeats(outcome.preview, outcome.detail):
         cells.append(_cell(outcome.preview))
     return "  ".join(cells)
+
+
+def _arguments_text(arguments: JsonValue) -> str:
+    """Return the arguments as compact JSON, short values first, so a path is not cut off by a file's content."""
+    if isinstance(arguments, dict):
+        arguments = dict(
+            sorted(arguments.items(), key=lambda item: len(json.dumps(item[1], ensure_ascii=False)))
+        )
+    return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
 
 
 def _repeats(preview: str, detail: str | None) -> bool:

@@ -39,7 +39,7 @@ DEFAULT_CALL_TIMEOUT_SECONDS = 300.0
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
 # Clients give up on a server that does not respond to `initialize` soon enough (Codex after 10 s
 # by default), so the gateway responds sooner even while a server still starts (a first `npx` download).
-DEFAULT_STARTUP_WAIT_SECONDS = 8.0
+DEFAULT_STARTUP_WAIT_SECONDS = 5.0
 
 # Server ids and prefixes become part of exported names, so they use the exported character set.
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"

@@ -320,7 +320,10 @@ class DownstreamConnection:
                     await self._serve(session)
                     self.last_error = "the connection closed"
             if startup.cancelled_caught and not got_ready:
-                self.last_error = f"not ready within {self.config.startup_timeout_seconds:g} s"
+                self.last_error = (
+                    f"not ready within {self.config.startup_timeout_seconds:g} s "
+                    "(raise startup_timeout_seconds if it needs longer)"
+                )
         except Exception as exc:  # contained: a failing server must not take the gateway down
             self.last_error = _describe_failure(exc)
         finally:

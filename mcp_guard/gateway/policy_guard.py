@@ -40,7 +40,7 @@ from mcp_guard.locations import (
 )
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
-from mcp_guard.policy.protected import ProtectedPaths, ProtectedPlace
+from mcp_guard.policy.protected import FolderWatch, ProtectedPaths, ProtectedPlace
 from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
@@ -72,7 +72,7 @@ class PolicyGuard:
 
     Args:
         protected: The places no call may name; by default those `protected_places` finds for
-            `config` alone, without the policy file.
+            `config` alone, without the policy file. The folders on the way to them are watched.
     """
 
     def __init__(
@@ -88,6 +88,8 @@ class PolicyGuard:
         self._pins = pins
         self._usage = usage
         self.protected = protected if protected is not None else ProtectedPaths(protected_places(config))
+        self._watch = FolderWatch(self.protected.places, stop_at=[str(Path.home())])
+        self._moved: str | None = None
         cwd = os.getcwd()
         self._bases = {
             server_id: _relative_bases(server, cwd) for server_id, server in config.servers.items()
@@ -264,14 +266,32 @@ class PolicyGuard:
         # Both forms: the joined path is what the server gets, the one sent is what was asked for.
         problem = self.protected_problem(tool.server, sent)
         if problem is None and decision.arguments is not None:
-            problem = self.protected_problem(tool.server, call.arguments)
+            problem = self.protected.problem(
+                call.arguments, self._bases.get(tool.server, self._gateway_bases)
+            )
         if problem is not None:
             call.decision, call.rule, call.detail = "deny", None, problem
             call.policy = Deny(rule=None, reason=problem)
         return await next_handler(call)
 
     def protected_problem(self, server: str, arguments: Mapping[str, Any]) -> str | None:
-        """Return why `arguments` sent to `server` name a protected place, or None."""
+        """Return why a call with `arguments` to `server` must be rejected to keep the protected places safe.
+
+        Either the arguments name a protected place, or a folder on the way to one was moved or
+        replaced since the gateway started. Until that folder is back, every call is rejected.
+        """
+        moved = self._watch.changed()
+        if moved != self._moved:
+            if moved is not None:
+                log.error("protected_folder_moved", folder=moved, fix="move it back, or restart the gateway")
+            else:
+                log.warning("protected_folder_restored", folder=self._moved)
+            self._moved = moved
+        if moved is not None:
+            return (
+                f"the folder {moved} was moved or replaced while the gateway ran, so protected files may "
+                "lie under another name now; every call is rejected until it is back or the gateway restarts"
+            )
         return self.protected.problem(arguments, self._bases.get(server, self._gateway_bases))
 
     async def enforce(self, call: ToolCall, next_handler: Handler) -> ToolResult:

@@ -329,10 +329,14 @@ class Gateway:
             and policy is not None
             and policy.grants(client.name, server, tool)
         ):
-            reason = (
-                f"Server {server!r} is not available, so its tools cannot be called now; "
-                "the gateway's log says why"
-            )
+            connection = self.registry.connections[server]
+            if connection.state is ServerState.STARTING and connection.last_error is None:
+                reason = f"Server {server!r} is still starting, so its tools cannot be called yet; try again shortly"
+            else:
+                reason = (
+                    f"Server {server!r} is not available, so its tools cannot be called now; "
+                    "the gateway's log says why"
+                )
         if self.guards.audit is None:
             return reason
         intent = CallIntent(

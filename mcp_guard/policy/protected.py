@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -170,6 +171,53 @@ class ProtectedPaths:
             if path == entry.path or (entry.place.folder and path.startswith(entry.path.rstrip("/") + "/")):
                 return entry.place
         return None
+
+
+class FolderWatch:
+    """The folders on the way to each protected place, as they were when the gateway started.
+
+    Renaming such a folder takes the files inside out of the path check's sight: an agent could
+    rename `~/.claude`, write the `settings.json` in it under the new name, and rename it back.
+    So the gateway compares these folders' identities before each call.
+
+    Args:
+        places: The protected places.
+        stop_at: Folders where the walk up from a place ends, unwatched: the home folder.
+    """
+
+    def __init__(self, places: Iterable[ProtectedPlace], stop_at: Iterable[str]) -> None:
+        stops = {os.path.abspath(folder) for folder in stop_at}
+        self._folders: dict[str, tuple[int, int]] = {}
+        for place in places:
+            folder = os.path.abspath(place.path)
+            if not place.folder:
+                folder = os.path.dirname(folder)
+            while folder not in stops and folder not in self._folders and folder != os.path.dirname(folder):
+                identity = _folder_identity(folder)
+                if identity is not None:
+                    self._folders[folder] = identity
+                folder = os.path.dirname(folder)
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The watched folders."""
+        return tuple(self._folders)
+
+    def changed(self) -> str | None:
+        """Return a watched folder that is missing or is another folder now, or None."""
+        for folder, identity in self._folders.items():
+            if _folder_identity(folder) != identity:
+                return folder
+        return None
+
+
+def _folder_identity(folder: str) -> tuple[int, int] | None:
+    """Return the device and inode of `folder`, or None when it is not a folder."""
+    try:
+        info = os.stat(folder)
+    except (OSError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
 @dataclass(frozen=True)

@@ -130,11 +130,18 @@ async def test_search_line_shows_arguments_once(
                 intent.call_id, outcome="denied", detail=reason, preview=f"Denied by mcp-guard: {reason}"
             )
         )
+        written = make_intent(
+            tool="write_file", arguments={"content": "x" * 200, "path": "/home/me/long.txt"}
+        )
+        await store.record_intent(written)
+        await store.record_outcome(make_outcome(written.call_id))
 
     _, output = await _run(state_dir, "search")
 
     assert '{"path":"/home/me/notes.txt"}' in output
     assert output.count("names mcp-guard's state") == 1
+    # The short path comes before the long content, so the cut leaves it readable.
+    assert '{"path":"/home/me/long.txt","content":"xxx' in output
 
 
 async def test_search_filters_by_outcome_and_time(calls: list[CallIntent], state_dir: Path) -> None:

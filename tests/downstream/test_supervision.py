@@ -137,7 +137,7 @@ async def test_slow_server_joins_after_the_gateway_answers(tmp_path: Path) -> No
 
     # The client was served while the slow server still slept.
     assert "slow__echo" not in first
-    assert "Server 'slow' is not available" in early.value.error.message
+    assert "Server 'slow' is still starting, so its tools cannot be called yet" in early.value.error.message
     assert late.content[0].text == "late"
 
 

@@ -144,3 +144,39 @@ async def test_protected_paths_skip_approval(tmp_path: Path) -> None:
     assert asked == []
     events = read_records(record)
     assert [event["event"] for event in events if event["event"] in ("call", "get_prompt")] == ["call"]
+
+
+@pytest.mark.slow
+@pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=2)
+async def test_renamed_folder_stops_every_call(tmp_path: Path) -> None:
+    # Renaming ~/.claude would let a write under the new name reach its settings.json.
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    (home / "notes.txt").write_text("notes")
+    servers = {"fs": {"command": str(NODE_BIN / "mcp-server-filesystem"), "args": [str(home)]}}
+    rules = [
+        {
+            "name": "anything in the home folder",
+            "clients": ["*"],
+            "server": "fs",
+            "tools": [*WRITE_TOOLS, "move_file"],
+            "decision": "auto",
+            "write": True,
+        }
+    ]
+    policy = write_policy(tmp_path, servers, rules=rules)
+    renamed = {"source": str(home / ".claude"), "destination": str(home / "c2")}
+    settings = {"path": str(home / "c2" / "settings.json"), "content": '{"hooks": {}}'}
+
+    async with stdio_gateway(policy, env={"HOME": str(home)}) as client:
+        moved = await client.call_tool("fs__move_file", renamed)
+        write = await rejection_text(client, "fs__write_file", settings)
+        read = await rejection_text(client, "fs__read_text_file", {"path": str(home / "notes.txt")})
+        (home / "c2").rename(home / ".claude")
+        restored = await client.call_tool("fs__read_text_file", {"path": str(home / "notes.txt")})
+
+    assert moved.is_error is False
+    assert f"the folder {home / '.claude'} was moved or replaced while the gateway ran" in write
+    assert "every call is rejected until it is back" in read
+    assert not (home / ".claude" / "settings.json").exists()
+    assert restored.content[0].text == "notes"

@@ -9,7 +9,7 @@ import pytest
 
 from mcp_guard.config.loading import load_config
 from mcp_guard.gateway.policy_guard import protected_places
-from mcp_guard.policy.protected import MAX_RESOLVED_STRINGS, ProtectedPaths, ProtectedPlace
+from mcp_guard.policy.protected import MAX_RESOLVED_STRINGS, FolderWatch, ProtectedPaths, ProtectedPlace
 
 
 @pytest.fixture
@@ -185,3 +185,25 @@ def test_places_of_a_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert str(tmp_path / "xdg" / "Code" / "User" / "mcp.json") in places
     assert str(home / ".ssh") in places
     assert places[str(tmp_path / "secrets")].what == "a path the policy protects (gateway.protected_paths)"
+
+
+def test_folder_watch_sees_rename_and_return(tmp_path: Path) -> None:
+    folder = tmp_path / "home" / ".claude"
+    folder.mkdir(parents=True)
+    place = ProtectedPlace(str(folder / "settings.json"), "settings", folder=False)
+    watch = FolderWatch([place], [str(tmp_path / "home")])
+
+    before = watch.changed()
+    folder.rename(tmp_path / "home" / "c2")
+    renamed = watch.changed()
+    folder.mkdir()
+    replaced = watch.changed()
+    folder.rmdir()
+    (tmp_path / "home" / "c2").rename(folder)
+    returned = watch.changed()
+
+    assert watch.folders == (str(folder),)
+    assert before is None
+    assert renamed == str(folder)
+    assert replaced == str(folder)
+    assert returned is None
