@@ -330,7 +330,11 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
             continue
         table = {"cwd": server.cwd, "args": server.args}
         for folder in folders_given(table, Path.cwd(), policy_folder):
-            inside = [place.what for place in places if Path(place.path).resolve().is_relative_to(folder)]
+            inside = [
+                f"{place.what} ({place.path})"
+                for place in places
+                if Path(place.path).resolve().is_relative_to(folder)
+            ]
             if inside:
                 warnings.append(
                     f"server {server_id!r} is given {folder}, which contains {_listed(list(dict.fromkeys(inside)))}. "

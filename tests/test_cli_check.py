@@ -308,8 +308,9 @@ async def test_check_warns_on_server_given_gateway_files(tmp_path: Path) -> None
     assert completed.returncode == 0
     assert len(warnings) == 1
     assert (
-        f"is given {tmp_path}, which contains mcp-guard's state directory, mcp-guard's folder of policies "
-        "and client settings and mcp-guard's policy file." in warnings[0]
+        f"is given {tmp_path}, which contains mcp-guard's state directory ({tmp_path / 'state'}), "
+        f"mcp-guard's folder of policies and client settings ({tmp_path / 'xdg' / 'mcp-guard'}) and "
+        f"mcp-guard's policy file ({policy})." in warnings[0]
     )
     assert "a tool that searches or lists the folder can still reach them" in warnings[0]
 
