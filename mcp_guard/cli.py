@@ -331,7 +331,7 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
         table = {"cwd": server.cwd, "args": server.args}
         for folder in folders_given(table, Path.cwd(), policy_folder):
             inside = [
-                f"{place.what} ({place.path})"
+                f"{place.description} ({place.path})"
                 for place in places
                 if Path(place.path).resolve().is_relative_to(folder)
             ]

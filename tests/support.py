@@ -345,6 +345,16 @@ async def wait_until(predicate: Any, seconds: float = 10.0, message: str = "cond
     raise AssertionError(f"{message} not reached within {seconds} s")
 
 
+async def wait_until_visible(client: Client, name: str, seconds: float = 10.0) -> None:
+    """List tools until `name` is among them; fail after `seconds`."""
+    with anyio.move_on_after(seconds):
+        while True:
+            if name in {tool.name for tool in (await client.list_tools()).tools}:
+                return
+            await anyio.sleep(0.1)
+    raise AssertionError(f"{name} was not listed within {seconds:g} s")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """Return this process's environment plus `extra`."""
     return {**os.environ, **extra}

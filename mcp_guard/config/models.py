@@ -227,7 +227,7 @@ class GatewaySettings(_Frozen):
     """Folder for state that survives restarts; relative paths are resolved against the policy file."""
 
     startup_wait_seconds: Annotated[float, Field(ge=0, le=600)] = DEFAULT_STARTUP_WAIT_SECONDS
-    """Longest wait for the servers' first start before the gateway responds to its clients. A
+    """Maximum wait for the servers' first start before the gateway responds to its clients. A
     server that gets ready later joins then, and clients get a list-changed notification."""
 
     protected_paths: list[Annotated[str, Field(min_length=1)]] = []

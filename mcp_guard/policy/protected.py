@@ -31,10 +31,10 @@ from urllib.parse import unquote, urlsplit
 
 from mcp_guard.policy.paths import MAX_PATH_CHARS, PathResolver, default_resolver
 
-# Strings resolved against the filesystem in one call, at most. Each costs a few system calls; a
-# call that sends more is refused rather than checked in part.
+# Maximum number of strings resolved against the filesystem in one call. Each costs a few system
+# calls, so a call that sends more is rejected rather than checked in part.
 MAX_RESOLVED_STRINGS = 1_000
-# Percent-decoding is applied this often at most: a server may decode twice.
+# Maximum rounds of percent-decoding, since a server may decode twice.
 DECODE_ROUNDS = 2
 # A string that every form leaves as it is: no separator, `~`, percent sign, colon or surrounding
 # white space. It names at most a file in the working folder.
@@ -49,12 +49,12 @@ class ProtectedPlace:
 
     Attributes:
         path: Absolute path, as configured.
-        what: What it is, completing "names ...": "mcp-guard's state directory".
+        description: What it is, completing "names ...": "mcp-guard's state directory".
         folder: Whether everything below `path` is protected too.
     """
 
     path: str
-    what: str
+    description: str
     folder: bool
 
 
@@ -84,7 +84,7 @@ class ProtectedPaths:
         return tuple(dict.fromkeys(entry.place for entry in self._places))
 
     def problem(self, arguments: Mapping[str, Any], bases: Sequence[str]) -> str | None:
-        """Return why the call must be refused, a sentence for the caller, or None.
+        """Return why the call must be rejected, a sentence for the caller, or None.
 
         Args:
             arguments: The call's arguments.
@@ -104,7 +104,9 @@ class ProtectedPaths:
             seen.add(value)
             place = self._named(value, resolved_bases, budget)
             if place is not None:
-                return f"{_describe(where)} names {place.what}, which mcp-guard lets no tool call reach"
+                return (
+                    f"{_describe(where)} names {place.description}, which mcp-guard lets no tool call reach"
+                )
             if budget.spent:
                 return (
                     f"the arguments hold more than {MAX_RESOLVED_STRINGS:,} values that could be file paths, "
@@ -295,7 +297,7 @@ def _forms(value: str) -> Iterator[str]:
 # Position of a string in the arguments: the keys and indexes leading to it, and whether the
 # string is the last key itself rather than its value.
 _Where = tuple[tuple[str | int, ...], bool]
-# Characters of a key shown in a refusal, at most.
+# Maximum characters of a key shown in a rejection.
 MAX_SHOWN_KEY_CHARS = 60
 
 
@@ -317,7 +319,7 @@ def _strings(value: Any) -> Iterator[tuple[_Where, str]]:
 
 def _describe(where: _Where) -> str:
     parts, is_key = where
-    shown = "".join(
+    location = "".join(
         f"[{part}]" if isinstance(part, int) else f"[{part[:MAX_SHOWN_KEY_CHARS]!r}]" for part in parts
     )
-    return f"the key arguments{shown}" if is_key else f"arguments{shown}"
+    return f"the key arguments{location}" if is_key else f"arguments{location}"

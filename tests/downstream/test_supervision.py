@@ -14,7 +14,6 @@ import anyio
 import psutil
 import pytest
 import structlog
-from mcp import Client
 from mcp.shared.exceptions import MCPError
 from support import (
     ERAS,
@@ -27,6 +26,7 @@ from support import (
     stdio_gateway,
     stop_process,
     wait_until,
+    wait_until_visible,
     write_policy,
 )
 
@@ -128,25 +128,17 @@ async def test_slow_server_joins_after_the_gateway_answers(tmp_path: Path) -> No
     )
 
     async with stdio_gateway(policy) as client:
-        await wait_until_listed(client, "alpha__echo")
+        await wait_until_visible(client, "alpha__echo", seconds=30)
         first = {tool.name for tool in (await client.list_tools()).tools}
         with pytest.raises(MCPError) as early:
             await client.call_tool("slow__echo", {"text": "early"})
-        await wait_until_listed(client, "slow__echo")
+        await wait_until_visible(client, "slow__echo", seconds=30)
         late = await client.call_tool("slow__echo", {"text": "late"})
 
     # The client was served while the slow server still slept.
     assert "slow__echo" not in first
     assert "Server 'slow' is still starting, so its tools cannot be called yet" in early.value.error.message
     assert late.content[0].text == "late"
-
-
-async def wait_until_listed(client: Client, name: str) -> None:
-    for _attempt in range(300):
-        if name in {tool.name for tool in (await client.list_tools()).tools}:
-            return
-        await anyio.sleep(0.1)
-    raise AssertionError(f"{name} was not listed within 30 s")
 
 
 @pytest.mark.parametrize("mode", ERAS)

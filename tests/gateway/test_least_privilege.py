@@ -27,6 +27,7 @@ from support import (
     raw_stdio_gateway,
     read_records,
     stdio_gateway,
+    wait_until_visible,
     write_policy,
 )
 
@@ -293,14 +294,6 @@ async def wait_until_hidden(client: Client, name: str) -> None:
             return
         await anyio.sleep(0.1)
     raise AssertionError(f"{name} stayed visible")
-
-
-async def wait_until_visible(client: Client, name: str) -> None:
-    for _attempt in range(100):
-        if name in {tool.name for tool in (await client.list_tools()).tools}:
-            return
-        await anyio.sleep(0.1)
-    raise AssertionError(f"{name} stayed hidden")
 
 
 @pytest.mark.slow

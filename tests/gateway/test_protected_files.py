@@ -80,7 +80,7 @@ async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path)
     assert (tmp_path / "draft.txt").read_text() == "draft"
     assert ignored.is_error is False
     assert (tmp_path / ".claude.json").read_text() == "{}"
-    # Each refusal is recorded as a denial in the intent row, with the reason in the outcome.
+    # Each rejection is recorded as a denial in the intent row, with the reason in the outcome.
     assert len(denied) == len(attempts)
     assert all(call.intent.decision == "deny" and call.intent.rule is None for call in denied)
     assert all("which mcp-guard lets no tool call reach" in (call.outcome.detail or "") for call in denied)
@@ -88,7 +88,7 @@ async def test_filesystem_server_cannot_reach_the_gateways_files(tmp_path: Path)
 
 @pytest.mark.attack("tool argument naming mcp-guard's own files", attempts=3)
 async def test_protected_paths_skip_approval(tmp_path: Path) -> None:
-    # A policy's own protected_paths (with "~") and an "approve" rule: the call is refused before
+    # A policy's own protected_paths (with "~") and an "approve" rule: the call is rejected before
     # anyone is asked, and never reaches the server.
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
@@ -117,10 +117,10 @@ async def test_protected_paths_skip_approval(tmp_path: Path) -> None:
         {"protected_paths": ["~/.ssh"]},
         rules=rules,
     )
-    asked: list[object] = []
+    requests: list[object] = []
 
     async def elicit(*_: object) -> object:
-        asked.append(_)
+        requests.append(_)
         raise AssertionError("nobody should be asked")
 
     env = {"HOME": str(home)}
@@ -141,7 +141,7 @@ async def test_protected_paths_skip_approval(tmp_path: Path) -> None:
         "Denied by mcp-guard: arguments['arguments']['name'] names mcp-guard's policy file"
     )
     assert echoed.content[0].text == "~/notes and /tmp/x"
-    assert asked == []
+    assert requests == []
     events = read_records(record)
     assert [event["event"] for event in events if event["event"] in ("call", "get_prompt")] == ["call"]
 

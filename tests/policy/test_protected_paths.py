@@ -172,19 +172,22 @@ def test_places_of_a_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     assert places[str(tmp_path / "state")].folder
     assert (
-        places[str(tmp_path / "xdg" / "mcp-guard")].what
+        places[str(tmp_path / "xdg" / "mcp-guard")].description
         == "mcp-guard's folder of policies and client settings"
     )
     assert str(home / ".local" / "state" / "mcp-guard") in places
     assert str(tmp_path / "p.toml") in places
-    assert places[str(tmp_path / "p.client.json")].what == "mcp-guard's client settings"
+    assert places[str(tmp_path / "p.client.json")].description == "mcp-guard's client settings"
     assert str(tmp_path / "proj" / ".mcp.json") in places
     assert str(tmp_path / "proj" / ".vscode" / "mcp.json") in places
     assert str(tmp_path / "proj" / ".claude" / "settings.json") in places
-    assert places[str(home / ".claude.json")].what == "an MCP client's settings"
+    assert places[str(home / ".claude.json")].description == "an MCP client's settings"
     assert str(tmp_path / "xdg" / "Code" / "User" / "mcp.json") in places
     assert str(home / ".ssh") in places
-    assert places[str(tmp_path / "secrets")].what == "a path the policy protects (gateway.protected_paths)"
+    assert (
+        places[str(tmp_path / "secrets")].description
+        == "a path the policy protects (gateway.protected_paths)"
+    )
 
 
 def test_folder_watch_sees_rename_and_return(tmp_path: Path) -> None:
