@@ -317,11 +317,12 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
     The gateway refuses calls that name such a place, but a tool that searches or lists the
     folder can still reach it.
     """
-    # A folder counts before it exists: the gateway creates the state directory when it starts.
+    # mcp-guard's own places count before they exist: the gateway creates the state directory
+    # when it starts, and init writes policies to its folder.
     places = [
         place
         for place in protected_places(config, policy_path=policy_path)
-        if place.folder or os.path.exists(place.path)
+        if place.own or os.path.exists(place.path)
     ]
     policy_folder = Path(policy_path).resolve().parent
     warnings: list[str] = []

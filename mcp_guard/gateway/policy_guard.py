@@ -29,18 +29,15 @@ from mcp_guard.errors import GuardError
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 from mcp_guard.locations import (
     APP_FOLDER,
-    HOME_CLIENT_FILES,
-    PROJECT_CLIENT_FILES,
-    claude_desktop_path,
     client_config_beside,
+    client_settings,
     config_home,
     folders_given,
     state_home,
-    vscode_user_path,
 )
 from mcp_guard.pinning import PinStore
 from mcp_guard.policy import Allow, Deny, PolicyEngine, RequireApproval
-from mcp_guard.policy.protected import FolderWatch, ProtectedPaths, ProtectedPlace
+from mcp_guard.policy.protected import FolderWatch, ProtectedPaths, ProtectedPlace, missing_folders
 from mcp_guard.state.usage import UsageStore
 
 log = structlog.get_logger(module=__name__)
@@ -396,22 +393,25 @@ def protected_places(
     """
     environ = os.environ if environ is None else environ
     folder = Path(cwd if cwd is not None else os.getcwd())
-    home = Path.home()
     settings = "an MCP client's settings"
     places = [
-        ProtectedPlace(config.gateway.state_dir, "mcp-guard's state directory", folder=True),
+        ProtectedPlace(config.gateway.state_dir, "mcp-guard's state directory", folder=True, own=True),
         ProtectedPlace(
             str(config_home(environ) / APP_FOLDER),
             "mcp-guard's folder of policies and client settings",
             folder=True,
+            own=True,
         ),
         ProtectedPlace(
-            str(state_home(environ) / APP_FOLDER), "mcp-guard's folder of state directories", folder=True
+            str(state_home(environ) / APP_FOLDER),
+            "mcp-guard's folder of state directories",
+            folder=True,
+            own=True,
         ),
-        ProtectedPlace(str(claude_desktop_path(environ)), settings, folder=False),
-        ProtectedPlace(str(vscode_user_path(environ)), settings, folder=False),
-        *(ProtectedPlace(str(home / name), settings, folder=False) for name in HOME_CLIENT_FILES),
-        *(ProtectedPlace(str(folder / name), settings, folder=False) for name in PROJECT_CLIENT_FILES),
+        *(
+            ProtectedPlace(str(path), settings, folder=is_folder)
+            for path, is_folder in client_settings(environ, folder)
+        ),
     ]
     if policy_path is not None:
         policy = Path(policy_path).absolute()
@@ -423,7 +423,7 @@ def protected_places(
         ProtectedPlace(path, "a path the policy protects (gateway.protected_paths)", folder=True)
         for path in config.gateway.protected_paths
     )
-    return places
+    return places + missing_folders(places)
 
 
 def _size_problem(value: Any) -> str | None:

@@ -51,11 +51,14 @@ class ProtectedPlace:
         path: Absolute path, as configured.
         description: What it is, completing "names ...": "mcp-guard's state directory".
         folder: Whether everything below `path` is protected too.
+        own: Whether it is one of mcp-guard's own folders, which `init` or the gateway may create
+            after `check` looked.
     """
 
     path: str
     description: str
     folder: bool
+    own: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,23 @@ class FolderWatch:
             if _folder_identity(folder) != identity:
                 return folder
         return None
+
+
+def missing_folders(places: Iterable[ProtectedPlace]) -> list[ProtectedPlace]:
+    """Return the folders on the way to each place that do not exist, as places of their own.
+
+    `FolderWatch` notices an existing folder that is replaced, but a missing one has nothing to
+    compare: an agent could write `settings.json` into a folder of its own and rename that folder
+    to `~/.gemini`. The rename names the missing folder, so a call that names it is refused. Only
+    the folder itself is protected, not what it may later hold besides the places.
+    """
+    found: dict[str, ProtectedPlace] = {}
+    for place in places:
+        folder = os.path.dirname(os.path.abspath(place.path))
+        while folder not in found and folder != os.path.dirname(folder) and not os.path.lexists(folder):
+            found[folder] = ProtectedPlace(folder, f"a folder for {place.description}", folder=False)
+            folder = os.path.dirname(folder)
+    return list(found.values())
 
 
 def _folder_identity(folder: str) -> tuple[int, int] | None:

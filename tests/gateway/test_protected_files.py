@@ -180,3 +180,43 @@ async def test_renamed_folder_stops_every_call(tmp_path: Path) -> None:
     assert "every call is rejected until it is back" in read
     assert not (home / ".claude" / "settings.json").exists()
     assert restored.content[0].text == "notes"
+
+
+@pytest.mark.slow
+@pytest.mark.attack("missing client folder made by renaming a prepared one", attempts=3)
+async def test_rename_into_missing_client_folder(tmp_path: Path) -> None:
+    # Gemini CLI is not set up, so ~/.gemini is missing: a folder with settings.json written under
+    # another name, then renamed into its place, would start a server the agent chose.
+    home = tmp_path / "home"
+    (home / "prep").mkdir(parents=True)
+    servers = {"fs": {"command": str(NODE_BIN / "mcp-server-filesystem"), "args": [str(home)]}}
+    rules = [
+        {
+            "name": "anything in the home folder",
+            "clients": ["*"],
+            "server": "fs",
+            "tools": [*WRITE_TOOLS, "move_file", "create_directory"],
+            "decision": "auto",
+            "write": True,
+        }
+    ]
+    policy = write_policy(tmp_path, servers, rules=rules)
+    settings = {"mcpServers": {"own": {"command": "sh"}}}
+
+    async with stdio_gateway(policy, env={"HOME": str(home)}) as client:
+        prepared = await client.call_tool(
+            "fs__write_file", {"path": str(home / "prep" / "settings.json"), "content": str(settings)}
+        )
+        moved = await rejection_text(
+            client, "fs__move_file", {"source": str(home / "prep"), "destination": str(home / ".gemini")}
+        )
+        created = await rejection_text(client, "fs__create_directory", {"path": "~/.gemini"})
+        written = await rejection_text(
+            client, "fs__write_file", {"path": ".gemini/settings.json", "content": str(settings)}
+        )
+
+    assert prepared.is_error is False
+    assert "arguments['destination'] names a folder for an MCP client's settings" in moved
+    assert "names a folder for an MCP client's settings" in created
+    assert "names an MCP client's settings" in written
+    assert not (home / ".gemini").exists()

@@ -9,7 +9,13 @@ import pytest
 
 from mcp_guard.config.loading import load_config
 from mcp_guard.gateway.policy_guard import protected_places
-from mcp_guard.policy.protected import MAX_RESOLVED_STRINGS, FolderWatch, ProtectedPaths, ProtectedPlace
+from mcp_guard.policy.protected import (
+    MAX_RESOLVED_STRINGS,
+    FolderWatch,
+    ProtectedPaths,
+    ProtectedPlace,
+    missing_folders,
+)
 
 
 @pytest.fixture
@@ -188,6 +194,63 @@ def test_places_of_a_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         places[str(tmp_path / "secrets")].description
         == "a path the policy protects (gateway.protected_paths)"
     )
+
+
+def test_places_of_other_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    policy = tmp_path / "p.toml"
+    policy.write_text("")
+    config = load_config(policy)
+    environ = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "CODEX_HOME": str(tmp_path / "codex")}
+
+    found = protected_places(config, policy_path=str(policy), environ=environ, cwd=str(tmp_path / "proj"))
+    places = {place.path: place for place in found}
+
+    for path in [
+        tmp_path / "codex" / "config.toml",
+        home / ".gemini" / "settings.json",
+        home / ".cursor" / "hooks.json",
+        tmp_path / "xdg" / "zed" / "settings.json",
+        tmp_path / "xdg" / "Code" / "User" / "settings.json",
+        tmp_path / "xdg" / "Code - Insiders" / "User" / "mcp.json",
+        tmp_path / "proj" / ".vscode" / "settings.json",
+        tmp_path / "proj" / ".gemini" / "settings.json",
+        tmp_path / "proj" / "opencode.json",
+    ]:
+        assert places[str(path)].description == "an MCP client's settings", path
+        assert not places[str(path)].folder
+    assert places[str(tmp_path / "xdg" / "Code" / "User" / "profiles")].folder
+    assert places[str(home / ".claude" / "plugins")].folder
+    # A missing folder on the way to a place is protected by its name alone; an existing one is not.
+    assert places[str(home / ".claude")] == ProtectedPlace(
+        str(home / ".claude"), "a folder for an MCP client's settings", folder=False
+    )
+    assert places[str(tmp_path / "proj")].description == "a folder for an MCP client's settings"
+    assert str(home / ".gemini") not in places
+    assert str(home) not in places
+
+
+@pytest.mark.attack("missing client folder made by renaming a prepared one")
+def test_missing_folder_on_path_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "prepared").mkdir(parents=True)
+    (home / "prepared" / "settings.json").write_text("{}")
+    place = ProtectedPlace(str(home / ".gemini" / "settings.json"), "an MCP client's settings", folder=False)
+    paths = ProtectedPaths([place, *missing_folders([place])])
+
+    def problem(value: str) -> str | None:
+        return paths.problem({"destination": value}, [str(home)])
+
+    assert problem(str(home / ".gemini")) == (
+        "arguments['destination'] names a folder for an MCP client's settings, "
+        "which mcp-guard lets no tool call reach"
+    )
+    assert problem(".gemini") is not None
+    assert problem(str(home / "prepared" / ".." / ".gemini/")) is not None
+    assert problem(str(home / ".gemini-notes")) is None
+    assert problem(str(home / "prepared")) is None
 
 
 def test_folder_watch_sees_rename_and_return(tmp_path: Path) -> None:
