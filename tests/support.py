@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -388,3 +389,8 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+def without_rule_names(problems: list[str]) -> list[str]:
+    """Return policy problem lines without the rule or limit name after their key path."""
+    return [re.sub(r" \((?:rule|limit) '[^']*'\)(?=:)", "", line, count=1) for line in problems]

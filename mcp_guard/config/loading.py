@@ -10,6 +10,7 @@ so secrets never sit in the config objects.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,9 @@ from mcp_guard.errors import ConfigError
 
 # tomllib's message when a double-quoted string contains a backslash that starts no escape.
 UNESCAPED_BACKSLASH = "Unescaped '\\' in a string"
+
+# A problem line about one rule: `rules[2].decision: ...` or `limits.rules[0].window: ...`.
+_RULE_PROBLEM = re.compile(r"(?P<array>(?:limits\.)?rules)\[(?P<index>\d+)\](?P<rest>[^:]*):")
 
 # Replaces `gateway.state_dir` when set. Like it, a relative path is taken from the policy file's folder.
 STATE_DIR_ENV_VAR = "MCP_GUARD_STATE_DIR"
@@ -102,7 +106,7 @@ def parse_config(
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, describe_errors(exc.errors())) from None
+        raise ConfigError(source, _with_rule_names(describe_errors(exc.errors()), data)) from None
     problems = check_references(config.rules, config.clients, config.server_ids)
     problems += check_oauth_subjects(config.gateway.oauth, config.clients)
     problems += check_api_key_hashes(config.clients)
@@ -274,3 +278,22 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         )
         sandbox = sandbox.model_copy(update={"wasm": wasm})
     return config.model_copy(update={"servers": servers, "gateway": gateway, "sandbox": sandbox})
+
+
+def _with_rule_names(lines: list[str], data: Mapping[str, Any]) -> list[str]:
+    """Add the name to each line about one rule or limit, since a reader does not count `[[rules]]` from 0."""
+    named: list[str] = []
+    for line in lines:
+        match = _RULE_PROBLEM.match(line)
+        name = None
+        if match is not None:
+            table: Any = data.get("limits", {}) if match["array"] == "limits.rules" else data
+            rules = table.get("rules") if isinstance(table, Mapping) else None
+            index = int(match["index"])
+            if isinstance(rules, list) and index < len(rules) and isinstance(rules[index], Mapping):
+                name = rules[index].get("name")
+        if match is not None and isinstance(name, str):
+            kind = "limit" if match["array"] == "limits.rules" else "rule"
+            line = f"{match.group()[:-1]} ({kind} {name!r}):{line[match.end() :]}"
+        named.append(line)
+    return named

@@ -339,7 +339,7 @@ class PolicyEngine:
             )
         problem = rule.fences.find_violation(arguments, input_schema) if rule.fences.by_key else None
         if problem is not None:
-            return Deny(rule=rule.name, reason=problem)
+            return Deny(rule=rule.name, reason=f"{problem} The constraint is in rule {rule.name!r}.")
 
         starts = rule.name if rule.active_for is not None and rule.name not in first_use else None
         if rule.decision == "approve":

@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from support import without_rule_names
 
 from mcp_guard.config import load_config
 from mcp_guard.config.toml_text import toml_value
@@ -24,7 +25,7 @@ def write_policy(tmp_path: Path, text: str) -> Path:
 def problems_of(tmp_path: Path, text: str) -> list[str]:
     with pytest.raises(ConfigError) as error:
         load_config(write_policy(tmp_path, text), environ={})
-    return error.value.problems
+    return without_rule_names(error.value.problems)
 
 
 def rule_problems(tmp_path: Path, lines: str) -> list[str]:
@@ -283,3 +284,14 @@ def test_bad_file_rejected_whole(tmp_path: Path) -> None:
 )
 def test_toml_value_written(value: object, written: str) -> None:
     assert toml_value(value) == written
+
+
+def test_problem_names_its_rule(tmp_path: Path) -> None:
+    text = HEAD + RULE + 'arguments.path.path_under = ["~/scratch"]\n'
+    text += '[[limits.rules]]\nname = "burst"\nclients = ["*"]\nrequests_per_minute = "many"\n'
+    with pytest.raises(ConfigError) as error:
+        load_config(write_policy(tmp_path, text), environ={})
+
+    problems = error.value.problems
+    assert problems[0].startswith("rules[0].arguments.path.path_under[0] (rule 'r'): write the absolute path")
+    assert problems[1].startswith("limits.rules[0].requests_per_minute (limit 'burst'): must be")

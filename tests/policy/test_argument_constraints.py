@@ -57,9 +57,12 @@ def decide_with(
 
 
 def reason_of(decision: Decision) -> str:
+    """Return the reason without the sentence naming the rule, which every reason ends with."""
     assert isinstance(decision, Deny), decision
     assert decision.rule == "fenced"
-    return decision.reason
+    reason, rule = decision.reason.split(" The constraint is in rule ")
+    assert rule == "'fenced'."
+    return reason
 
 
 # (constraints, arguments, allowed)
