@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn, cast
 
 import anyio
@@ -75,6 +76,7 @@ INSTRUCTIONS = (
 STOPPING = (
     "mcp-guard is stopping, so this call was stopped before it finished. Retry once the gateway is back."
 )
+NOT_RUN_WHILE_STOPPING = "mcp-guard is stopping, so this call was not run. Retry once the gateway is back."
 # The catalogue is filtered per client, so list results must never be shared between clients.
 _PRIVATE = CacheHint(ttl_ms=0, scope="private")
 # The rule recorded for prompts, resources and completions, which follow server-level visibility.
@@ -671,6 +673,7 @@ def assemble_call_pipeline(
     if guards.audit is not None:
         proceed = config.audit.on_failure == "proceed"
         stages.append(AuditStage(guards.audit, proceed_without_audit=proceed, stop_reason=stop_reason))
+    stages.append(partial(_refuse_while_stopping, stop_reason))
     if guards.policy is not None:
         stages.append(guards.policy.enforce)
     if guards.limits is not None:
@@ -681,6 +684,22 @@ def assemble_call_pipeline(
         # Without an approval stage, calls that need a person's approval are rejected (fail closed).
         stages.append(guards.policy.refuse_unapproved)
     return build_call_pipeline(forward, stages)
+
+
+async def _refuse_while_stopping(
+    stop_reason: Callable[[], str | None], call: ToolCall, next_handler: Handler
+) -> ToolResult:
+    """Stage: run no call that arrives once the gateway is stopping.
+
+    Such a call would be cut off at once, or run after its client has gone.
+    """
+    reason = stop_reason()
+    if reason is None:
+        return await next_handler(call)
+    call.outcome = "gateway_shutdown"
+    call.detail = f"the gateway was stopping ({reason}), so the call did not run"
+    log.info("tool_call_refused_while_stopping", call_id=call.call_id, reason=reason)
+    return tool_error(NOT_RUN_WHILE_STOPPING)
 
 
 def build_server(gateway: Gateway) -> GatewayServer:
