@@ -57,7 +57,7 @@ def call_line(call: CallRecord) -> str:
         cells.append(_cell(_arguments_text(intent.arguments), LIST_ARGUMENTS_MAX_CHARS))
     if outcome is not None and outcome.detail:
         cells.append(_cell(f"[{outcome.detail}]", LIST_DETAIL_MAX_CHARS))
-    if outcome is not None and outcome.preview and not _repeats(outcome.preview, outcome.detail):
+    if outcome is not None and outcome.preview and not _repeats(outcome):
         cells.append(_cell(outcome.preview))
     return "  ".join(cells)
 
@@ -71,9 +71,14 @@ def _arguments_text(arguments: JsonValue) -> str:
     return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
 
 
-def _repeats(preview: str, detail: str | None) -> bool:
-    """Return whether a result's preview repeats the detail, as the error of a refused call does."""
-    return detail is not None and detail != "" and detail[:DETAIL_PROBE_CHARS] in preview
+def _repeats(outcome: CallOutcome) -> bool:
+    """Return whether a result's preview repeats the detail, as the error of a refused call does.
+
+    A rate-limited call's error names the limit that stopped it, as its detail does, in more words.
+    """
+    if not outcome.detail:
+        return False
+    return outcome.outcome == "rate_limited" or outcome.detail[:DETAIL_PROBE_CHARS] in outcome.preview
 
 
 def row_line(row: StoredRow) -> str:

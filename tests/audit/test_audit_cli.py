@@ -135,11 +135,22 @@ async def test_search_line_shows_arguments_once(
         )
         await store.record_intent(written)
         await store.record_outcome(make_outcome(written.call_id))
+        limited = make_intent(tool="search", arguments={"query": "notes"})
+        await store.record_intent(limited)
+        await store.record_outcome(
+            make_outcome(
+                limited.call_id,
+                outcome="rate_limited",
+                detail="limit 'searches': requests_per_minute",
+                preview="Rate limited by mcp-guard: this call would exceed limit 'searches'; retry in 33 s.",
+            )
+        )
 
     _, output = await _run(state_dir, "search")
 
     assert '{"path":"/home/me/notes.txt"}' in output
     assert output.count("names mcp-guard's state") == 1
+    assert output.count("'searches'") == 1
     # The short path comes before the long content, so the cut leaves it readable.
     assert '{"path":"/home/me/long.txt","content":"xxx' in output
 
