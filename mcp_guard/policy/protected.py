@@ -36,6 +36,11 @@ from mcp_guard.policy.paths import MAX_PATH_CHARS, PathResolver, default_resolve
 MAX_RESOLVED_STRINGS = 1_000
 # Maximum rounds of percent-decoding, since a server may decode twice.
 DECODE_ROUNDS = 2
+# Folders named in one call's arguments that its relative paths are also taken from. A server
+# may join a folder from one argument with a name from another.
+MAX_ARGUMENT_FOLDERS = 8
+# Folders from arguments whose protected names are remembered between calls.
+MAX_CACHED_ARGUMENT_FOLDERS = 256
 # A string that every form leaves as it is: no separator, `~`, percent sign, colon or surrounding
 # white space. It names at most a file in the working folder.
 _PLAIN_NAME = re.compile(r"[^/~%:\s\x00](?:[^/~%:\x00]*[^/~%:\s\x00])?")
@@ -80,6 +85,7 @@ class ProtectedPaths:
                 resolved.append(_Resolved(_fold(form), place))
         self._places = tuple(resolved)
         self._bases: dict[tuple[str, ...], tuple[_Base, ...]] = {}
+        self._argument_bases: dict[str, _Base] = {}
 
     @property
     def places(self) -> tuple[ProtectedPlace, ...]:
@@ -92,7 +98,8 @@ class ProtectedPaths:
         Args:
             arguments: The call's arguments.
             bases: Absolute folders a server may take a relative path from: its working folder,
-                the folders it is given, the home folder. A relative path is checked against each.
+                the folders it is given, the home folder. A relative path is checked against each,
+                and a relative value also against each existing folder another value names.
         """
         key = tuple(bases)
         resolved_bases = self._bases.get(key)
@@ -100,12 +107,19 @@ class ProtectedPaths:
             resolved = dict.fromkeys(self._resolve(os.path.abspath(base)) for base in bases)
             resolved_bases = self._bases[key] = tuple(self._base(base) for base in resolved)
         budget = _Budget(MAX_RESOLVED_STRINGS)
-        seen: set[str] = set()
-        for where, value in _strings(arguments):
-            if value in seen:
+        strings = list(_strings(arguments))
+        # A server may join a folder from one argument with a name from another, so a value is also
+        # taken from each folder the other values name. Keys are names, not paths to join.
+        value_bases = resolved_bases
+        if len(strings) > 1:
+            value_bases += self._argument_folders(strings, resolved_bases)
+        seen: set[tuple[str, bool]] = set()
+        for where, value in strings:
+            is_key = where[1]
+            if (value, is_key) in seen:
                 continue
-            seen.add(value)
-            place = self._named(value, resolved_bases, budget)
+            seen.add((value, is_key))
+            place = self._named(value, resolved_bases if is_key else value_bases, budget)
             if place is not None:
                 return (
                     f"{_describe(where)} names {place.description}, which mcp-guard lets no tool call reach"
@@ -116,6 +130,42 @@ class ProtectedPaths:
                     "more than mcp-guard checks in one call; send fewer in each call"
                 )
         return None
+
+    def _argument_folders(
+        self, strings: Sequence[tuple[_Where, str]], known: Sequence[_Base]
+    ) -> tuple[_Base, ...]:
+        """Return the existing folders that absolute strings among the arguments name, as bases.
+
+        A folder that is itself protected is left out: the string that names it is rejected anyway.
+        """
+        # Each candidate costs a stat, so no more are examined than the main check resolves.
+        budget = _Budget(MAX_RESOLVED_STRINGS)
+        folders: dict[str, None] = {}
+        known_paths = {base.path for base in known}
+        for _, value in strings:
+            if len(folders) == MAX_ARGUMENT_FOLDERS:
+                break
+            head = value.lstrip()[:5].lower()
+            if not head.startswith(("/", "~", "%")) and head != "file:":
+                continue
+            for form in _forms(value):
+                if form.startswith("/") and budget.take() and os.path.isdir(form):
+                    try:
+                        folder = self._resolve(form)
+                    except (OSError, ValueError):
+                        continue
+                    if folder not in known_paths and self._place_of(folder) is None:
+                        folders.setdefault(folder)
+                    break
+        return tuple(self._argument_base(folder) for folder in folders)
+
+    def _argument_base(self, path: str) -> _Base:
+        base = self._argument_bases.get(path)
+        if base is None:
+            if len(self._argument_bases) >= MAX_CACHED_ARGUMENT_FOLDERS:
+                self._argument_bases.clear()
+            base = self._argument_bases[path] = self._base(path)
+        return base
 
     def _base(self, path: str) -> _Base:
         inside = self._place_of(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,42 @@ def test_other_unicode_form_is_refused(tmp_path: Path) -> None:
 
     assert decomposed is not None
     assert composed is not None
+
+
+@pytest.mark.attack("tool argument naming mcp-guard's own files")
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"directory": "{root}", "name": "policy.toml"},
+        {"directory": "{root}/", "name": "state/audit.key"},
+        {"name": "policy.toml", "directory": "file://{root}"},
+        {"options": {"base": "{project}/.."}, "files": ["notes.txt", "policy.toml"]},
+    ],
+)
+def test_folder_and_name_in_two_arguments(
+    paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]
+) -> None:
+    filled = json.loads(json.dumps(arguments).replace("{root}", str(tree["root"])))
+    filled = json.loads(json.dumps(filled).replace("{project}", str(tree["project"])))
+
+    assert rejection(paths, tree, filled) is not None
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"directory": "{root}", "name": "notes.txt"},
+        {"path": "{project}/notes.txt", "content": "policy.toml"},
+        {"directory": "{project}", "name": "policy.toml"},
+    ],
+)
+def test_folder_and_other_name_pass(
+    paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]
+) -> None:
+    filled = json.loads(json.dumps(arguments).replace("{root}", str(tree["root"])))
+    filled = json.loads(json.dumps(filled).replace("{project}", str(tree["project"])))
+
+    assert rejection(paths, tree, filled) is None
 
 
 def test_relative_name_in_protected_cwd(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
