@@ -27,6 +27,7 @@ from pydantic import AnyHttpUrl
 
 from mcp_guard.approval.cli import approvals_command
 from mcp_guard.approval.page import ApprovalPage
+from mcp_guard.approval.sealed import ApprovalKeyError, StateSealer
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore
 from mcp_guard.approval.webhook import post_webhook, webhook_message
 from mcp_guard.audit import Redactor, SqliteAuditStore
@@ -39,6 +40,7 @@ from mcp_guard.gateway.direct import DirectCalls
 from mcp_guard.gateway.identity import ApiKeyVerifier, MissingTokenLog
 from mcp_guard.gateway.limits import LimitStage
 from mcp_guard.gateway.policy_guard import PolicyGuard, protected_places
+from mcp_guard.gateway.secret_scan import SecretScan, gateway_secrets
 from mcp_guard.gateway.server import Gateway, GatewayServer, Guards, build_server
 from mcp_guard.gateway.stdio import gateway_stdio
 from mcp_guard.pinning import PinStore
@@ -115,13 +117,16 @@ async def running_gateway(
             approvals,
             config,
             _redactor(config),
+            sealer=await _approval_sealer(state_dir),
             still_current=lambda call: gateway.still_current(call),
             charge_question=limits.charge_approval,
             link_for=page.link_for if page is not None else None,
             command=command,
             announce=announce,
         )
-        guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval)
+        # After the audit store and the approval sealer, which create the keys the scan looks for.
+        secrets = SecretScan(gateway_secrets(config, environ))
+        guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval, secrets=secrets)
         gateway = Gateway(config, registry, client=client, guards=guards, code_tool=code_tool)
         await stack.enter_async_context(registry.running(config.gateway.startup_wait_seconds))
         tasks = await stack.enter_async_context(anyio.create_task_group())
@@ -155,6 +160,18 @@ def open_audit_store(config: GatewayConfig) -> SqliteAuditStore:
 def _redactor(config: GatewayConfig) -> Redactor:
     """Build the redactor of audit rows, which also redacts what a person is asked to approve."""
     return Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
+
+
+async def _approval_sealer(state_dir: Path) -> StateSealer | None:
+    """Return the sealer of approval request states, creating its key now so the secret scan includes it.
+
+    A key that cannot be created is reported by the approval stage on each call that needs it.
+    """
+    try:
+        return await anyio.to_thread.run_sync(StateSealer.in_state_dir, state_dir)
+    except ApprovalKeyError as exc:
+        log.warning("approval_key_unavailable", reason=exc.reason)
+        return None
 
 
 async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:

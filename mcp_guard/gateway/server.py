@@ -67,6 +67,7 @@ from mcp_guard.gateway.results import (
     shape_read_result,
     shape_tool_result,
 )
+from mcp_guard.gateway.secret_scan import SecretScan
 
 log = structlog.get_logger(module=__name__)
 
@@ -565,7 +566,7 @@ class Gateway:
         problem = policy.protected_problem(server, params) if policy is not None else None
         audit = self.guards.audit
         if audit is None and problem is None:
-            return await self._send(server, request, ctx)
+            return self._checked_result(await self._send(server, request, ctx), request.method)
         client = self.client_of(ctx)
         target = params.get("name") or params.get("uri") or (params.get("ref") or {}).get("name") or ""
         intent = CallIntent(
@@ -589,13 +590,34 @@ class Gateway:
             except AuditUnavailable as exc:
                 if self.config.audit.on_failure == "proceed":
                     log.warning("request_not_audited", method=request.method, reason=exc.reason)
-                    return await self._send(server, request, ctx)
+                    return self._checked_result(await self._send(server, request, ctx), request.method)
                 log.error("request_denied_audit_unavailable", method=request.method, reason=exc.reason)
                 raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
             result = await self._send(server, request, ctx)
+            try:
+                result = self._checked_result(result, request.method)
+            except MCPError as exc:
+                audited.finish("denied", detail=exc.error.message)
+                raise
             audited.finish("succeeded", result_bytes=len(str(result)))
             return result
         raise AssertionError("unreachable: the block above always returns or raises")
+
+    def _checked_result(self, result: dict[str, Any], method: str) -> dict[str, Any]:
+        """Return the result of a prompts/get, resources/read or completion/complete request.
+
+        Raises:
+            MCPError: The result contains a secret of the gateway, so it is withheld.
+        """
+        scan = self.guards.secrets
+        found = scan.find(result) if scan is not None else None
+        if found is None:
+            return result
+        log.warning("request_result_withheld", request=method, contains=found)
+        raise MCPError(
+            types.INTERNAL_ERROR,
+            f"mcp-guard withheld the result of this request: it contains {found}, which no result may carry.",
+        )
 
     async def _reject_request(self, intent: CallIntent, problem: str) -> NoReturn:
         """Record a rejected prompts/get, resources/read or completion/complete request, and raise its error."""
@@ -648,6 +670,7 @@ class Guards:
     policy: PolicyGuard | None = None
     limits: LimitStage | None = None
     approval: ApprovalStage | None = None
+    secrets: SecretScan | None = None
 
 
 def assemble_call_pipeline(
@@ -673,6 +696,9 @@ def assemble_call_pipeline(
     if guards.audit is not None:
         proceed = config.audit.on_failure == "proceed"
         stages.append(AuditStage(guards.audit, proceed_without_audit=proceed, stop_reason=stop_reason))
+    if guards.secrets is not None:
+        # Inside the audit stage, so the trail records a withheld result as a denial, not the secret.
+        stages.append(guards.secrets)
     stages.append(partial(_refuse_while_stopping, stop_reason))
     if guards.policy is not None:
         stages.append(guards.policy.enforce)

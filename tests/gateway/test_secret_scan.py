@@ -1,0 +1,99 @@
+"""Results that contain the gateway's keys or the credentials it reads are withheld.
+
+A tool can read the gateway's files without naming them: `git diff` in a repository that contains
+the state directory shows the audit key. The calls go through a running gateway in front of the
+published git server and the fixture server.
+"""
+
+from __future__ import annotations
+
+import base64
+import sysconfig
+from pathlib import Path
+
+import anyio
+import pytest
+from support import fixture_server, stdio_gateway, write_policy
+
+from mcp_guard.audit import CallFilter, SqliteAuditStore
+from mcp_guard.gateway.secret_scan import SecretScan, secret
+
+pytestmark = pytest.mark.anyio
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+TOKEN = "fixture-token-5f1c2e9a7b"
+
+
+@pytest.mark.slow
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=2)
+async def test_git_diff_of_state_dir_withheld(tmp_path: Path) -> None:
+    # The policy and its state directory lie in the repository the git server is given.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    await anyio.run_process([*git, "init", "-q"])
+    (repo / "notes.txt").write_text("first\n")
+    # The git server sends no response for a diff that is not UTF-8, as the random approval key
+    # can be when git takes it for text. Binary files are shown as "Binary files differ".
+    (repo / ".gitattributes").write_text("*.sqlite3* binary\napproval.key binary\n")
+    servers = {"git": {"command": str(SCRIPTS / "mcp-server-git"), "args": ["--repository", str(repo)]}}
+    policy = write_policy(repo, servers)
+
+    async with stdio_gateway(policy) as client:
+        added = await client.call_tool("git__git_add", {"repo_path": str(repo), "files": ["."]})
+        diff = await client.call_tool("git__git_diff_staged", {"repo_path": str(repo)})
+        status = await client.call_tool("git__git_status", {"repo_path": str(repo)})
+    key = (repo / "state" / "audit.key").read_text().strip()
+    async with SqliteAuditStore.in_state_dir(repo / "state", read_only=True) as store:
+        denied = await store.search(CallFilter(outcome="denied"))
+
+    assert added.is_error is False
+    assert diff.is_error is True
+    assert diff.content[0].text.startswith(
+        "mcp-guard withheld the result of this call: it contains mcp-guard's audit key"
+    )
+    assert key not in diff.content[0].text
+    assert status.is_error is False
+    assert "notes.txt" in status.content[0].text
+    assert [call.intent.tool for call in denied] == ["git_diff_staged"]
+    assert denied[0].outcome is not None
+    assert denied[0].outcome.detail == "the result contains mcp-guard's audit key, so mcp-guard withheld it"
+    assert key not in (denied[0].outcome.preview or "")
+
+
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=2)
+async def test_server_credential_in_result_withheld(tmp_path: Path) -> None:
+    server = {**fixture_server("alpha"), "env_from": {"API_TOKEN": "${ALPHA_TOKEN}"}}
+    policy = write_policy(tmp_path, {"alpha": server})
+
+    async with stdio_gateway(policy, env={"ALPHA_TOKEN": TOKEN}) as client:
+        leaked = await client.call_tool("alpha__env", {"name": "API_TOKEN"})
+        other = await client.call_tool("alpha__env", {"name": "HOME"})
+        prefix = await client.call_tool("alpha__echo", {"text": TOKEN[:7]})
+
+    assert leaked.is_error is True
+    assert "it contains the value of $ALPHA_TOKEN (a credential of server 'alpha')" in leaked.content[0].text
+    assert TOKEN not in leaked.content[0].text
+    assert other.is_error is False
+    assert prefix.content[0].text == TOKEN[:7]
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 5])
+def test_base64_found_at_any_offset(offset: int) -> None:
+    scan = SecretScan([found for found in [secret("the token", TOKEN)] if found is not None])
+    content = b"x" * offset + f"API_TOKEN={TOKEN}\n".encode()
+
+    assert scan.find({"blob": base64.b64encode(content).decode()}) == "the token"
+    assert scan.find({"text": f"token: {TOKEN}"}) == "the token"
+    assert scan.find({"text": base64.b64encode(b"x" * offset + b"no token here").decode()}) is None
+
+
+def test_binary_key_found_in_hex_and_base64() -> None:
+    key = bytes(range(32))
+    found = secret("the key", key)
+
+    assert found is not None
+    scan = SecretScan([found])
+    assert scan.find(["...", {"data": base64.b64encode(key).decode()}]) == "the key"
+    assert scan.find(f"key={key.hex().upper()}") == "the key"
+    assert secret("short", "1") is None
