@@ -210,8 +210,11 @@ async def test_generated_setup_guards_calls(tmp_path: Path) -> None:
     assert "fixture-server__filler_000" not in visible
     assert read.is_error is False
     assert questions_after_read == 0
-    assert env.is_error is False
-    assert text_of(env) == SECRET  # env_from gave the server the secret from the client's env block
+    # env_from gave the server the secret from the client's env block, and the gateway withholds
+    # a result that carries it.
+    assert env.is_error is True
+    assert "(a credential of server 'fixture-server')" in text_of(env)
+    assert SECRET not in text_of(env)
     assert write.is_error is True
     assert "Tool: write_file" in human.questions[1]
     called = [event["tool"] for event in read_records(record) if event["event"] == "call"]
