@@ -27,7 +27,8 @@ from pydantic import AnyHttpUrl
 
 from mcp_guard.approval.cli import approvals_command
 from mcp_guard.approval.page import ApprovalPage
-from mcp_guard.approval.sealed import ApprovalKeyError, StateSealer
+from mcp_guard.approval.sealed import KEY_FILE as APPROVAL_KEY_FILE
+from mcp_guard.approval.sealed import ApprovalKeyError, load_or_create_key
 from mcp_guard.approval.store import ApprovalRequest, ApprovalStore
 from mcp_guard.approval.webhook import post_webhook, webhook_message
 from mcp_guard.audit import Redactor, SqliteAuditStore
@@ -117,14 +118,14 @@ async def running_gateway(
             approvals,
             config,
             _redactor(config),
-            sealer=await _approval_sealer(state_dir),
             still_current=lambda call: gateway.still_current(call),
             charge_question=limits.charge_approval,
             link_for=page.link_for if page is not None else None,
             command=command,
             announce=announce,
         )
-        # After the audit store and the approval sealer, which create the keys the scan looks for.
+        # Built once the audit store is open and the approval key exists, so the scan finds both keys.
+        await _make_approval_key(state_dir)
         secrets = SecretScan(gateway_secrets(config, environ))
         guards = Guards(audit=audit, policy=policy, limits=limits, approval=approval, secrets=secrets)
         gateway = Gateway(config, registry, client=client, guards=guards, code_tool=code_tool)
@@ -162,16 +163,17 @@ def _redactor(config: GatewayConfig) -> Redactor:
     return Redactor(extra_keys=config.audit.redact_keys, extra_patterns=config.audit.redact_patterns)
 
 
-async def _approval_sealer(state_dir: Path) -> StateSealer | None:
-    """Return the sealer of approval request states, creating its key now so the secret scan includes it.
+async def _make_approval_key(state_dir: Path) -> None:
+    """Create the key that seals approval request states now, rather than at the first question.
 
-    A key that cannot be created is reported by the approval stage on each call that needs it.
+    The secret scan reads it when the gateway starts. The cipher is set up only when a question
+    is sealed, which keeps its memory out of gateways that never ask. A key that cannot be created
+    is reported by the approval stage on each call that needs it.
     """
     try:
-        return await anyio.to_thread.run_sync(StateSealer.in_state_dir, state_dir)
+        await anyio.to_thread.run_sync(load_or_create_key, state_dir / APPROVAL_KEY_FILE)
     except ApprovalKeyError as exc:
         log.warning("approval_key_unavailable", reason=exc.reason)
-        return None
 
 
 async def prune_audit(store: SqliteAuditStore, config: GatewayConfig) -> None:
