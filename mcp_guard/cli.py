@@ -10,9 +10,11 @@ Every command writes its logs to stderr.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sqlite3
 import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
@@ -58,6 +60,8 @@ DEFAULT_POLICY = "mcp-guard.toml"
 DEFAULT_CLIENT = "default"
 # How long `check` waits for downstream servers to list their tools.
 CHECK_CONNECT_SECONDS = 60
+# Lines of a failed server's stderr that `check` prints.
+STDERR_LINES_SHOWN = 10
 NO_HTTP_CLIENTS = (
     "no client in the policy file has api_key_hashes and there is no [gateway.oauth] table, so no "
     "request could prove who sent it. Create a key with `mcp-guard keys new` and add its hash to a "
@@ -423,12 +427,17 @@ async def _check_servers(config: GatewayConfig) -> int:
         builtin.append(export_builtin_tool(SANDBOX_SERVER_ID, definition))
         listings[SANDBOX_SERVER_ID] = [definition]
     failed += await _print_limit_store(config)
+    stderr = ServerStderr()
     with anyio.move_on_after(CHECK_CONNECT_SECONDS):
-        async with DownstreamRegistry(config, builtin=builtin).running() as registry:
+        async with DownstreamRegistry(config, builtin=builtin, errlog=stderr).running() as registry:
             for server_id, status in registry.status().items():
                 if status["state"] != "ready":
                     failed += 1
                     print(f"\n[{server_id}] NOT AVAILABLE: {status['last_error']}")
+                    lines = stderr.lines.get(server_id)
+                    if lines:
+                        print("  its last lines on stderr:")
+                        print("\n".join(f"    {escape_text(line)}" for line in lines))
                     continue
                 print(f"\n[{server_id}] ready, protocol {status['protocol']}, {status['tools']} tools")
                 listings[server_id] = list(registry.connection(server_id).listing.tools)
@@ -437,6 +446,25 @@ async def _check_servers(config: GatewayConfig) -> int:
             _print_policy_warnings(policy_warnings(config, listings, engine))
             await _print_clients(config, registry.catalog, engine)
     return 1 if failed else 0
+
+
+class ServerStderr(io.StringIO):
+    """A sink for the servers' stderr that keeps each server's last lines for `check` to print.
+
+    `check` prints them only for a server that failed, so its report is not interleaved with what
+    every server prints as it starts. It reads the `[server id] line` lines the stdio transport writes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, deque[str]] = {}
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            server_id, separator, rest = line.removeprefix("[").partition("] ")
+            if line.startswith("[") and separator:
+                self.lines.setdefault(server_id, deque(maxlen=STDERR_LINES_SHOWN)).append(rest)
+        return len(text)
 
 
 async def _print_limit_store(config: GatewayConfig) -> int:

@@ -315,6 +315,32 @@ async def test_check_warns_on_server_given_gateway_files(tmp_path: Path) -> None
     assert "a tool that searches or lists the folder can still reach them" in warnings[0]
 
 
+async def test_check_shows_stderr_of_failed_server(tmp_path: Path) -> None:
+    fixture = fixture_server("alpha")
+    starts_noisily = (
+        "import runpy, sys; print('alpha warming up', file=sys.stderr); "
+        f"sys.argv = [{fixture['args'][0]!r}]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    fails = "import sys; print('reading settings', file=sys.stderr); sys.exit('no token in $BETA_TOKEN')"
+    servers = {
+        "alpha": {"command": sys.executable, "args": ["-c", starts_noisily]},
+        "beta": {"command": sys.executable, "args": ["-c", fails]},
+    }
+    policy = write_policy(tmp_path, servers, rules=RULES, clients={"agent": {}})
+
+    command = [sys.executable, "-m", "mcp_guard", "check", str(policy)]
+    completed = await anyio.run_process(command, cwd=ROOT, check=False)
+    output, errors = completed.stdout.decode(), completed.stderr.decode()
+
+    assert completed.returncode == 1
+    assert "[alpha] ready" in output
+    assert "[beta] NOT AVAILABLE" in output
+    assert "  its last lines on stderr:\n    reading settings\n    no token in $BETA_TOKEN\n" in output
+    assert "warming up" not in output
+    assert "warming up" not in errors
+    assert "reading settings" not in errors
+
+
 async def check_offline(policy: Path, **environment: str) -> subprocess.CompletedProcess[bytes]:
     command = [sys.executable, "-m", "mcp_guard", "check", "--offline", str(policy)]
     return await anyio.run_process(command, cwd=ROOT, env={**os.environ, **environment}, check=False)

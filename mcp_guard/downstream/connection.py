@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import httpx2
@@ -130,9 +130,12 @@ class DownstreamConnection:
         *,
         environ: Mapping[str, str] | None = None,
         on_listing: ListingCallback | None = None,
+        errlog: TextIO | None = None,
     ) -> None:
         self.server_id = server_id
         self.config = config
+        # Where a stdio server's stderr lines go: the gateway's stderr unless a caller collects them.
+        self._errlog = errlog
         self.state = ServerState.STARTING
         self.listing = ServerListing()
         self.protocol_version: str | None = None
@@ -442,11 +445,16 @@ class DownstreamConnection:
             cache=None,
         )
 
+    def _stderr(self) -> TextIO:
+        return self._errlog if self._errlog is not None else sys.stderr
+
     def _transport(self) -> AbstractAsyncContextManager[Any]:
         self._lane = None
         if isinstance(self.config, StdioServerConfig):
             if sys.platform == "win32":  # the direct lane's transport is written for POSIX process groups
-                return _watched(stdio_client(self._stdio_parameters(self.config), errlog=sys.stderr), self)
+                return _watched(
+                    stdio_client(self._stdio_parameters(self.config), errlog=self._stderr()), self
+                )
             self._lane = DirectLane(self.server_id)
             config = self.config
             transport = stdio_transport(
@@ -454,7 +462,7 @@ class DownstreamConnection:
                 list(config.args),
                 env=self._stdio_environment(config),
                 cwd=config.cwd,
-                errlog=sys.stderr,
+                errlog=self._stderr(),
                 lane=self._lane,
             )
             return _watched(transport, self)

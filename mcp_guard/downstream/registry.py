@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import structlog
@@ -40,11 +40,14 @@ class DownstreamRegistry:
         *,
         environ: Mapping[str, str] | None = None,
         builtin: Sequence[ExportedTool] = (),
+        errlog: TextIO | None = None,
     ) -> None:
         self._config = config
         self._builtin = tuple(builtin)
         self.connections = {
-            server_id: DownstreamConnection(server_id, server, environ=environ, on_listing=self._on_listing)
+            server_id: DownstreamConnection(
+                server_id, server, environ=environ, on_listing=self._on_listing, errlog=errlog
+            )
             for server_id, server in config.servers.items()
         }
         # The gateway's own tools are listed from the start, before any server has responded.
