@@ -146,24 +146,42 @@ class StateSealer:
 def load_or_create_key(path: Path) -> bytes:
     """Return the key stored at `path`, first writing 32 random bytes there (mode 0600) if it is missing.
 
+    The key is written as hex text, which tools that show files can print: the published git
+    server sends no response when a diff is not UTF-8. A file of 32 raw bytes, as earlier versions
+    wrote, is read as it is.
+
     Two processes that start at once end up with the same key: each writes a
     temporary file and links it into place, and the one that loses the race
     reads the winner's key.
 
     Raises:
-        ApprovalKeyError: The file cannot be read or created, or is not 32 bytes long.
+        ApprovalKeyError: The file cannot be read or created, or contains no 32-byte key.
     """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():
             _create_key(path)
         os.chmod(path, 0o600)
-        key = path.read_bytes()
+        stored = path.read_bytes()
     except OSError as exc:
         raise ApprovalKeyError(path, exc.strerror or type(exc).__name__) from None
-    if len(key) != KEY_BYTES:
-        raise ApprovalKeyError(path, f"it contains {len(key)} bytes, expected {KEY_BYTES}")
+    key = parse_key(stored)
+    if key is None:
+        raise ApprovalKeyError(
+            path, f"it contains {len(stored)} bytes, expected {KEY_BYTES * 2} hex digits or {KEY_BYTES} bytes"
+        )
     return key
+
+
+def parse_key(stored: bytes) -> bytes | None:
+    """Return the key a key file contains: hex text, or 32 raw bytes; None when it is neither."""
+    if len(stored) == KEY_BYTES:
+        return stored
+    try:
+        key = bytes.fromhex(stored.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return key if len(key) == KEY_BYTES else None
 
 
 def _create_key(path: Path) -> None:
@@ -171,7 +189,7 @@ def _create_key(path: Path) -> None:
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            file.write(secrets.token_bytes(KEY_BYTES))
+            file.write(secrets.token_bytes(KEY_BYTES).hex().encode("ascii") + b"\n")
             file.flush()
             os.fsync(file.fileno())
         # A hard link fails if the name exists, so a concurrent writer's key is never replaced.

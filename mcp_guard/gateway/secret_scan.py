@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from mcp_guard.approval.sealed import KEY_FILE as APPROVAL_KEY_FILE
+from mcp_guard.approval.sealed import parse_key
 from mcp_guard.audit import files
 from mcp_guard.config.models import ENV_REFERENCE, GatewayConfig, HttpServerConfig, StdioServerConfig
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
@@ -79,9 +80,13 @@ def gateway_secrets(config: GatewayConfig, environ: Mapping[str, str] | None = N
     audit_key = key_variable.strip() or _read_text(files.AuditPaths.in_state_dir(state_dir).key)
     if audit_key:
         found.append(secret("mcp-guard's audit key", audit_key))
-    approval_key = _read_bytes(state_dir / APPROVAL_KEY_FILE)
-    if approval_key:
+    stored = _read_bytes(state_dir / APPROVAL_KEY_FILE)
+    approval_key = parse_key(stored)
+    if approval_key is not None:
         found.append(secret("mcp-guard's approval key", approval_key))
+        if stored != approval_key:
+            # The file's hex text, as a tool that shows the file returns it, and in base64.
+            found.append(secret("mcp-guard's approval key", stored.decode("ascii").strip()))
     for variable, used_for in _credential_variables(config):
         value = environ.get(variable, "")
         if value:

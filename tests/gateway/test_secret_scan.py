@@ -15,8 +15,10 @@ import anyio
 import pytest
 from support import fixture_server, stdio_gateway, write_policy
 
+from mcp_guard.approval.sealed import load_or_create_key
 from mcp_guard.audit import CallFilter, SqliteAuditStore
-from mcp_guard.gateway.secret_scan import SecretScan, secret
+from mcp_guard.config.loading import load_config
+from mcp_guard.gateway.secret_scan import SecretScan, gateway_secrets, secret
 
 pytestmark = pytest.mark.anyio
 
@@ -33,9 +35,8 @@ async def test_git_diff_of_state_dir_withheld(tmp_path: Path) -> None:
     git = ["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     await anyio.run_process([*git, "init", "-q"])
     (repo / "notes.txt").write_text("first\n")
-    # The git server sends no response for a diff that is not UTF-8, as the random approval key
-    # can be when git takes it for text. Binary files are shown as "Binary files differ".
-    (repo / ".gitattributes").write_text("*.sqlite3* binary\napproval.key binary\n")
+    # The databases' diffs would be long; git shows "Binary files differ" instead.
+    (repo / ".gitattributes").write_text("*.sqlite3* binary\n")
     servers = {"git": {"command": str(SCRIPTS / "mcp-server-git"), "args": ["--repository", str(repo)]}}
     policy = write_policy(repo, servers)
 
@@ -97,3 +98,18 @@ def test_binary_key_found_in_hex_and_base64() -> None:
     assert scan.find(["...", {"data": base64.b64encode(key).decode()}]) == "the key"
     assert scan.find(f"key={key.hex().upper()}") == "the key"
     assert secret("short", "1") is None
+
+
+def test_keys_found_as_files_show_them(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    load_or_create_key(state / "approval.key")
+    (state / "audit.key").write_text("cd" * 32 + "\n")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[gateway]\nstate_dir = "{state}"\n')
+    scan = SecretScan(gateway_secrets(load_config(policy), environ={}))
+    approval_file = (state / "approval.key").read_bytes()
+
+    assert scan.find(f"+{approval_file.decode()}") == "mcp-guard's approval key"
+    assert scan.find(base64.b64encode(approval_file).decode()) == "mcp-guard's approval key"
+    assert scan.find("cd" * 32) == "mcp-guard's audit key"
+    assert scan.find("ef" * 32) is None
