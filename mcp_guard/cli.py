@@ -341,11 +341,17 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
                 if Path(place.path).resolve().is_relative_to(folder)
             ]
             if inside:
-                warnings.append(
+                warning = (
                     f"server {server_id!r} is given {folder}, which contains {_listed(list(dict.fromkeys(inside)))}. "
                     "Calls that name them are refused, but a tool that searches or lists the folder can "
                     "still reach them: give the server a folder without them"
                 )
+                if (folder / ".git").exists():
+                    warning += (
+                        f". {folder} is a git work tree, so `git add .` there would commit them too: move "
+                        "gateway.state_dir and the policy out of it"
+                    )
+                warnings.append(warning)
     return warnings
 
 

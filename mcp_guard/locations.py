@@ -38,6 +38,12 @@ PROJECT_CLIENT_FILES = (
     "opencode.json",
     "opencode.jsonc",
 )
+# Descriptions of the client files that are not MCP server settings, by their last two path parts.
+CLIENT_FILE_DESCRIPTIONS = {
+    ".vscode/tasks.json": "VS Code's tasks, which it can run by itself",
+    ".claude/plugins": "Claude Code's plugins, which run hooks and servers",
+    ".cursor/hooks.json": "Cursor's hooks, which run commands",
+}
 # Folders in a project whose every file configures MCP servers (Continue's).
 PROJECT_CLIENT_FOLDERS = (".continue/mcpServers",)
 # Such files in the home folder, besides those whose places depend on the system or the
@@ -135,7 +141,8 @@ def client_settings(
     """Return the MCP clients' files and folders that start servers or run commands.
 
     Each comes with whether it is a folder, whose every file counts. `project` is the folder a
-    client starts its servers in, where its project files lie.
+    client starts its servers in, where its project files lie. `CLIENT_FILE_DESCRIPTIONS` names
+    the files that are not server settings.
     """
     home = Path.home()
     found = [(claude_desktop_path(environ, platform), False), (codex_config_path(environ), False)]

@@ -313,6 +313,22 @@ async def test_check_warns_on_server_given_gateway_files(tmp_path: Path) -> None
         f"mcp-guard's policy file ({policy})." in warnings[0]
     )
     assert "a tool that searches or lists the folder can still reach them" in warnings[0]
+    assert "git work tree" not in warnings[0]
+
+
+async def test_check_warns_on_git_work_tree(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    server = {**fixture_server("alpha"), "args": [*fixture_server("alpha")["args"], str(tmp_path)]}
+    policy = write_policy(tmp_path, {"alpha": server}, rules=RULES, clients={"agent": {}})
+
+    completed = await check_offline(policy)
+    warnings = [line for line in completed.stdout.decode().splitlines() if "WARNING server 'alpha'" in line]
+
+    assert len(warnings) == 1
+    assert warnings[0].endswith(
+        f"{tmp_path} is a git work tree, so `git add .` there would commit them too: move "
+        "gateway.state_dir and the policy out of it"
+    )
 
 
 async def test_check_shows_stderr_of_failed_server(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from mcp_guard.errors import GuardError
 from mcp_guard.gateway.pipeline import Handler, ToolCall, ToolResult, tool_error
 from mcp_guard.locations import (
     APP_FOLDER,
+    CLIENT_FILE_DESCRIPTIONS,
     client_config_beside,
     client_settings,
     config_home,
@@ -393,7 +394,6 @@ def protected_places(
     """
     environ = os.environ if environ is None else environ
     folder = Path(cwd if cwd is not None else os.getcwd())
-    settings = "an MCP client's settings"
     places = [
         ProtectedPlace(config.gateway.state_dir, "mcp-guard's state directory", folder=True, own=True),
         ProtectedPlace(
@@ -409,7 +409,7 @@ def protected_places(
             own=True,
         ),
         *(
-            ProtectedPlace(str(path), settings, folder=is_folder)
+            ProtectedPlace(str(path), _client_file_description(path), folder=is_folder)
             for path, is_folder in client_settings(environ, folder)
         ),
     ]
@@ -424,6 +424,10 @@ def protected_places(
         for path in config.gateway.protected_paths
     )
     return places + missing_folders(places)
+
+
+def _client_file_description(path: Path) -> str:
+    return CLIENT_FILE_DESCRIPTIONS.get(f"{path.parent.name}/{path.name}", "an MCP client's settings")
 
 
 def _size_problem(value: Any) -> str | None:

@@ -31,6 +31,11 @@ log = structlog.get_logger(module=__name__)
 
 # Shorter values are not scanned for: a variable such as DEBUG=1 would match everywhere.
 MIN_SECRET_CHARS = 8
+# The next step when a tool result contains a key of the state directory.
+STATE_DIR_FIX = (
+    "Move gateway.state_dir out of the folders that servers are given, and keep it out of version "
+    "control; a key that was committed must be replaced."
+)
 # Base64 forms are made only of secrets at least this long, so each form has 12 characters or more.
 MIN_ENCODED_BYTES = 12
 
@@ -42,13 +47,15 @@ class Secret:
     Attributes:
         description: What it is, completing "the result contains ...": "mcp-guard's audit key".
         needles: The secret as written, and its base64 forms.
+        fix: What the operator should do when a result contains it, or "".
     """
 
     description: str
     needles: tuple[str, ...]
+    fix: str = ""
 
 
-def secret(description: str, value: str | bytes) -> Secret | None:
+def secret(description: str, value: str | bytes, fix: str = "") -> Secret | None:
     """Return the secret with the forms a tool may return it in, or None when it is too short to scan for.
 
     Text is found as it is. Its base64 is found at any offset of an encoded file: one of the three
@@ -65,7 +72,7 @@ def secret(description: str, value: str | bytes) -> Secret | None:
             chunk = raw[start : start + usable]
             needles.add(base64.b64encode(chunk).decode())
             needles.add(base64.urlsafe_b64encode(chunk).decode())
-    return Secret(description, tuple(sorted(needles, key=len)))
+    return Secret(description, tuple(sorted(needles, key=len)), fix)
 
 
 def gateway_secrets(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> list[Secret]:
@@ -79,14 +86,15 @@ def gateway_secrets(config: GatewayConfig, environ: Mapping[str, str] | None = N
     key_variable = environ.get(files.DEFAULT_KEY_ENV_VAR, "")
     audit_key = key_variable.strip() or _read_text(files.AuditPaths.in_state_dir(state_dir).key)
     if audit_key:
-        found.append(secret("mcp-guard's audit key", audit_key))
+        found.append(secret("mcp-guard's audit key", audit_key, STATE_DIR_FIX))
     stored = _read_bytes(state_dir / APPROVAL_KEY_FILE)
     approval_key = parse_key(stored)
     if approval_key is not None:
-        found.append(secret("mcp-guard's approval key", approval_key))
+        found.append(secret("mcp-guard's approval key", approval_key, STATE_DIR_FIX))
         if stored != approval_key:
             # The file's hex text, as a tool that shows the file returns it, and in base64.
-            found.append(secret("mcp-guard's approval key", stored.decode("ascii").strip()))
+            text = stored.decode("ascii").strip()
+            found.append(secret("mcp-guard's approval key", text, STATE_DIR_FIX))
     for variable, used_for in _credential_variables(config):
         value = environ.get(variable, "")
         if value:
@@ -102,38 +110,50 @@ class SecretScan:
     """
 
     def __init__(self, secrets: Sequence[Secret]) -> None:
-        self._needles = tuple((needle, item.description) for item in secrets for needle in item.needles)
+        self._needles = tuple((needle, item) for item in secrets for needle in item.needles)
         self._shortest = min((len(needle) for needle, _ in self._needles), default=0)
 
     async def __call__(self, call: ToolCall, next_handler: Handler) -> ToolResult:
         result = await next_handler(call)
         if not self._needles:
             return result
-        found = self.find(result)
+        found = self.find_secret(result)
         if found is None:
             return result
         call.outcome = "denied"
-        call.detail = f"the result contains {found}, so mcp-guard withheld it"
+        call.detail = f"the result contains {found.description}, so mcp-guard withheld it"
         log.warning(
             "tool_result_withheld",
             call_id=call.call_id,
             client=call.client,
             tool=call.tool.exported,
-            contains=found,
+            contains=found.description,
         )
-        return tool_error(
-            f"mcp-guard withheld the result of this call: it contains {found}, which no tool result may carry."
-        )
+        return tool_error(withheld_message("call", found))
 
     def find(self, value: Any) -> str | None:
         """Return the description of the first secret found in any string of `value`, or None."""
+        found = self.find_secret(value)
+        return None if found is None else found.description
+
+    def find_secret(self, value: Any) -> Secret | None:
+        """Return the first secret found in any string of `value`, or None."""
         for text in _strings(value):
             if len(text) < self._shortest:
                 continue
-            for needle, description in self._needles:
+            for needle, item in self._needles:
                 if needle in text:
-                    return description
+                    return item
         return None
+
+
+def withheld_message(what: str, found: Secret) -> str:
+    """Return the error that replaces the result of a call or request that contains `found`."""
+    message = (
+        f"mcp-guard withheld the result of this {what}: it contains {found.description}, "
+        "which no result may carry."
+    )
+    return f"{message} {found.fix}" if found.fix else message
 
 
 def _credential_variables(config: GatewayConfig) -> Iterator[tuple[str, str]]:

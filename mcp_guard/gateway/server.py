@@ -67,7 +67,7 @@ from mcp_guard.gateway.results import (
     shape_read_result,
     shape_tool_result,
 )
-from mcp_guard.gateway.secret_scan import SecretScan
+from mcp_guard.gateway.secret_scan import SecretScan, withheld_message
 
 log = structlog.get_logger(module=__name__)
 
@@ -610,14 +610,11 @@ class Gateway:
             MCPError: The result contains a secret of the gateway, so it is withheld.
         """
         scan = self.guards.secrets
-        found = scan.find(result) if scan is not None else None
+        found = scan.find_secret(result) if scan is not None else None
         if found is None:
             return result
-        log.warning("request_result_withheld", request=method, contains=found)
-        raise MCPError(
-            types.INTERNAL_ERROR,
-            f"mcp-guard withheld the result of this request: it contains {found}, which no result may carry.",
-        )
+        log.warning("request_result_withheld", request=method, contains=found.description)
+        raise MCPError(types.INTERNAL_ERROR, withheld_message("request", found))
 
     async def _reject_request(self, intent: CallIntent, problem: str) -> NoReturn:
         """Record a rejected prompts/get, resources/read or completion/complete request, and raise its error."""

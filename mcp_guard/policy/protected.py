@@ -122,7 +122,9 @@ class ProtectedPaths:
             place = self._named(value, resolved_bases if is_key else value_bases, budget)
             if place is not None:
                 return (
-                    f"{_describe(where)} names {place.description}, which mcp-guard lets no tool call reach"
+                    f"{_describe(where)} names {place.description}, which mcp-guard lets no tool call reach "
+                    "(it reads every string in the arguments as a possible path). A person can read or "
+                    "change it outside the agent"
                 )
             if budget.spent:
                 return (

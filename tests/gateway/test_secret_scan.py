@@ -51,7 +51,8 @@ async def test_git_diff_of_state_dir_withheld(tmp_path: Path) -> None:
     assert added.is_error is False
     assert diff.is_error is True
     assert diff.content[0].text.startswith(
-        "mcp-guard withheld the result of this call: it contains mcp-guard's audit key"
+        "mcp-guard withheld the result of this call: it contains mcp-guard's audit key, which no result "
+        "may carry. Move gateway.state_dir out of the folders that servers are given"
     )
     assert key not in diff.content[0].text
     assert status.is_error is False

@@ -249,7 +249,6 @@ def test_places_of_other_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for path in [
         tmp_path / "codex" / "config.toml",
         home / ".gemini" / "settings.json",
-        home / ".cursor" / "hooks.json",
         tmp_path / "xdg" / "zed" / "settings.json",
         tmp_path / "xdg" / "Code" / "User" / "settings.json",
         tmp_path / "xdg" / "Code - Insiders" / "User" / "mcp.json",
@@ -259,6 +258,10 @@ def test_places_of_other_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ]:
         assert places[str(path)].description == "an MCP client's settings", path
         assert not places[str(path)].folder
+    assert places[str(home / ".cursor" / "hooks.json")].description == "Cursor's hooks, which run commands"
+    assert places[str(tmp_path / "proj" / ".vscode" / "tasks.json")].description == (
+        "VS Code's tasks, which it can run by itself"
+    )
     assert places[str(tmp_path / "xdg" / "Code" / "User" / "profiles")].folder
     assert places[str(home / ".claude" / "plugins")].folder
     # A missing folder on the way to a place is protected by its name alone; an existing one is not.
@@ -283,7 +286,8 @@ def test_missing_folder_on_path_refused(tmp_path: Path) -> None:
 
     assert problem(str(home / ".gemini")) == (
         "arguments['destination'] names a folder for an MCP client's settings, "
-        "which mcp-guard lets no tool call reach"
+        "which mcp-guard lets no tool call reach (it reads every string in the arguments as a possible "
+        "path). A person can read or change it outside the agent"
     )
     assert problem(".gemini") is not None
     assert problem(str(home / "prepared" / ".." / ".gemini/")) is not None
