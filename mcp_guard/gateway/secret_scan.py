@@ -147,10 +147,10 @@ class SecretScan:
         return None
 
 
-def withheld_message(what: str, found: Secret) -> str:
-    """Return the error that replaces the result of a call or request that contains `found`."""
+def withheld_message(kind: str, found: Secret) -> str:
+    """Return the error that replaces the result of a `kind` ("call" or "request") that contains `found`."""
     message = (
-        f"mcp-guard withheld the result of this {what}: it contains {found.description}, "
+        f"mcp-guard withheld the result of this {kind}: it contains {found.description}, "
         "which no result may carry."
     )
     return f"{message} {found.fix}" if found.fix else message

@@ -48,6 +48,14 @@ def rejection(paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str,
     return paths.problem(arguments, [str(tree["project"])])
 
 
+def filled_in(arguments: dict[str, Any], tree: dict[str, Path]) -> dict[str, Any]:
+    """Return `arguments` with `{root}` and `{project}` replaced by those folders of the tree."""
+    text = (
+        json.dumps(arguments).replace("{root}", str(tree["root"])).replace("{project}", str(tree["project"]))
+    )
+    return dict(json.loads(text))
+
+
 @pytest.mark.attack("tool argument naming mcp-guard's own files")
 @pytest.mark.parametrize(
     "value",
@@ -161,10 +169,7 @@ def test_other_unicode_form_is_refused(tmp_path: Path) -> None:
 def test_folder_and_name_in_two_arguments(
     paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]
 ) -> None:
-    filled = json.loads(json.dumps(arguments).replace("{root}", str(tree["root"])))
-    filled = json.loads(json.dumps(filled).replace("{project}", str(tree["project"])))
-
-    assert rejection(paths, tree, filled) is not None
+    assert rejection(paths, tree, filled_in(arguments, tree)) is not None
 
 
 @pytest.mark.legitimate("tool argument naming mcp-guard's own files")
@@ -179,10 +184,7 @@ def test_folder_and_name_in_two_arguments(
 def test_folder_and_other_name_pass(
     paths: ProtectedPaths, tree: dict[str, Path], arguments: dict[str, Any]
 ) -> None:
-    filled = json.loads(json.dumps(arguments).replace("{root}", str(tree["root"])))
-    filled = json.loads(json.dumps(filled).replace("{project}", str(tree["project"])))
-
-    assert rejection(paths, tree, filled) is None
+    assert rejection(paths, tree, filled_in(arguments, tree)) is None
 
 
 def test_relative_name_in_protected_cwd(paths: ProtectedPaths, tree: dict[str, Path]) -> None:
