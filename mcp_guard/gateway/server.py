@@ -696,7 +696,7 @@ def assemble_call_pipeline(
     if guards.secrets is not None:
         # Inside the audit stage, so the trail records a withheld result as a denial, not the secret.
         stages.append(guards.secrets)
-    stages.append(partial(_refuse_while_stopping, stop_reason))
+    stages.append(partial(_reject_while_stopping, stop_reason))
     if guards.policy is not None:
         stages.append(guards.policy.enforce)
     if guards.limits is not None:
@@ -709,7 +709,7 @@ def assemble_call_pipeline(
     return build_call_pipeline(forward, stages)
 
 
-async def _refuse_while_stopping(
+async def _reject_while_stopping(
     stop_reason: Callable[[], str | None], call: ToolCall, next_handler: Handler
 ) -> ToolResult:
     """Stage: run no call that arrives once the gateway is stopping.
