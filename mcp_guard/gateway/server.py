@@ -67,7 +67,7 @@ from mcp_guard.gateway.results import (
     shape_read_result,
     shape_tool_result,
 )
-from mcp_guard.gateway.secret_scan import SecretScan, withheld_message
+from mcp_guard.gateway.secret_scan import Secret, SecretScan, withheld_message
 
 log = structlog.get_logger(module=__name__)
 
@@ -209,7 +209,7 @@ class Gateway:
             protocol_version=ctx.protocol_version,
             tool=tool,
             arguments=dict(params.arguments or {}),
-            progress=_progress_relay(ctx),
+            progress=_progress_relay(ctx, self.guards.secrets),
             notify=_log_relay(ctx),
             elicit=_elicit_relay(ctx),
             url_question=_url_question(ctx),
@@ -408,9 +408,19 @@ class Gateway:
             return None
         server = call.tool.server
         seconds = self.config.approval.timeout_seconds
+        scan = self.guards.secrets
 
         async def relay(params: types.ElicitRequestParams) -> types.ElicitResult:
             assert isinstance(params, types.ElicitRequestFormParams)  # the connection passes forms only
+            found = scan.find_secret([params.message, params.requested_schema]) if scan is not None else None
+            if found is not None:
+                log.warning(
+                    "downstream_question_withheld",
+                    call_id=call.call_id,
+                    server=server,
+                    contains=found.description,
+                )
+                return types.ElicitResult(action="decline")
             message = (
                 f"Server {server!r} asks (passed on by mcp-guard; this is the server's question, not an "
                 f"approval by mcp-guard):\n\n{params.message}"
@@ -460,10 +470,22 @@ class Gateway:
                 progress_callback=call.progress,
                 question_relay=self._question_relay(call),
             )
-        except DownstreamRejected as exc:
-            call.outcome, call.detail = "downstream_failed", str(exc)
-            raise _mcp_error(exc) from None
         except DownstreamError as exc:
+            found = self._secret_in_error(exc)
+            if found is not None:
+                call.outcome = "denied"
+                call.detail = f"the server's error contains {found.description}, so mcp-guard withheld it"
+                log.warning(
+                    "tool_error_withheld",
+                    call_id=call.call_id,
+                    server=exc.server,
+                    tool=call.tool.exported,
+                    contains=found.description,
+                )
+                return tool_error(withheld_message("call", found))
+            if isinstance(exc, DownstreamRejected):
+                call.outcome, call.detail = "downstream_failed", str(exc)
+                raise _mcp_error(exc) from None
             log.warning("tool_call_failed", call_id=call.call_id, server=exc.server, error=str(exc))
             call.outcome, call.detail = "downstream_failed", str(exc)
             return tool_error(str(exc))
@@ -593,11 +615,10 @@ class Gateway:
                     return self._checked_result(await self._send(server, request, ctx), request.method)
                 log.error("request_denied_audit_unavailable", method=request.method, reason=exc.reason)
                 raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
-            result = await self._send(server, request, ctx)
             try:
-                result = self._checked_result(result, request.method)
-            except MCPError as exc:
-                audited.finish("denied", detail=exc.error.message)
+                result = self._checked_result(await self._send(server, request, ctx), request.method)
+            except _Withheld as exc:
+                audited.finish("denied", detail=exc.detail)
                 raise
             audited.finish("succeeded", result_bytes=len(str(result)))
             return result
@@ -607,14 +628,21 @@ class Gateway:
         """Return the result of a prompts/get, resources/read or completion/complete request.
 
         Raises:
-            MCPError: The result contains a secret of the gateway, so it is withheld.
+            _Withheld: The result contains a secret of the gateway, so it is withheld.
         """
         scan = self.guards.secrets
         found = scan.find_secret(result) if scan is not None else None
         if found is None:
             return result
         log.warning("request_result_withheld", request=method, contains=found.description)
-        raise MCPError(types.INTERNAL_ERROR, withheld_message("request", found))
+        raise _Withheld(found, "the result")
+
+    def _secret_in_error(self, exc: GuardError) -> Secret | None:
+        """Return the gateway secret that a server's error would pass on to the client, or None."""
+        scan = self.guards.secrets
+        if scan is None or not isinstance(exc, DownstreamError):
+            return None
+        return scan.find_secret([str(exc), exc.data if isinstance(exc, DownstreamRejected) else None])
 
     async def _reject_request(self, intent: CallIntent, problem: str) -> NoReturn:
         """Record a rejected prompts/get, resources/read or completion/complete request, and raise its error."""
@@ -632,9 +660,18 @@ class Gateway:
     ) -> dict[str, Any]:
         try:
             result = await self.registry.connection(server).request(
-                request, progress_callback=_progress_relay(ctx)
+                request, progress_callback=_progress_relay(ctx, self.guards.secrets)
             )
         except GuardError as exc:
+            found = self._secret_in_error(exc)
+            if found is not None:
+                log.warning(
+                    "request_error_withheld",
+                    request=request.method,
+                    server=server,
+                    contains=found.description,
+                )
+                raise _Withheld(found, "the server's error") from None
             raise _mcp_error(exc) from None
         if is_input_required(result):
             raise MCPError(
@@ -657,6 +694,18 @@ class Gateway:
         """Return the input schema of an exported tool (the SDK checks 2026 HTTP headers against it)."""
         tool = self.catalog.tools.get(name)
         return None if tool is None else tool.definition.get("inputSchema")
+
+
+class _Withheld(MCPError):
+    """A request's result or error contains a secret of the gateway; the client gets this instead.
+
+    Attributes:
+        detail: What the audit trail records: what contained which secret, without the secret.
+    """
+
+    def __init__(self, found: Secret, source: str) -> None:
+        super().__init__(types.INTERNAL_ERROR, withheld_message("request", found))
+        self.detail = f"{source} contains {found.description}, so mcp-guard withheld it"
 
 
 @dataclass(frozen=True)
@@ -934,13 +983,20 @@ def _url_question(ctx: ServerRequestContext[Any]) -> UrlQuestion | None:
     return UrlQuestion(ask=ask, complete=complete)
 
 
-def _progress_relay(ctx: ServerRequestContext[Any]) -> Any:
-    """Return a callback that passes downstream progress to the caller, if it asked for progress."""
+def _progress_relay(ctx: ServerRequestContext[Any], scan: SecretScan | None) -> Any:
+    """Return a callback that passes downstream progress to the caller, if it asked for progress.
+
+    A message that contains a secret of the gateway is replaced by a note naming what it contained.
+    """
     if ctx.meta is None or "progress_token" not in ctx.meta:
         return None
     session = ctx.session
 
     async def relay(progress: float, total: float | None, message: str | None) -> None:
+        found = scan.find_secret(message) if scan is not None and message else None
+        if found is not None:
+            log.warning("progress_message_withheld", request_id=ctx.request_id, contains=found.description)
+            message = f"mcp-guard withheld this progress message: it contains {found.description}."
         await session.report_progress(progress, total, message)
 
     return relay

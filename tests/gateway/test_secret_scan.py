@@ -10,10 +10,15 @@ from __future__ import annotations
 import base64
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
-from support import fixture_server, stdio_gateway, write_policy
+from mcp import Client
+from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
+from support import fixture_server, gateway_parameters, stdio_gateway, write_policy
 
 from mcp_guard.approval.sealed import load_or_create_key
 from mcp_guard.audit import CallFilter, SqliteAuditStore
@@ -78,6 +83,114 @@ async def test_server_credential_in_result_withheld(tmp_path: Path) -> None:
     assert TOKEN not in leaked.content[0].text
     assert other.is_error is False
     assert prefix.content[0].text == TOKEN[:7]
+
+
+def state_files_contain(state: Path, text: str) -> list[str]:
+    """Return the names of the files in `state` whose bytes contain `text`."""
+    return [path.name for path in state.iterdir() if path.is_file() and text.encode() in path.read_bytes()]
+
+
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=2)
+async def test_server_credential_in_error_withheld(tmp_path: Path) -> None:
+    # A server that puts its credential into an error message ("could not connect with TOKEN").
+    server = {**fixture_server("alpha"), "env_from": {"API_TOKEN": "${ALPHA_TOKEN}"}}
+    policy = write_policy(tmp_path, {"alpha": server})
+    log = tmp_path / "gateway.log"
+
+    with log.open("a") as errors:
+        parameters = gateway_parameters(policy, env={"ALPHA_TOKEN": TOKEN})
+        async with Client(stdio_client(parameters, errlog=errors)) as client:
+            failed = await client.call_tool("alpha__env", {"name": "API_TOKEN", "via": "error"})
+            with pytest.raises(MCPError) as other:
+                await client.call_tool("alpha__env", {"name": "UNSET_NAME", "via": "error"})
+
+    assert failed.is_error is True
+    assert failed.content[0].text.startswith(
+        "mcp-guard withheld the result of this call: it contains the value of $ALPHA_TOKEN"
+    )
+    # An error without a secret reaches the client as the server sent it.
+    assert other.value.error.message == "could not connect with <unset>"
+    assert TOKEN not in log.read_text()
+    assert state_files_contain(tmp_path / "state", TOKEN) == []
+    async with SqliteAuditStore.in_state_dir(tmp_path / "state", read_only=True) as store:
+        [denied] = await store.search(CallFilter(outcome="denied"))
+    assert denied.outcome is not None
+    assert denied.outcome.detail == (
+        "the server's error contains the value of $ALPHA_TOKEN (a credential of server 'alpha'), "
+        "so mcp-guard withheld it"
+    )
+
+
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=2)
+async def test_server_credential_in_progress_message_withheld(tmp_path: Path) -> None:
+    server = {**fixture_server("alpha"), "env_from": {"API_TOKEN": "${ALPHA_TOKEN}"}}
+    policy = write_policy(tmp_path, {"alpha": server})
+    messages: list[str | None] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message)
+
+    async with stdio_gateway(policy, env={"ALPHA_TOKEN": TOKEN}) as client:
+        sent = await client.call_tool(
+            "alpha__env", {"name": "API_TOKEN", "via": "progress"}, progress_callback=record
+        )
+        plain = await client.call_tool(
+            "alpha__env", {"name": "UNSET_NAME", "via": "progress"}, progress_callback=record
+        )
+
+    assert sent.content[0].text == plain.content[0].text == "sent as progress"
+    assert messages == [
+        "mcp-guard withheld this progress message: it contains the value of $ALPHA_TOKEN "
+        "(a credential of server 'alpha').",
+        "connecting with <unset>",
+    ]
+
+
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=1)
+async def test_secret_in_request_error_withheld(tmp_path: Path) -> None:
+    # The fixture's error for the item "locked" quotes the server's credential.
+    server = {**fixture_server("alpha"), "env_from": {"API_TOKEN": "${ALPHA_TOKEN}"}}
+    policy = write_policy(tmp_path, {"alpha": server})
+
+    async with stdio_gateway(policy, env={"ALPHA_TOKEN": TOKEN}) as client:
+        with pytest.raises(MCPError) as raised:
+            await client.read_resource("fixture://alpha/items/locked")
+        item = await client.read_resource("fixture://alpha/items/7")
+    async with SqliteAuditStore.in_state_dir(tmp_path / "state", read_only=True) as store:
+        [denied] = await store.search(CallFilter(outcome="denied"))
+
+    assert raised.value.error.message == (
+        "mcp-guard withheld the result of this request: it contains the value of $ALPHA_TOKEN "
+        "(a credential of server 'alpha'), which no result may carry."
+    )
+    assert item.contents[0].text == "item 7 from alpha"
+    assert denied.outcome is not None
+    assert denied.outcome.detail == (
+        "the server's error contains the value of $ALPHA_TOKEN (a credential of server 'alpha'), "
+        "so mcp-guard withheld it"
+    )
+    assert state_files_contain(tmp_path / "state", TOKEN) == []
+
+
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=1)
+async def test_secret_in_downstream_question_declined(tmp_path: Path) -> None:
+    server = {**fixture_server("alpha"), "protocol": "legacy", "relay_questions": True}
+    policy = write_policy(tmp_path, {"alpha": server})
+    questions: list[types.ElicitRequestParams] = []
+
+    async def human(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        questions.append(params)
+        return types.ElicitResult(action="accept", content={"answer": "yes"})
+
+    async with stdio_gateway(policy, elicitation_callback=human) as client:
+        await client.call_tool("alpha__echo", {"text": "creates the state directory"})
+        key = (tmp_path / "state" / "audit.key").read_text().strip()
+        asked = await client.call_tool("alpha__ask_user", {"question": f"Is {key} yours?"})
+        plain = await client.call_tool("alpha__ask_user", {"question": "Favourite colour?"})
+
+    assert asked.content[0].text == '{"action": "decline"}'
+    assert [question.message.rsplit("\n", 1)[-1] for question in questions] == ["Favourite colour?"]
+    assert plain.content[0].text == '{"action": "accept", "content": {"answer": "yes"}}'
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 5])
