@@ -1,10 +1,10 @@
-"""The `mcp-guard audit` commands: search, show, export, verify and prune.
+"""The `mcp-guard audit` commands: search, show, export, verify, prune and rekey.
 
 `add_audit_commands` registers the command tree on the main parser and
 `run_audit_command` runs the parsed command against a state directory. Results
 go to stdout (this is the command line, not the stdio server) and problems to
-stderr with a non-zero exit status. Only `prune` writes; it needs the gateway to
-be stopped, because one process at a time may write the trail.
+stderr with a non-zero exit status. Only `prune` and `rekey` write; they need the
+gateway to be stopped, because one process at a time may write the trail.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,12 +20,13 @@ from typing import TextIO, get_args
 
 import anyio
 
-from mcp_guard.audit import display
+from mcp_guard.audit import display, files
 from mcp_guard.audit.chain import ChainBroken
 from mcp_guard.audit.files import DEFAULT_KEY_ENV_VAR, AuditPaths
 from mcp_guard.audit.query import CallFilter
 from mcp_guard.audit.records import Decision, OutcomeKind, canonical_utc
 from mcp_guard.audit.sqlite import SqliteAuditStore
+from mcp_guard.audit.sqlite.rekey import RekeyResult, key_path_next, rekey_trail
 from mcp_guard.audit.store import DEFAULT_SEARCH_LIMIT, AuditStore
 from mcp_guard.downstream.naming import SEPARATOR
 from mcp_guard.errors import AuditCorrupted, AuditUnavailable, ConfigError
@@ -42,7 +44,9 @@ _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w
 
 def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `audit` and its subcommands on the main parser's subparsers."""
-    audit = subparsers.add_parser("audit", help="search, show, export, verify and prune the audit trail")
+    audit = subparsers.add_parser(
+        "audit", help="search, show, export, verify and prune the audit trail, or replace its key"
+    )
     audit.add_argument(
         "--key-env",
         default=None,
@@ -80,6 +84,16 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     prune.add_argument("--older-than", type=parse_duration, help="delete rows older than this, e.g. 90d, 12h")
     prune.add_argument("--max-rows", type=_non_negative_int, help="keep at most this many rows")
 
+    rekey = commands.add_parser(
+        "rekey", help="sign the trail again with a new key, after checking it; the gateway must be stopped"
+    )
+    rekey.add_argument(
+        "--new-key-env",
+        metavar="VARIABLE",
+        help="environment variable holding the new key as hex; needed when the key comes from a variable "
+        "(default: a new random key replaces the key file)",
+    )
+
 
 async def run_audit_command(
     args: argparse.Namespace,
@@ -107,16 +121,18 @@ async def run_audit_command(
     if command == "prune" and args.older_than is None and args.max_rows is None:
         print("prune needs --older-than, --max-rows or both.", file=sys.stderr)
         return EXIT_FAILED
+    key_variable = key_env_var or args.key_env or DEFAULT_KEY_ENV_VAR
     try:
+        if command == "rekey":
+            return await anyio.to_thread.run_sync(_rekey, paths, key_variable, args.new_key_env, out)
         store = SqliteAuditStore.in_state_dir(
-            state_dir,
-            key_env_var=key_env_var or args.key_env or DEFAULT_KEY_ENV_VAR,
-            read_only=command != "prune",
+            state_dir, key_env_var=key_variable, read_only=command != "prune"
         )
         async with store:
             return await _dispatch(store, args, out)
     except AuditUnavailable as exc:
-        print(f"The audit trail cannot be used: {exc.reason}.", file=sys.stderr)
+        fix = f" {exc.fix}" if exc.fix else ""
+        print(f"The audit trail cannot be used: {exc.reason}.{fix}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         # The reader stopped early (`audit export | head`), which is not an error of the trail.
@@ -267,6 +283,90 @@ async def _prune(store: AuditStore, args: argparse.Namespace, out: TextIO) -> in
     else:
         print(f"Deleted {result.rows_deleted} rows, up to row {result.anchor_row_id}.", file=out)
     return EXIT_OK
+
+
+def _rekey(paths: AuditPaths, key_variable: str, new_key_variable: str | None, out: TextIO) -> int:
+    """Replace the audit key: the key file's, or the one in `key_variable` when that is set."""
+    old_key = files.load_audit_key(paths.key, key_variable, create=False)
+    new_key = _key_from(new_key_variable) if new_key_variable else None
+    if os.environ.get(key_variable):
+        if new_key is None:
+            print(
+                f"The audit key comes from ${key_variable}, which mcp-guard cannot change. Put a new key "
+                "(64 hex digits) in another variable and pass its name with --new-key-env.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        result = rekey_trail(paths, old_key, new_key)
+        print(_rekeyed(result), file=out)
+        print(
+            f"Set ${key_variable} to the new key (the value of ${new_key_variable}) before the gateway "
+            "starts again: the old key no longer verifies the trail.",
+            file=out,
+        )
+        return EXIT_OK
+    waiting = key_path_next(paths.key)
+    if new_key is not None and waiting.exists():
+        print(
+            f"An earlier rekey was interrupted and left its new key in {waiting}. Run "
+            "`mcp-guard audit rekey` again without --new-key-env to finish it.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    # A key left by an interrupted run is used again, so the rows it signed still verify.
+    left_by_earlier_run = waiting.exists()
+    if not left_by_earlier_run:
+        _write_key(waiting, new_key or secrets.token_bytes(files.KEY_BYTES))
+    try:
+        result = rekey_trail(paths, old_key, files.load_audit_key(waiting, None, create=False))
+    except AuditCorrupted:
+        # Raised before anything changed. After any other failure the trail may already be
+        # signed with the waiting key, so it stays for the next run.
+        if not left_by_earlier_run:
+            waiting.unlink(missing_ok=True)
+        raise
+    os.replace(waiting, paths.key)
+    _sync_folder(paths.key.parent)
+    print(_rekeyed(result), file=out)
+    print(
+        f"The new key is in {paths.key}. The old key no longer verifies the trail; delete every copy of it.",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _rekeyed(result: RekeyResult) -> str:
+    if result.already_done:
+        return f"An earlier run had signed the {result.rows} rows with the new key; the key is now replaced."
+    return f"Checked the trail with the old key and signed its {result.rows} rows again with the new key."
+
+
+def _key_from(variable: str) -> bytes:
+    text = os.environ.get(variable, "")
+    if not text:
+        raise ConfigError("--new-key-env", [f"${variable} is not set; put the new key there as hex."])
+    try:
+        return files.parse_key(text)
+    except ValueError as exc:
+        # The message never repeats the value, which is a secret.
+        raise ConfigError("--new-key-env", [f"${variable}: {exc}"]) from None
+
+
+def _write_key(path: Path, key: bytes) -> None:
+    """Write `key` as hex into a new file readable by its owner only, and wait for the disk."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(key.hex() + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:

@@ -69,7 +69,7 @@ def load_audit_key(
     """
     if env_var and (text := os.environ.get(env_var)):
         try:
-            return _parse_key(text)
+            return parse_key(text)
         except ValueError as exc:
             # The message never repeats the value, which is a secret.
             raise ConfigError(f"${env_var}", [f"{env_var}: {exc}"]) from None
@@ -77,12 +77,17 @@ def load_audit_key(
         _create_key_file(key_path)
     text = key_path.read_text(encoding="ascii")
     try:
-        return _parse_key(text)
+        return parse_key(text)
     except ValueError as exc:
         raise ValueError(f"invalid audit key in {key_path}: {exc}") from None
 
 
-def _parse_key(text: str) -> bytes:
+def parse_key(text: str) -> bytes:
+    """Return the key written as hex in `text`.
+
+    Raises:
+        ValueError: `text` is not hex, or the key is shorter than `MIN_KEY_BYTES`.
+    """
     try:
         key = bytes.fromhex(text.strip())
     except ValueError:

@@ -34,7 +34,8 @@ MIN_SECRET_CHARS = 8
 # The next step when a tool result contains a key of the state directory.
 STATE_DIR_FIX = (
     "Move gateway.state_dir out of the folders that servers are given, and keep it out of version "
-    "control; a key that was committed must be replaced."
+    "control. Replace a key that was committed: the audit key with `mcp-guard audit rekey`, the "
+    "approval key by deleting approval.key while the gateway is stopped."
 )
 # Base64 forms are made only of secrets at least this long, so each form has 12 characters or more.
 MIN_ENCODED_BYTES = 12
