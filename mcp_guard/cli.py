@@ -329,7 +329,8 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
         if place.own or os.path.exists(place.path)
     ]
     policy_folder = Path(policy_path).resolve().parent
-    warnings: list[str] = []
+    # One warning per folder, naming every server given it.
+    exposed: dict[Path, tuple[list[str], list[str]]] = {}
     for server_id, server in config.servers.items():
         if not isinstance(server, StdioServerConfig):
             continue
@@ -341,17 +342,24 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
                 if Path(place.path).resolve().is_relative_to(folder)
             ]
             if inside:
-                warning = (
-                    f"server {server_id!r} is given {folder}, which contains {_listed(list(dict.fromkeys(inside)))}. "
-                    "Calls that name them are refused, but a tool that searches or lists the folder can "
-                    "still reach them: give the server a folder without them"
-                )
-                if (folder / ".git").exists():
-                    warning += (
-                        f". {folder} is a git work tree, so `git add .` there would commit them too: move "
-                        "gateway.state_dir and the policy out of it"
-                    )
-                warnings.append(warning)
+                servers, _ = exposed.setdefault(folder, ([], inside))
+                if server_id not in servers:
+                    servers.append(server_id)
+    warnings: list[str] = []
+    for folder, (servers, inside) in exposed.items():
+        named = " ".join(["server" if len(servers) == 1 else "servers", _listed([repr(s) for s in servers])])
+        verb = "is" if len(servers) == 1 else "are"
+        warning = (
+            f"{named} {verb} given {folder}, which contains {_listed(list(dict.fromkeys(inside)))}. "
+            "Calls that name them are refused, but a tool that searches or lists the folder can "
+            f"still reach them: give {'the server' if len(servers) == 1 else 'each server'} a folder without them"
+        )
+        if (folder / ".git").exists():
+            warning += (
+                f". {folder} is a git work tree, so `git add .` there would commit them too: move "
+                "gateway.state_dir and the policy out of it"
+            )
+        warnings.append(warning)
     return warnings
 
 

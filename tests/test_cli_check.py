@@ -316,6 +316,21 @@ async def test_check_warns_on_server_given_gateway_files(tmp_path: Path) -> None
     assert "git work tree" not in warnings[0]
 
 
+async def test_check_warns_once_for_servers_given_one_folder(tmp_path: Path) -> None:
+    servers = {
+        name: {**fixture_server(name), "args": [*fixture_server(name)["args"], str(tmp_path)]}
+        for name in ("alpha", "beta")
+    }
+    policy = write_policy(tmp_path, servers, rules=RULES, clients={"agent": {}})
+
+    completed = await check_offline(policy)
+    warnings = [line for line in completed.stdout.decode().splitlines() if "WARNING" in line]
+
+    assert len(warnings) == 1
+    assert f"WARNING servers 'alpha' and 'beta' are given {tmp_path}, which contains" in warnings[0]
+    assert "give each server a folder without them" in warnings[0]
+
+
 async def test_check_warns_on_git_work_tree(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     server = {**fixture_server("alpha"), "args": [*fixture_server("alpha")["args"], str(tmp_path)]}
