@@ -112,7 +112,11 @@ class ChainVerifier:
         self._first_row_id: int | None = None
         self.broken: ChainBroken | None = None
         if anchor is not None and not _same(stored_anchor_mac, anchor_mac(key, anchor)):
-            self.broken = self._fail(None, "the pruning anchor does not match its MAC, so it was edited")
+            self.broken = self._fail(
+                None,
+                "the pruning anchor does not match its MAC: the audit key is not the one that wrote the "
+                "trail, or the anchor was edited",
+            )
         elif head is not None and head.row_id < self._last.row_id:
             self.broken = self._fail(
                 None, f"{head_source} records row {head.row_id}, which is older than the anchor"
@@ -125,11 +129,14 @@ class ChainVerifier:
         if self.broken is not None:
             return False
         if row_hash(self._key, prev_hash, fields) != stored_hash:
-            self.broken = self._fail(
-                row_id,
-                "the row does not match its hash: a field was changed, "
-                "or the key is not the one that wrote it",
+            # When no row matches, a wrong key is the likelier cause.
+            detail = (
+                "the first row does not match its hash: the audit key is not the one that wrote the "
+                "trail, or the row was changed"
+                if self._rows_checked == 0
+                else "the row does not match its hash: a field was changed, or the key is not the one that wrote it"
             )
+            self.broken = self._fail(row_id, detail)
         elif not _same(prev_hash, self._last.hash) or row_id <= self._last.row_id:
             self.broken = self._fail(
                 row_id,

@@ -287,24 +287,41 @@ async def _prune(store: AuditStore, args: argparse.Namespace, out: TextIO) -> in
 
 def _rekey(paths: AuditPaths, key_variable: str, new_key_variable: str | None, out: TextIO) -> int:
     """Replace the audit key: the key file's, or the one in `key_variable` when that is set."""
-    old_key = files.load_audit_key(paths.key, key_variable, create=False)
-    new_key = _key_from(new_key_variable) if new_key_variable else None
-    if os.environ.get(key_variable):
+    try:
+        old_key = files.load_audit_key(paths.key, key_variable, create=False)
+    except FileNotFoundError:
+        raise AuditUnavailable(f"no audit key at {paths.key} and ${key_variable} is not set") from None
+    except ValueError as exc:
+        raise AuditUnavailable(str(exc)) from None
+
+    new_key: bytes | None = None
+    if new_key_variable:
+        new_key, problem = _new_key(new_key_variable, old_key)
         if new_key is None:
-            print(
-                f"The audit key comes from ${key_variable}, which mcp-guard cannot change. Put a new key "
-                "(64 hex digits) in another variable and pass its name with --new-key-env.",
-                file=sys.stderr,
-            )
+            print(problem, file=sys.stderr)
             return EXIT_FAILED
-        result = rekey_trail(paths, old_key, new_key)
-        print(_rekeyed(result), file=out)
+
+    if not os.environ.get(key_variable):
+        return _rekey_file(paths, old_key, new_key, out)
+    if new_key is None:
         print(
-            f"Set ${key_variable} to the new key (the value of ${new_key_variable}) before the gateway "
-            "starts again: the old key no longer verifies the trail.",
-            file=out,
+            f"The audit key comes from ${key_variable}, which mcp-guard cannot change. Put a new key "
+            "(64 hex digits) in another variable and pass its name with --new-key-env.",
+            file=sys.stderr,
         )
-        return EXIT_OK
+        return EXIT_FAILED
+    result = rekey_trail(paths, old_key, new_key)
+    print(_rekeyed(result), file=out)
+    print(
+        f"Set ${key_variable} to the new key (the value of ${new_key_variable}) before the gateway "
+        "starts again: the old key no longer verifies the trail.",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _rekey_file(paths: AuditPaths, old_key: bytes, new_key: bytes | None, out: TextIO) -> int:
+    """Replace the key file with `new_key`, or with a new random key."""
     waiting = key_path_next(paths.key)
     if new_key is not None and waiting.exists():
         print(
@@ -313,15 +330,22 @@ def _rekey(paths: AuditPaths, key_variable: str, new_key_variable: str | None, o
             file=sys.stderr,
         )
         return EXIT_FAILED
+
     # A key left by an interrupted run is used again, so the rows it signed still verify.
     left_by_earlier_run = waiting.exists()
+    if left_by_earlier_run and files.load_audit_key(waiting, None, create=False) == old_key:
+        # Only a copy of the key in use: nothing was signed with it.
+        waiting.unlink()
+        left_by_earlier_run = False
     if not left_by_earlier_run:
         _write_key(waiting, new_key or secrets.token_bytes(files.KEY_BYTES))
+
     try:
         result = rekey_trail(paths, old_key, files.load_audit_key(waiting, None, create=False))
-    except AuditCorrupted:
-        # Raised before anything changed. After any other failure the trail may already be
-        # signed with the waiting key, so it stays for the next run.
+    except (AuditCorrupted, AuditUnavailable):
+        # Raised before anything changed (a broken chain, a running gateway, a failed
+        # transaction). After any other failure the trail may already be signed with the
+        # waiting key, so it stays for the next run.
         if not left_by_earlier_run:
             waiting.unlink(missing_ok=True)
         raise
@@ -337,19 +361,24 @@ def _rekey(paths: AuditPaths, key_variable: str, new_key_variable: str | None, o
 
 def _rekeyed(result: RekeyResult) -> str:
     if result.already_done:
-        return f"An earlier run had signed the {result.rows} rows with the new key; the key is now replaced."
+        return f"An earlier run had already signed the {result.rows} rows with the new key."
     return f"Checked the trail with the old key and signed its {result.rows} rows again with the new key."
 
 
-def _key_from(variable: str) -> bytes:
+def _new_key(variable: str, old_key: bytes) -> tuple[bytes | None, str]:
+    """Return the new key from `variable`, or None and why it cannot be used. Nothing was changed then."""
+    make_one = f"Make one with `openssl rand -hex 32` and put it in ${variable}; nothing was changed."
     text = os.environ.get(variable, "")
     if not text:
-        raise ConfigError("--new-key-env", [f"${variable} is not set; put the new key there as hex."])
+        return None, f"${variable} is not set. {make_one}"
     try:
-        return files.parse_key(text)
+        key = files.parse_key(text)
     except ValueError as exc:
         # The message never repeats the value, which is a secret.
-        raise ConfigError("--new-key-env", [f"${variable}: {exc}"]) from None
+        return None, f"${variable} does not hold a usable key: {exc}. {make_one}"
+    if key == old_key:
+        return None, f"${variable} holds the audit key in use, not a new one. {make_one}"
+    return key, ""
 
 
 def _write_key(path: Path, key: bytes) -> None:

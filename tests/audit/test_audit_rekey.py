@@ -25,6 +25,7 @@ from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.audit.files import load_audit_key
 from mcp_guard.audit.schema import HASHED_COLUMNS, INSERT_ROW, SELECT_ROWS, split_row
 from mcp_guard.audit.sqlite.rekey import key_path_next, rekey_trail
+from mcp_guard.errors import AuditUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -160,9 +161,7 @@ async def test_interrupted_rekey_is_finished_by_the_next_run(
     status, output = await run(state_dir, "rekey")
 
     assert status == 0
-    assert output.startswith(
-        "An earlier run had signed the 6 rows with the new key; the key is now replaced.\n"
-    )
+    assert output.startswith("An earlier run had already signed the 6 rows with the new key.\n")
     assert load_audit_key(paths.key, None) == NEW_KEY
     assert await verify_with(state_dir, NEW_KEY, monkeypatch) == 0
 
@@ -203,12 +202,32 @@ async def test_rekey_refused_while_gateway_writes(
 
     async with SqliteAuditStore.in_state_dir(state_dir):
         status, _ = await run(state_dir, "rekey")
+    message = capsys.readouterr().err
+    after_stop = await run(state_dir, "rekey")
 
     assert status == 1
-    message = capsys.readouterr().err
     assert message.startswith("The audit trail cannot be used: another process (PID ")
     assert message.endswith("Stop the gateway that uses this state directory, then replace the key.\n")
-    assert paths.key.read_bytes() == key_before
+    # Nothing was changed or left behind, so the next run starts afresh.
+    assert after_stop[0] == 0
+    assert after_stop[1].startswith("Checked the trail with the old key and signed its 6 rows again")
+    assert paths.key.read_bytes() != key_before
+
+
+async def test_rekey_without_key_names_the_file(
+    state_dir: Path, make_intent: IntentFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with SqliteAuditStore.in_state_dir(state_dir) as store:
+        await store.record_intent(make_intent())
+    paths = AuditPaths.in_state_dir(state_dir)
+    paths.key.unlink()
+
+    status, _ = await run(state_dir, "rekey")
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"The audit trail cannot be used: no audit key at {paths.key} and $MCP_GUARD_AUDIT_KEY is not set.\n"
+    )
 
 
 async def mcp_guard(*args: str) -> tuple[int, str]:
@@ -237,3 +256,72 @@ async def test_gateway_records_on_after_rekey(tmp_path: Path) -> None:
     assert key_path.read_text() != old_key
     assert after.content[0].text == "after"
     assert verified == (0, "The audit trail is intact: 4 rows verified (rows 1 to 4).\n")
+
+
+async def test_new_key_same_as_old_refused(
+    trail: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = AuditPaths.in_state_dir(state_dir)
+    monkeypatch.setenv("NEXT_AUDIT_KEY", paths.key.read_text().strip())
+
+    status, _ = await run(state_dir, "rekey", "--new-key-env", "NEXT_AUDIT_KEY")
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        "$NEXT_AUDIT_KEY holds the audit key in use, not a new one. Make one with `openssl rand -hex 32` "
+        "and put it in $NEXT_AUDIT_KEY; nothing was changed.\n"
+    )
+    assert not key_path_next(paths.key).exists()
+
+
+async def test_wrong_key_named_first_when_no_row_verifies(
+    state_dir: Path,
+    make_intent: IntentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with SqliteAuditStore.in_state_dir(state_dir) as store:
+        await store.record_intent(make_intent())
+    monkeypatch.setenv("MCP_GUARD_AUDIT_KEY", NEW_KEY.hex())
+
+    status, _ = await run(state_dir, "verify")
+
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "The audit trail is broken at row 1: the first row does not match its hash: the audit key is not "
+        "the one that wrote the trail, or the row was changed."
+    )
+
+
+async def test_wrong_key_named_first_for_pruned_trail(
+    trail: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MCP_GUARD_AUDIT_KEY", NEW_KEY.hex())
+
+    status, _ = await run(state_dir, "verify")
+
+    # The anchor that pruning left is checked before the rows.
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "The audit trail is broken at an end of the trail: the pruning anchor does not match its MAC: the "
+        "audit key is not the one that wrote the trail, or the anchor was edited."
+    )
+
+
+async def test_no_new_key_beside_existing_trail(trail: list[str], state_dir: Path) -> None:
+    # A client that starts the gateway without the key's variable must not get a new key.
+    paths = AuditPaths.in_state_dir(state_dir)
+    paths.key.unlink()
+
+    with pytest.raises(AuditUnavailable) as raised:
+        SqliteAuditStore.in_state_dir(state_dir)
+
+    assert not paths.key.exists()
+    assert raised.value.reason == (
+        f"the audit key is missing: no file {paths.key} and $MCP_GUARD_AUDIT_KEY is not set, though "
+        f"{paths.database} contains a trail"
+    )
+    assert raised.value.fix == (
+        f"Give the gateway the key that wrote the trail ($MCP_GUARD_AUDIT_KEY, or the file {paths.key}). "
+        "To start a new trail instead, move audit.sqlite3 and audit.head out of the state directory."
+    )

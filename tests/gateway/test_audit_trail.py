@@ -669,3 +669,30 @@ async def test_unavailable_server_named_only_to_granted_clients(tmp_path: Path) 
         "the gateway's log says why"
     )
     assert messages["other"] == "Unknown tool: 'ghost__lookup'"
+
+
+async def test_missing_key_beside_trail_stops_start(tmp_path: Path) -> None:
+    # A client that starts the gateway without the variable that contains the key: no new key is made.
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")})
+    async with stdio_gateway(policy) as client:
+        await client.call_tool("alpha__echo", {"text": "recorded"})
+    key = tmp_path / "state" / "audit.key"
+    key.unlink()
+    environment = {name: value for name, value in os.environ.items() if name != "MCP_GUARD_AUDIT_KEY"}
+
+    completed = await anyio.run_process(
+        [sys.executable, "-m", "mcp_guard", "run", "--config", str(policy)],
+        cwd=ROOT,
+        check=False,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+    )
+
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 1
+    assert (
+        f"The gateway did not start: the audit trail cannot be used (the audit key is missing: no file {key} "
+        f"and $MCP_GUARD_AUDIT_KEY is not set, though {tmp_path / 'state' / 'audit.sqlite3'} contains a "
+        "trail). Give the gateway the key that wrote the trail"
+    ) in stderr
+    assert not key.exists()

@@ -153,11 +153,23 @@ class SqliteAuditStore:
                 `read_only`, does not exist).
         """
         paths = files.AuditPaths.in_state_dir(state_dir)
+        # A new key beside an existing trail could never verify it: the key that wrote it is missing.
+        trail_exists = paths.database.exists() and paths.database.stat().st_size > 0
         try:
-            key = files.load_audit_key(paths.key, key_env_var, create=not read_only)
+            key = files.load_audit_key(paths.key, key_env_var, create=not read_only and not trail_exists)
         except FileNotFoundError:
             variable = f" and ${key_env_var} is not set" if key_env_var else ""
-            raise AuditUnavailable(f"no audit key at {paths.key}{variable}") from None
+            if read_only or not trail_exists:
+                raise AuditUnavailable(f"no audit key at {paths.key}{variable}") from None
+            raise AuditUnavailable(
+                f"the audit key is missing: no file {paths.key}{variable}, though {paths.database} "
+                "contains a trail",
+                fix=(
+                    f"Give the gateway the key that wrote the trail (${key_env_var or files.DEFAULT_KEY_ENV_VAR}, "
+                    f"or the file {paths.key}). To start a new trail instead, move {paths.database.name} "
+                    f"and {paths.head.name} out of the state directory."
+                ),
+            ) from None
         except (OSError, ValueError) as exc:
             verb = "load" if paths.key.exists() else "create"
             raise AuditUnavailable(
