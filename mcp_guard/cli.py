@@ -13,6 +13,7 @@ import argparse
 import io
 import os
 import sqlite3
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -54,9 +55,12 @@ from mcp_guard.sandbox import open_backend
 from mcp_guard.sandbox.base import SandboxBackend, reject_allowed_hosts
 from mcp_guard.sandbox.tool import tool_definition
 from mcp_guard.setup import add_init_command, run_init_command
+from mcp_guard.setup.outputs import git_work_tree
 from mcp_guard.state.clock import HighWaterClock
 
 DEFAULT_POLICY = "mcp-guard.toml"
+# Seconds `check` waits for `git check-ignore`.
+GIT_TIMEOUT_SECONDS = 5
 DEFAULT_CLIENT = "default"
 # How long `check` waits for downstream servers to list their tools.
 CHECK_CONNECT_SECONDS = 60
@@ -304,7 +308,10 @@ def _check(config: GatewayConfig, args: argparse.Namespace) -> int:
         )
     print(f"HTTP clients: {_http_clients(config, directory)}")
     print(f"state directory: {Path(config.gateway.state_dir)}")
-    for warning in exposed_places(config, args.config):
+    warnings = exposed_places(config, args.config)
+    if not any("git work tree" in warning for warning in warnings):
+        warnings += state_dir_in_work_tree(config)
+    for warning in warnings:
         print(f"  WARNING {escape_text(warning)}")
     if config.sandbox is not None:
         print(f"run_code backend: {_sandbox_backend(config.sandbox)}")
@@ -361,6 +368,34 @@ def exposed_places(config: GatewayConfig, policy_path: str) -> list[str]:
             )
         warnings.append(warning)
     return warnings
+
+
+def state_dir_in_work_tree(config: GatewayConfig) -> list[str]:
+    """Return a warning if the state directory lies in a git work tree that does not ignore it."""
+    state = Path(config.gateway.state_dir).resolve()
+    root = git_work_tree(state)
+    # A file inside, so that a pattern for folders only (`state/`) matches before the folder exists.
+    if root is None or _ignored_by_git(root, state / "audit.key"):
+        return []
+    return [
+        f"the state directory {state} is inside the git work tree {root}, which does not ignore it: "
+        "`git add` there would commit the audit and approval keys. List it in .gitignore, or move "
+        "gateway.state_dir out of the work tree"
+    ]
+
+
+def _ignored_by_git(root: Path, path: Path) -> bool:
+    """Return whether git ignores `path` in the work tree `root`; False if git cannot tell."""
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(root), "check-ignore", "-q", str(path)],
+            capture_output=True,
+            timeout=GIT_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return completed.returncode == 0
 
 
 def _listed(items: Sequence[str]) -> str:

@@ -331,6 +331,26 @@ async def test_check_warns_once_for_servers_given_one_folder(tmp_path: Path) -> 
     assert "give each server a folder without them" in warnings[0]
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+async def test_state_dir_in_work_tree(tmp_path: Path, ignored: bool) -> None:
+    await anyio.run_process(["git", "-C", str(tmp_path), "init", "-q"])
+    if ignored:
+        (tmp_path / ".gitignore").write_text("state/\n")
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha")}, rules=RULES, clients={"agent": {}})
+
+    completed = await check_offline(policy)
+    warnings = [line for line in completed.stdout.decode().splitlines() if "WARNING" in line]
+
+    if ignored:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"  WARNING the state directory {tmp_path / 'state'} is inside the git work tree {tmp_path}, "
+            "which does not ignore it: `git add` there would commit the audit and approval keys. List it "
+            "in .gitignore, or move gateway.state_dir out of the work tree"
+        ]
+
+
 async def test_check_warns_on_git_work_tree(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     server = {**fixture_server("alpha"), "args": [*fixture_server("alpha")["args"], str(tmp_path)]}
