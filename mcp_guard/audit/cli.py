@@ -126,7 +126,11 @@ async def run_audit_command(
         if command == "rekey":
             return await anyio.to_thread.run_sync(_rekey, paths, key_variable, args.new_key_env, out)
         store = SqliteAuditStore.in_state_dir(
-            state_dir, key_env_var=key_variable, read_only=command != "prune"
+            state_dir,
+            key_env_var=key_variable,
+            read_only=command != "prune",
+            # Reading rows needs no key; checking their hashes does.
+            key_needed=command in ("verify", "prune"),
         )
         async with store:
             return await _dispatch(store, args, out)

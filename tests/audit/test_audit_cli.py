@@ -293,3 +293,23 @@ def test_duration_is_parsed(text: str, seconds: int) -> None:
 def test_invalid_duration_is_rejected() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="invalid duration '3 days'"):
         parse_duration("3 days")
+
+
+async def test_search_needs_no_key(
+    calls: list[CallIntent],
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The key is in a secret store that this shell cannot read: searching works, verifying does not.
+    monkeypatch.delenv("MCP_GUARD_AUDIT_KEY")
+
+    status, output = await _run(state_dir, "search", "--client", "alice")
+    verified = await _run(state_dir, "verify")
+
+    assert status == 0
+    assert calls[0].call_id in output
+    assert verified == (1, "")
+    assert capsys.readouterr().err.endswith(
+        f"no audit key at {state_dir / 'audit.key'} and $MCP_GUARD_AUDIT_KEY is not set.\n"
+    )

@@ -144,8 +144,13 @@ class SqliteAuditStore:
         key_env_var: str | None = files.DEFAULT_KEY_ENV_VAR,
         read_only: bool = False,
         power_safe: bool = False,
+        key_needed: bool = True,
     ) -> SqliteAuditStore:
         """Build a store on the standard files of a state directory, loading or creating the key.
+
+        Args:
+            key_needed: False opens a `read_only` store without a key when none is found. It can
+                search the trail, and its `verify` raises `AuditUnavailable`.
 
         Raises:
             ConfigError: The key variable is set but invalid.
@@ -159,6 +164,8 @@ class SqliteAuditStore:
             key = files.load_audit_key(paths.key, key_env_var, create=not read_only and not trail_exists)
         except FileNotFoundError:
             variable = f" and ${key_env_var} is not set" if key_env_var else ""
+            if read_only and not key_needed:
+                return cls(paths.database, b"", paths.head, redactor, read_only=True)
             if read_only or not trail_exists:
                 raise AuditUnavailable(f"no audit key at {paths.key}{variable}") from None
             raise AuditUnavailable(
@@ -267,6 +274,8 @@ class SqliteAuditStore:
             AuditUnavailable: The database cannot be read.
         """
         self._require_open()
+        if not self._key:
+            raise AuditUnavailable("verifying the trail needs the audit key, and none was found")
         async with self._read_lock:
             return await anyio.to_thread.run_sync(self._verify_blocking)
 
