@@ -71,7 +71,9 @@ def rekey_trail(paths: files.AuditPaths, old_key: bytes, new_key: bytes) -> Reke
             db = sqlite3.connect(paths.database, isolation_level=None)
         try:
             with translate_errors(paths.database):
-                operations.configure_writer(db, BUSY_TIMEOUT_MS)
+                # The commit waits for the disk: the old key is replaced only after it, and a power
+                # cut must not leave the new key with rows that the old one signed.
+                operations.configure_writer(db, BUSY_TIMEOUT_MS, power_safe=True)
                 with operations.transaction(db):
                     result, tail = _sign_again(db, old_key, new_key, head, str(paths.head))
             files.write_head(paths.head, tail)
