@@ -136,6 +136,8 @@ class Gateway:
         self.stopping: str | None = None
         # Cancel scopes of the calls `stop_calls` stops.
         self._stoppable: set[anyio.CancelScope] = set()
+        # Listed items left out because they contain a secret, each logged once: (list, position text).
+        self._withheld_items: set[tuple[str, str]] = set()
         self.call_pipeline = assemble_call_pipeline(
             self._forward_call, self.guards, config, stop_reason=lambda: self.stopping
         )
@@ -683,12 +685,31 @@ class Gateway:
     def _page(
         self, key: str, items: list[dict[str, Any]], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
+        items = self._without_secrets(key, items)
         size = self.config.gateway.page_size
         start = _cursor_offset(params.cursor if params is not None else None)
         page: dict[str, Any] = {key: items[start : start + size]}
         if start + size < len(items):
             page["nextCursor"] = str(start + size)
         return page
+
+    def _without_secrets(self, key: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Return `items` without those whose name, description or schema contains a secret of the gateway."""
+        scan = self.guards.secrets
+        if scan is None:
+            return items
+        kept: list[dict[str, Any]] = []
+        for item in items:
+            found = scan.find_secret(item)
+            if found is None:
+                kept.append(item)
+                continue
+            name = str(item.get("name") or item.get("uri") or item.get("uriTemplate") or "")
+            shown = name if scan.find_secret(name) is None else "(its name contains the secret)"
+            if (key, shown) not in self._withheld_items:
+                self._withheld_items.add((key, shown))
+                log.warning("listed_item_withheld", list=key, name=shown, contains=found.description)
+        return kept
 
     def input_schema(self, name: str) -> Mapping[str, Any] | None:
         """Return the input schema of an exported tool (the SDK checks 2026 HTTP headers against it)."""

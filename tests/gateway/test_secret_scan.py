@@ -193,6 +193,32 @@ async def test_secret_in_downstream_question_declined(tmp_path: Path) -> None:
     assert plain.content[0].text == '{"action": "accept", "content": {"answer": "yes"}}'
 
 
+@pytest.mark.attack("gateway secret read through a tool that does not name it", attempts=1)
+async def test_listed_tool_with_secret_left_out(tmp_path: Path) -> None:
+    # A server that names a tool after its credential: the list the model reads leaves the tool out.
+    server = {**fixture_server("alpha"), "env_from": {"API_TOKEN": "${ALPHA_TOKEN}"}, "allow_new_tools": True}
+    policy = write_policy(tmp_path, {"alpha": server})
+    changes, changed = anyio.create_memory_object_stream[None](100)
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changes.send_nowait(None)
+
+    names: set[str] = set()
+    with changes, changed:
+        async with stdio_gateway(policy, env={"ALPHA_TOKEN": TOKEN}, message_handler=on_message) as client:
+            await client.call_tool("alpha__add_tool", {"name": f"lookup-{TOKEN}"})
+            await client.call_tool("alpha__add_tool", {"name": "lookup-plain"})
+            # The second tool is listed once the gateway has the server's listing with both.
+            with anyio.fail_after(10):
+                while "alpha__lookup-plain" not in names:
+                    await changed.receive()
+                    names = {tool.name for tool in (await client.list_tools()).tools}
+
+    assert "alpha__echo" in names
+    assert not any(TOKEN in name for name in names)
+
+
 @pytest.mark.parametrize("offset", [0, 1, 2, 5])
 def test_base64_found_at_any_offset(offset: int) -> None:
     scan = SecretScan([found for found in [secret("the token", TOKEN)] if found is not None])
