@@ -6,6 +6,8 @@ pipe or HTTP socket; downstream servers are real processes too.
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import re
@@ -394,3 +396,14 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 def without_rule_names(problems: list[str]) -> list[str]:
     """Return policy problem lines without the rule or limit name after their key path."""
     return [re.sub(r" \((?:rule|limit) '[^']*'\)(?=:)", "", line, count=1) for line in problems]
+
+
+async def run_audit(state_dir: Path, *argv: str) -> tuple[int, str]:
+    """Run `mcp-guard audit ARGV` in this process on `state_dir`; return its exit status and stdout."""
+    from mcp_guard.audit.cli import add_audit_commands, run_audit_command
+
+    parser = argparse.ArgumentParser(prog="mcp-guard")
+    add_audit_commands(parser.add_subparsers(dest="command", required=True))
+    output = io.StringIO()
+    status = await run_audit_command(parser.parse_args(["audit", *argv]), state_dir, stdout=output)
+    return status, output.getvalue()

@@ -121,16 +121,7 @@ class SecretScan:
         found = self.find_secret(result)
         if found is None:
             return result
-        call.outcome = "denied"
-        call.detail = f"the result contains {found.description}, so mcp-guard withheld it"
-        log.warning(
-            "tool_result_withheld",
-            call_id=call.call_id,
-            client=call.client,
-            tool=call.tool.exported,
-            contains=found.description,
-        )
-        return tool_error(withheld_message("call", found))
+        return withhold(call, found, "the result")
 
     def find(self, value: Any) -> str | None:
         """Return the description of the first secret found in any string of `value`, or None."""
@@ -146,6 +137,29 @@ class SecretScan:
                 if needle in text:
                     return item
         return None
+
+
+def withhold(call: ToolCall, found: Secret, source: str) -> ToolResult:
+    """Record `call` as denied because `source` ("the result", "the server's error") contains `found`.
+
+    Returns the error the client gets in place of the result.
+    """
+    call.outcome = "denied"
+    call.detail = withheld_detail(source, found)
+    log.warning(
+        "tool_result_withheld",
+        call_id=call.call_id,
+        client=call.client,
+        tool=call.tool.exported,
+        source=source,
+        contains=found.description,
+    )
+    return tool_error(withheld_message("call", found))
+
+
+def withheld_detail(source: str, found: Secret) -> str:
+    """Return the audit detail of a `source` withheld because it contains `found`, without the secret."""
+    return f"{source} contains {found.description}, so mcp-guard withheld it"
 
 
 def withheld_message(kind: str, found: Secret) -> str:

@@ -67,7 +67,7 @@ from mcp_guard.gateway.results import (
     shape_read_result,
     shape_tool_result,
 )
-from mcp_guard.gateway.secret_scan import Secret, SecretScan, withheld_message
+from mcp_guard.gateway.secret_scan import Secret, SecretScan, withheld_detail, withheld_message, withhold
 
 log = structlog.get_logger(module=__name__)
 
@@ -475,16 +475,7 @@ class Gateway:
         except DownstreamError as exc:
             found = self._secret_in_error(exc)
             if found is not None:
-                call.outcome = "denied"
-                call.detail = f"the server's error contains {found.description}, so mcp-guard withheld it"
-                log.warning(
-                    "tool_error_withheld",
-                    call_id=call.call_id,
-                    server=exc.server,
-                    tool=call.tool.exported,
-                    contains=found.description,
-                )
-                return tool_error(withheld_message("call", found))
+                return withhold(call, found, "the server's error")
             if isinstance(exc, DownstreamRejected):
                 call.outcome, call.detail = "downstream_failed", str(exc)
                 raise _mcp_error(exc) from None
@@ -726,7 +717,7 @@ class _Withheld(MCPError):
 
     def __init__(self, found: Secret, source: str) -> None:
         super().__init__(types.INTERNAL_ERROR, withheld_message("request", found))
-        self.detail = f"{source} contains {found.description}, so mcp-guard withheld it"
+        self.detail = withheld_detail(source, found)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from support import run_audit
 
 from mcp_guard.audit import CallIntent, CallOutcome, SqliteAuditStore
 from mcp_guard.audit.cli import add_audit_commands, parse_duration, run_audit_command
@@ -49,16 +50,8 @@ async def calls(
     return intents
 
 
-async def _run(state_dir: Path, *argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="mcp-guard")
-    add_audit_commands(parser.add_subparsers(dest="command", required=True))
-    output = io.StringIO()
-    status = await run_audit_command(parser.parse_args(["audit", *argv]), state_dir, stdout=output)
-    return status, output.getvalue()
-
-
 async def test_search_lists_matching_calls(calls: list[CallIntent], state_dir: Path) -> None:
-    status, output = await _run(state_dir, "search", "--client", "bob")
+    status, output = await run_audit(state_dir, "search", "--client", "bob")
 
     lines = output.splitlines()
     assert status == 0
@@ -71,7 +64,7 @@ async def test_search_lists_matching_calls(calls: list[CallIntent], state_dir: P
 async def test_search_without_matches_says_so(
     calls: list[CallIntent], state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, output = await _run(state_dir, "search", "--client", "carol")
+    status, output = await run_audit(state_dir, "search", "--client", "carol")
 
     assert status == 0
     assert output == ""
@@ -81,9 +74,9 @@ async def test_search_without_matches_says_so(
 async def test_search_by_exported_tool_name_explains_the_filter(
     calls: list[CallIntent], state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, output = await _run(state_dir, "search", "--tool", "files__read_file")
+    status, output = await run_audit(state_dir, "search", "--tool", "files__read_file")
     hint = capsys.readouterr().err
-    _, by_server_name = await _run(state_dir, "search", "--server", "files", "--tool", "read_file")
+    _, by_server_name = await run_audit(state_dir, "search", "--server", "files", "--tool", "read_file")
 
     assert status == 0
     assert output == ""
@@ -108,8 +101,8 @@ async def test_search_line_shows_outcome_detail(
             make_outcome(stopped.call_id, detail=detail, latency_ms=5010.458127999755, preview="")
         )
 
-    _, output = await _run(state_dir, "search", "--tool", "run_code")
-    _, details = await _run(state_dir, "show", stopped.call_id)
+    _, output = await run_audit(state_dir, "search", "--tool", "run_code")
+    _, details = await run_audit(state_dir, "show", stopped.call_id)
 
     lines = output.splitlines()
     assert lines[0].endswith("[local sandbox, python, 0.031 s, exit code 0]  7")
@@ -146,7 +139,7 @@ async def test_search_line_shows_arguments_once(
             )
         )
 
-    _, output = await _run(state_dir, "search")
+    _, output = await run_audit(state_dir, "search")
 
     assert '{"path":"/home/me/notes.txt"}' in output
     assert output.count("names mcp-guard's state") == 1
@@ -156,8 +149,8 @@ async def test_search_line_shows_arguments_once(
 
 
 async def test_search_filters_by_outcome_and_time(calls: list[CallIntent], state_dir: Path) -> None:
-    _, declined = await _run(state_dir, "search", "--outcome", "approval_declined")
-    _, old = await _run(state_dir, "search", "--until", "2021-01-01")
+    _, declined = await run_audit(state_dir, "search", "--outcome", "approval_declined")
+    _, old = await run_audit(state_dir, "search", "--until", "2021-01-01")
 
     assert calls[1].call_id in declined
     assert len(declined.splitlines()) == 1
@@ -166,7 +159,7 @@ async def test_search_filters_by_outcome_and_time(calls: list[CallIntent], state
 
 
 async def test_show_prints_call_with_escaped_controls(calls: list[CallIntent], state_dir: Path) -> None:
-    status, output = await _run(state_dir, "show", calls[1].call_id)
+    status, output = await run_audit(state_dir, "show", calls[1].call_id)
 
     assert status == 0
     assert "approval_declined" in output
@@ -178,7 +171,7 @@ async def test_show_prints_call_with_escaped_controls(calls: list[CallIntent], s
 async def test_show_unknown_call_fails(
     calls: list[CallIntent], state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, output = await _run(state_dir, "show", "no-such-call")
+    status, output = await run_audit(state_dir, "show", "no-such-call")
 
     assert status == 1
     assert output == ""
@@ -192,7 +185,7 @@ async def test_export_writes_json_lines_oldest_first(
 ) -> None:
     target = tmp_path / "export.jsonl"
 
-    status, _ = await _run(state_dir, "export", "--output", str(target))
+    status, _ = await run_audit(state_dir, "export", "--output", str(target))
 
     records = [json.loads(line) for line in target.read_text().splitlines()]
     assert status == 0
@@ -203,7 +196,7 @@ async def test_export_writes_json_lines_oldest_first(
 
 @pytest.mark.legitimate("audit row tampering")
 async def test_verify_reports_intact_trail(calls: list[CallIntent], state_dir: Path) -> None:
-    status, output = await _run(state_dir, "verify")
+    status, output = await run_audit(state_dir, "verify")
 
     assert status == 0
     assert "intact: 6 rows verified (rows 1 to 6)" in output
@@ -217,7 +210,7 @@ async def test_verify_reports_broken_trail(
         connection.execute("UPDATE audit_rows SET client = 'mallory' WHERE id = 3")
     connection.close()
 
-    status, output = await _run(state_dir, "verify")
+    status, output = await run_audit(state_dir, "verify")
 
     assert status == 2
     assert output == ""
@@ -226,8 +219,8 @@ async def test_verify_reports_broken_trail(
 
 @pytest.mark.legitimate("audit row deletion or reordering")
 async def test_prune_then_verify_passes(calls: list[CallIntent], state_dir: Path) -> None:
-    pruned_status, pruned = await _run(state_dir, "prune", "--max-rows", "2")
-    verify_status, verified = await _run(state_dir, "verify")
+    pruned_status, pruned = await run_audit(state_dir, "prune", "--max-rows", "2")
+    verify_status, verified = await run_audit(state_dir, "verify")
 
     assert pruned_status == 0
     assert "Deleted 4 rows, up to row 4." in pruned
@@ -239,14 +232,14 @@ async def test_prune_while_gateway_writes_fails(
     calls: list[CallIntent], state_dir: Path, new_store: StoreFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with new_store():
-        status, _ = await _run(state_dir, "prune", "--max-rows", "1")
+        status, _ = await run_audit(state_dir, "prune", "--max-rows", "1")
 
     assert status == 1
     assert f"another process (PID {os.getpid()}) is writing" in capsys.readouterr().err
 
 
 async def test_missing_trail_fails(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, _ = await _run(state_dir, "search")
+    status, _ = await run_audit(state_dir, "search")
 
     assert status == 1
     assert "No audit trail at" in capsys.readouterr().err
@@ -304,8 +297,8 @@ async def test_search_needs_no_key(
     # The key is in a secret store that this shell cannot read: searching works, verifying does not.
     monkeypatch.delenv("MCP_GUARD_AUDIT_KEY")
 
-    status, output = await _run(state_dir, "search", "--client", "alice")
-    verified = await _run(state_dir, "verify")
+    status, output = await run_audit(state_dir, "search", "--client", "alice")
+    verified = await run_audit(state_dir, "verify")
 
     assert status == 0
     assert calls[0].call_id in output

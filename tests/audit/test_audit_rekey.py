@@ -6,8 +6,6 @@ Once replaced, it no longer does, and the rows written before stay verifiable.
 
 from __future__ import annotations
 
-import argparse
-import io
 import os
 import sqlite3
 import stat
@@ -17,11 +15,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import fixture_server, stdio_gateway, write_policy
+from support import fixture_server, run_audit, stdio_gateway, write_policy
 
 from mcp_guard.audit import AuditPaths, CallIntent, CallOutcome, SqliteAuditStore
 from mcp_guard.audit.chain import row_hash
-from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 from mcp_guard.audit.files import load_audit_key
 from mcp_guard.audit.schema import HASHED_COLUMNS, INSERT_ROW, SELECT_ROWS, split_row
 from mcp_guard.audit.sqlite.rekey import key_path_next, rekey_trail
@@ -53,18 +50,10 @@ async def trail(state_dir: Path, make_intent: IntentFactory, make_outcome: Outco
     return call_ids[1:]
 
 
-async def run(state_dir: Path, *argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="mcp-guard")
-    add_audit_commands(parser.add_subparsers(dest="command", required=True))
-    output = io.StringIO()
-    status = await run_audit_command(parser.parse_args(["audit", *argv]), state_dir, stdout=output)
-    return status, output.getvalue()
-
-
 async def verify_with(state_dir: Path, key: bytes, monkeypatch: pytest.MonkeyPatch) -> int:
     with monkeypatch.context() as patch:
         patch.setenv("MCP_GUARD_AUDIT_KEY", key.hex())
-        status, _ = await run(state_dir, "verify")
+        status, _ = await run_audit(state_dir, "verify")
     return status
 
 
@@ -82,9 +71,9 @@ async def test_rekey_replaces_key_file(
 ) -> None:
     paths = AuditPaths.in_state_dir(state_dir)
     old_key = load_audit_key(paths.key, None)
-    before = await run(state_dir, "search")
+    before = await run_audit(state_dir, "search")
 
-    status, output = await run(state_dir, "rekey")
+    status, output = await run_audit(state_dir, "rekey")
 
     new_key = load_audit_key(paths.key, None)
     assert status == 0
@@ -95,12 +84,12 @@ async def test_rekey_replaces_key_file(
     assert new_key != old_key
     assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
     assert not key_path_next(paths.key).exists()
-    assert await run(state_dir, "verify") == (
+    assert await run_audit(state_dir, "verify") == (
         0,
         "The audit trail is intact: 6 rows verified (rows 3 to 8).\n",
     )
     assert await verify_with(state_dir, old_key, monkeypatch) == 2
-    assert await run(state_dir, "search") == before
+    assert await run_audit(state_dir, "search") == before
 
 
 @pytest.mark.attack("audit trail forged with a leaked key", attempts=2)
@@ -109,7 +98,7 @@ async def test_leaked_key_cannot_forge_after_rekey(
 ) -> None:
     paths = AuditPaths.in_state_dir(state_dir)
     leaked = load_audit_key(paths.key, None)
-    await run(state_dir, "rekey")
+    await run_audit(state_dir, "rekey")
     new_key = load_audit_key(paths.key, None)
 
     forge_row(paths, leaked)
@@ -132,7 +121,7 @@ async def test_changed_row_is_not_signed_again(
         db.execute("UPDATE audit_rows SET tool = 'harmless' WHERE id = 5")
         hashes_before = db.execute("SELECT row_hash FROM audit_rows ORDER BY id").fetchall()
 
-    status, output = await run(state_dir, "rekey")
+    status, output = await run_audit(state_dir, "rekey")
 
     assert status == 2
     assert output == ""
@@ -158,7 +147,7 @@ async def test_interrupted_rekey_is_finished_by_the_next_run(
     rekey_trail(paths, old_key, NEW_KEY)
     paths.head.write_bytes(old_head)
 
-    status, output = await run(state_dir, "rekey")
+    status, output = await run_audit(state_dir, "rekey")
 
     assert status == 0
     assert output.startswith("An earlier run had already signed the 6 rows with the new key.\n")
@@ -174,10 +163,10 @@ async def test_rekey_with_key_in_variable(
     paths.key.unlink()
     monkeypatch.setenv("MCP_GUARD_AUDIT_KEY", old_key.hex())
 
-    refused = await run(state_dir, "rekey")
+    refused = await run_audit(state_dir, "rekey")
     message = capsys.readouterr().err
     monkeypatch.setenv("NEXT_AUDIT_KEY", NEW_KEY.hex())
-    status, output = await run(state_dir, "rekey", "--new-key-env", "NEXT_AUDIT_KEY")
+    status, output = await run_audit(state_dir, "rekey", "--new-key-env", "NEXT_AUDIT_KEY")
 
     assert refused == (1, "")
     assert message == (
@@ -201,9 +190,9 @@ async def test_rekey_refused_while_gateway_writes(
     key_before = paths.key.read_bytes()
 
     async with SqliteAuditStore.in_state_dir(state_dir):
-        status, _ = await run(state_dir, "rekey")
+        status, _ = await run_audit(state_dir, "rekey")
     message = capsys.readouterr().err
-    after_stop = await run(state_dir, "rekey")
+    after_stop = await run_audit(state_dir, "rekey")
 
     assert status == 1
     assert message.startswith("The audit trail cannot be used: another process (PID ")
@@ -222,7 +211,7 @@ async def test_rekey_without_key_names_the_file(
     paths = AuditPaths.in_state_dir(state_dir)
     paths.key.unlink()
 
-    status, _ = await run(state_dir, "rekey")
+    status, _ = await run_audit(state_dir, "rekey")
 
     assert status == 1
     assert capsys.readouterr().err == (
@@ -264,7 +253,7 @@ async def test_new_key_same_as_old_refused(
     paths = AuditPaths.in_state_dir(state_dir)
     monkeypatch.setenv("NEXT_AUDIT_KEY", paths.key.read_text().strip())
 
-    status, _ = await run(state_dir, "rekey", "--new-key-env", "NEXT_AUDIT_KEY")
+    status, _ = await run_audit(state_dir, "rekey", "--new-key-env", "NEXT_AUDIT_KEY")
 
     assert status == 1
     assert capsys.readouterr().err == (
@@ -274,38 +263,44 @@ async def test_new_key_same_as_old_refused(
     assert not key_path_next(paths.key).exists()
 
 
-async def test_wrong_key_named_first_when_no_row_verifies(
+@pytest.mark.parametrize(
+    ("pruned", "message"),
+    [
+        (
+            False,
+            "The audit trail is broken at row 1: the first row does not match its hash: the audit key is not "
+            "the one that wrote the trail, or the row was changed.",
+        ),
+        (
+            # The anchor that pruning left is checked before the rows.
+            True,
+            "The audit trail is broken at an end of the trail: the pruning anchor does not match its MAC: the "
+            "audit key is not the one that wrote the trail, or the anchor was edited.",
+        ),
+    ],
+)
+async def test_wrong_key_named_first(
     state_dir: Path,
     make_intent: IntentFactory,
+    make_outcome: OutcomeFactory,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    pruned: bool,
+    message: str,
 ) -> None:
     async with SqliteAuditStore.in_state_dir(state_dir) as store:
-        await store.record_intent(make_intent())
+        for _ in range(2):
+            intent = make_intent()
+            await store.record_intent(intent)
+            await store.record_outcome(make_outcome(intent.call_id))
+        if pruned:
+            await store.prune(max_rows=2)
     monkeypatch.setenv("MCP_GUARD_AUDIT_KEY", NEW_KEY.hex())
 
-    status, _ = await run(state_dir, "verify")
+    status, _ = await run_audit(state_dir, "verify")
 
     assert status == 2
-    assert capsys.readouterr().err.startswith(
-        "The audit trail is broken at row 1: the first row does not match its hash: the audit key is not "
-        "the one that wrote the trail, or the row was changed."
-    )
-
-
-async def test_wrong_key_named_first_for_pruned_trail(
-    trail: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("MCP_GUARD_AUDIT_KEY", NEW_KEY.hex())
-
-    status, _ = await run(state_dir, "verify")
-
-    # The anchor that pruning left is checked before the rows.
-    assert status == 2
-    assert capsys.readouterr().err.startswith(
-        "The audit trail is broken at an end of the trail: the pruning anchor does not match its MAC: the "
-        "audit key is not the one that wrote the trail, or the anchor was edited."
-    )
+    assert capsys.readouterr().err.startswith(message)
 
 
 async def test_no_new_key_beside_existing_trail(trail: list[str], state_dir: Path) -> None:
