@@ -59,9 +59,9 @@ from mcp_guard.setup.outputs import git_work_tree
 from mcp_guard.state.clock import HighWaterClock
 
 DEFAULT_POLICY = "mcp-guard.toml"
+DEFAULT_CLIENT = "default"
 # Seconds `check` waits for `git check-ignore`.
 GIT_TIMEOUT_SECONDS = 5
-DEFAULT_CLIENT = "default"
 # How long `check` waits for downstream servers to list their tools.
 CHECK_CONNECT_SECONDS = 60
 # Lines of a failed server's stderr that `check` prints.

@@ -379,9 +379,9 @@ def _new_key(variable: str, old_key: bytes) -> tuple[bytes | None, str]:
         key = files.parse_key(text)
     except ValueError as exc:
         # The message never repeats the value, which is a secret.
-        return None, f"${variable} does not hold a usable key: {exc}. {make_one}"
+        return None, f"${variable} does not contain a usable key: {exc}. {make_one}"
     if key == old_key:
-        return None, f"${variable} holds the audit key in use, not a new one. {make_one}"
+        return None, f"${variable} contains the audit key in use, not a new one. {make_one}"
     return key, ""
 
 

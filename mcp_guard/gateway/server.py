@@ -136,7 +136,7 @@ class Gateway:
         self.stopping: str | None = None
         # Cancel scopes of the calls `stop_calls` stops.
         self._stoppable: set[anyio.CancelScope] = set()
-        # Listed items left out because they contain a secret, each logged once: (list, position text).
+        # Listed items left out because they contain a secret, each logged once: (list, name as logged).
         self._withheld_items: set[tuple[str, str]] = set()
         self.call_pipeline = assemble_call_pipeline(
             self._forward_call, self.guards, config, stop_reason=lambda: self.stopping
@@ -689,18 +689,18 @@ class Gateway:
         scan = self.guards.secrets
         if scan is None:
             return items
-        kept: list[dict[str, Any]] = []
+        listed: list[dict[str, Any]] = []
         for item in items:
             found = scan.find_secret(item)
             if found is None:
-                kept.append(item)
+                listed.append(item)
                 continue
             name = str(item.get("name") or item.get("uri") or item.get("uriTemplate") or "")
-            shown = name if scan.find_secret(name) is None else "(its name contains the secret)"
-            if (key, shown) not in self._withheld_items:
-                self._withheld_items.add((key, shown))
-                log.warning("listed_item_withheld", list=key, name=shown, contains=found.description)
-        return kept
+            logged_name = name if scan.find_secret(name) is None else "(its name contains the secret)"
+            if (key, logged_name) not in self._withheld_items:
+                self._withheld_items.add((key, logged_name))
+                log.warning("listed_item_withheld", list=key, name=logged_name, contains=found.description)
+        return listed
 
     def input_schema(self, name: str) -> Mapping[str, Any] | None:
         """Return the input schema of an exported tool (the SDK checks 2026 HTTP headers against it)."""

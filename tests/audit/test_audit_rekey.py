@@ -257,7 +257,7 @@ async def test_new_key_same_as_old_refused(
 
     assert status == 1
     assert capsys.readouterr().err == (
-        "$NEXT_AUDIT_KEY holds the audit key in use, not a new one. Make one with `openssl rand -hex 32` "
+        "$NEXT_AUDIT_KEY contains the audit key in use, not a new one. Make one with `openssl rand -hex 32` "
         "and put it in $NEXT_AUDIT_KEY; nothing was changed.\n"
     )
     assert not key_path_next(paths.key).exists()

@@ -1,10 +1,10 @@
 """Replacing the audit key: every row of the trail is signed again with the new key.
 
 A key that was seen by someone else (committed to git, shown in a log) lets them
-write rows that verify. Replacing it checks the whole chain with the old key, so
-that no row changed before the replacement is signed again as genuine, then
-recomputes every row hash and the pruning anchor's MAC with the new key, in one
-transaction, and writes the head file.
+write rows that verify. Replacing it first checks the whole chain with the old
+key, so that no row changed before the replacement is signed again as genuine.
+Then every row hash and the pruning anchor's MAC are computed again with the new
+key, in one transaction, and the head file is written.
 
 The key itself lives outside the database (a file, or a variable set from a
 secret store), so the database and the key cannot change together. The caller
@@ -27,12 +27,13 @@ from mcp_guard.errors import AuditCorrupted, AuditUnavailable
 
 # Rows read and updated at a time, so a long trail is never held in memory at once.
 PAGE_ROWS = 5000
+# Milliseconds a transaction waits for SQLite's lock held by another connection (a reader).
 BUSY_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True)
 class RekeyResult:
-    """What `rekey_trail` did.
+    """The outcome of `rekey_trail`.
 
     Attributes:
         rows: The rows now signed with the new key.
