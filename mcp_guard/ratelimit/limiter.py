@@ -352,9 +352,20 @@ def _exceeded(meter: Meter, rejection: Rejection) -> LimitExceeded:
         when = "this session may make no more calls"
     else:
         retry = math.ceil(rejection.retry_after)
-        when = f"retry in {retry} s"
+        when = f"retry in {_duration(retry)}"
     message = f"Rate limited by mcp-guard: this call would exceed limit {meter.limit!r} ({usage}); {when}."
     return LimitExceeded(meter.limit, meter.dimension, message, retry)
+
+
+def _duration(seconds: int) -> str:
+    """Return a wait as a person reads it: seconds up to two minutes, then minutes, then hours."""
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 def _number(value: float) -> str:

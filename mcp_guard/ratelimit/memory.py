@@ -20,6 +20,7 @@ from mcp_guard.ratelimit.store import (
     Rejection,
     WindowCharge,
     fits,
+    longest_wait,
     new_lease_id,
     oldest_counted,
     slice_of,
@@ -64,10 +65,9 @@ class MemoryLimitStore:
 
     def acquire_now(self, charges: Sequence[Charge], now: float) -> Grant | Rejection:
         """`acquire` without the coroutine, for benchmarks."""
-        for index, charge in enumerate(charges):
-            rejection = self._check(index, charge, now)
-            if rejection is not None:
-                return rejection
+        rejection = longest_wait(self._check(index, charge, now) for index, charge in enumerate(charges))
+        if rejection is not None:
+            return rejection
         lease = new_lease_id()
         slices: list[int | None] = []
         for charge in charges:

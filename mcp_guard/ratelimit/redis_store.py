@@ -47,12 +47,19 @@ CLOCK_KEY_TTL_MS = 40 * 86_400 * 1000
 # KEYS: the clock key, then one key per charge.
 # ARGV: now, lease id, slices per window, then four values per charge (kind "w" for a window or "l"
 # for a lease, limit, period or lease seconds, units), and last the clock key's TTL.
-# Returns {1, slice, slice, ...} (slice -1 for a lease) or {0, index, used, retry_after}.
+# Returns {1, slice, slice, ...} (slice -1 for a lease) or {0, index, used, retry_after} for the
+# charge that does not fit with the longest wait.
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
 local lease = ARGV[2]
 local slices = tonumber(ARGV[3])
 local count = #KEYS - 1
+local rejected = nil
+local function reject(index, used, retry)
+  if rejected == nil or retry > rejected[4] then
+    rejected = {0, index, used, retry}
+  end
+end
 local function fits(used, units, limit)
   return used + units <= limit * (1 + 1e-9) + 1e-9
 end
@@ -90,15 +97,18 @@ for i = 1, count do
           break
         end
       end
-      return {0, i - 1, tostring(used), tostring(retry)}
+      reject(i - 1, used, retry)
     end
   else
     redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
     local used = redis.call('ZCARD', key)
     if not fits(used, 1, limit) then
-      return {0, i - 1, tostring(used), '1'}
+      reject(i - 1, used, 1)
     end
   end
+end
+if rejected ~= nil then
+  return {0, rejected[2], tostring(rejected[3]), tostring(rejected[4])}
 end
 local taken = {1}
 for i = 1, count do

@@ -41,6 +41,7 @@ from mcp_guard.ratelimit.store import (
     Rejection,
     WindowCharge,
     fits,
+    longest_wait,
     new_lease_id,
     oldest_counted,
     slice_of,
@@ -264,10 +265,9 @@ class SqliteLimitStore:
         return results
 
     def _acquire(self, db: sqlite3.Connection, charges: list[Charge], now: float) -> Grant | Rejection:
-        for index, charge in enumerate(charges):
-            rejection = self._check(db, index, charge, now)
-            if rejection is not None:
-                return rejection
+        rejection = longest_wait(self._check(db, index, charge, now) for index, charge in enumerate(charges))
+        if rejection is not None:
+            return rejection
         lease = new_lease_id()
         slices: list[int | None] = []
         for charge in charges:

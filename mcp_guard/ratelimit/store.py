@@ -176,6 +176,16 @@ def window_rejection(
     return Rejection(index=index, used=used, retry_after=max(retry, 0.0))
 
 
+def longest_wait(rejections: Iterable[Rejection | None]) -> Rejection | None:
+    """Return the rejection that waits longest, or None if every charge fits.
+
+    A caller that retries after the shortest wait would be rejected again by another full limit.
+    """
+    return max(
+        (item for item in rejections if item is not None), key=lambda item: item.retry_after, default=None
+    )
+
+
 def new_lease_id() -> str:
     """Return a fresh, unguessable lease id."""
     return uuid.uuid4().hex

@@ -258,3 +258,17 @@ async def test_session_window_is_one_day() -> None:
     charge = plan.meters[0].charge
     assert isinstance(charge, WindowCharge)
     assert charge.period == 86_400
+
+
+async def test_rejection_gives_longest_wait_in_hours() -> None:
+    # Both counts are full; the day's limit frees up last, and its wait is shown in hours.
+    lim = limiter({"name": "each client", "requests_per_minute": 2, "requests_per_day": 2})
+    await admitted(lim, T0, 2)
+
+    rejected = await call(lim, T0 + 1)
+
+    assert isinstance(rejected, LimitExceeded)
+    assert rejected.message == (
+        "Rate limited by mcp-guard: this call would exceed limit 'each client' (your limit is 2 calls per "
+        "day, 2 used); retry in 24 h 24 min."
+    )

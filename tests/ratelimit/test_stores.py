@@ -125,6 +125,21 @@ async def test_rejected_call_fits_at_retry_time(store: LimitStore) -> None:
     assert isinstance(await store.acquire([minute("retry", 5)], T0 + 40 + rejection.retry_after), Rejection)
 
 
+@pytest.mark.legitimate("rate-limit window boundary")
+async def test_rejection_names_longest_wait(store: LimitStore) -> None:
+    # Both limits are full: retrying when the minute frees up would hit the hour's limit.
+    per_minute = minute("both-minute", 1)
+    per_hour = WindowCharge(key="both-hour", limit=1, period=3600, units=1)
+    assert isinstance(await store.acquire([per_minute, per_hour], T0), Grant)
+
+    rejection = await store.acquire([per_minute, per_hour], T0 + 1)
+
+    assert isinstance(rejection, Rejection)
+    assert rejection.index == 1
+    assert rejection.retry_after > 3500
+    assert isinstance(await store.acquire([per_minute, per_hour], T0 + 1 + rejection.retry_after), Grant)
+
+
 async def test_reservation_settled_to_real_cost(store: LimitStore) -> None:
     charge = minute("tokens", 1000, 600)
     grant = await store.acquire([charge], T0)
