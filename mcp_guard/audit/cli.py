@@ -23,7 +23,7 @@ import anyio
 from mcp_guard.audit import display, files
 from mcp_guard.audit.chain import ChainBroken
 from mcp_guard.audit.files import DEFAULT_KEY_ENV_VAR, AuditPaths
-from mcp_guard.audit.query import CallFilter
+from mcp_guard.audit.query import RUNNING, CallFilter
 from mcp_guard.audit.records import Decision, OutcomeKind, canonical_utc
 from mcp_guard.audit.sqlite import SqliteAuditStore
 from mcp_guard.audit.sqlite.rekey import RekeyResult, key_path_next, rekey_trail
@@ -409,7 +409,11 @@ def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         "--tool", help="only calls of this tool, by its name on its server (git_log, not git__git_log)"
     )
     parser.add_argument("--decision", choices=get_args(Decision), help="only calls with this policy decision")
-    parser.add_argument("--outcome", choices=get_args(OutcomeKind), help="only calls that ended this way")
+    parser.add_argument(
+        "--outcome",
+        choices=[*get_args(OutcomeKind), RUNNING],
+        help="only calls that ended this way, or that are still running",
+    )
     parser.add_argument(
         "--since",
         type=_utc_time,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import string
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_guard.audit.records import CallIntent, CallOutcome, Decision, OutcomeKind, UtcTime
 
+# The `outcome` filter value that matches calls without an outcome yet.
+RUNNING = "running"
 # SQLite's lower() folds ASCII letters only, so the in-memory match folds the same way.
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 # Columns of the `calls` view that free-text search looks in.
@@ -40,7 +43,9 @@ class CallFilter(BaseModel):
     server: str | None = Field(default=None, description="Downstream server id, exact.")
     tool: str | None = Field(default=None, description="Tool name, exact.")
     decision: Decision | None = Field(default=None, description="Policy decision, exact.")
-    outcome: OutcomeKind | None = Field(default=None, description="Outcome; calls still running never match.")
+    outcome: OutcomeKind | Literal["running"] | None = Field(
+        default=None, description="Outcome, or `running` for calls without one yet."
+    )
     since: UtcTime | None = Field(default=None, description="Earliest intent time, inclusive.")
     until: UtcTime | None = Field(default=None, description="Latest intent time, exclusive.")
     text: str | None = Field(default=None, description="Substring of any text field, ASCII case-insensitive.")
@@ -60,7 +65,9 @@ class CallFilter(BaseModel):
         )
         if any(wanted is not None and wanted != actual for wanted, actual in exact):
             return False
-        if self.outcome is not None and (outcome is None or outcome.outcome != self.outcome):
+        if self.outcome == RUNNING and outcome is not None:
+            return False
+        if self.outcome not in (None, RUNNING) and (outcome is None or outcome.outcome != self.outcome):
             return False
         if self.since is not None and intent.time < self.since:
             return False
@@ -77,11 +84,13 @@ class CallFilter(BaseModel):
             ("server", self.server),
             ("tool", self.tool),
             ("decision", self.decision),
-            ("outcome", self.outcome),
+            ("outcome", None if self.outcome == RUNNING else self.outcome),
         ):
             if value is not None:
                 conditions.append(f"{column} = ?")
                 parameters.append(value)
+        if self.outcome == RUNNING:
+            conditions.append("outcome IS NULL")
         if self.after_row_id is not None:
             conditions.append("intent_row_id > ?")
             parameters.append(self.after_row_id)

@@ -306,3 +306,17 @@ async def test_search_needs_no_key(
     assert capsys.readouterr().err.endswith(
         f"no audit key at {state_dir / 'audit.key'} and $MCP_GUARD_AUDIT_KEY is not set.\n"
     )
+
+
+async def test_search_lists_running_calls(
+    calls: list[CallIntent], new_store: StoreFactory, make_intent: IntentFactory, state_dir: Path
+) -> None:
+    unfinished = make_intent(client="dave", tool="slow_tool")
+    async with new_store() as store:
+        await store.record_intent(unfinished)
+
+    status, output = await run_audit(state_dir, "search", "--outcome", "running")
+
+    assert status == 0
+    assert unfinished.call_id in output
+    assert all(call.call_id not in output for call in calls)

@@ -417,6 +417,7 @@ async def test_search_filters_match_memory_store(
         CallFilter(client="bob"),
         CallFilter(server="git", decision="deny"),
         CallFilter(outcome="succeeded"),
+        CallFilter(outcome="running"),
         CallFilter(tool="log"),
         CallFilter(since="2021-01-01T00:00:00Z"),
         CallFilter(until="2021-01-01T00:00:00Z"),
@@ -428,3 +429,5 @@ async def test_search_filters_match_memory_store(
         from_sqlite = [call.intent.call_id for call in await store.search(condition)]
         from_memory = [call.intent.call_id for call in await memory.search(condition)]
         assert from_sqlite == from_memory, condition
+    running = await store.search(CallFilter(outcome="running"))
+    assert [call.intent.call_id for call in running] == [intents[3].call_id]
