@@ -198,6 +198,12 @@ def _add_config_argument(parser: argparse.ArgumentParser, *, positional: bool = 
         parser.set_defaults(config_default=default)
     else:
         parser.add_argument("--config", "-c", default=default, help=help_text)
+        # Also after a subcommand (`audit search --config FILE`), where it overrides the default only
+        # when given.
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for subcommand in action.choices.values():
+                    subcommand.add_argument("--config", "-c", default=argparse.SUPPRESS, help=help_text)
 
 
 def _new_key() -> int:

@@ -149,3 +149,13 @@ async def test_gateway_passes_its_policy_to_its_servers(tmp_path: Path) -> None:
         result = await client.call_tool("alpha__env", {"name": "MCP_GUARD_POLICY_CHAIN"})
 
     assert result.content[0].text == str(policy.resolve())
+
+
+@pytest.mark.parametrize("command", [["approvals", "list"], ["audit", "search"], ["pins", "review"]])
+async def test_config_after_subcommand_is_used(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "elsewhere.toml"
+
+    code, output = await mcp_guard(*command, "--config", str(missing))
+
+    assert code == 2
+    assert f"{missing}: 1 problem found" in output
