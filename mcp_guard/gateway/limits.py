@@ -72,12 +72,17 @@ class LimitStage:
             # An input-required result carries the approval question, which must reach the client whole.
             if plan.output_cap is not None and not is_input_required(result):
                 cap, limit = plan.output_cap
+                whole = result
                 result = truncate_result(
                     result,
                     cap,
                     reason=f"max_output_tokens of limit {limit!r}",
                     output_schema="outputSchema" in call.tool.definition,
                 )
+                if result is not whole:
+                    # The audit trail says why the client got less than the tool returned.
+                    cut = f"result cut to about {cap} tokens by limit {limit!r}"
+                    call.detail = f"{call.detail}; {cut}" if call.detail else cut
             output_tokens = result_tokens(result)
             return result
         finally:

@@ -148,6 +148,10 @@ async def test_oversized_output_cut_validly(tmp_path: Path) -> None:
     assert structured.is_error is True
     assert structured.structured_content is None
     assert "structured content dropped" in text_of(structured)
+    async with SqliteAuditStore.in_state_dir(tmp_path / "state", read_only=True) as store:
+        calls = await store.search(CallFilter(tool="big"))
+    assert calls[0].outcome is not None
+    assert calls[0].outcome.detail == "result cut to about 8 tokens by limit 'short-answers'"
 
 
 @pytest.mark.attack("rate-limit burst")
