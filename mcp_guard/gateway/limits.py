@@ -80,7 +80,7 @@ class LimitStage:
                     output_schema="outputSchema" in call.tool.definition,
                 )
                 if result is not whole:
-                    # The audit trail says why the client got less than the tool returned.
+                    # The audit detail records why the client got less than the tool returned.
                     cut = f"result cut to about {cap} tokens by limit {limit!r}"
                     call.detail = f"{call.detail}; {cut}" if call.detail else cut
             output_tokens = result_tokens(result)
