@@ -149,7 +149,8 @@ def render_outcome(
     discards. The text then states that the session's files and variables are gone.
     """
     value = next((result.data for result in outcome.results if result.kind == "text"), None)
-    if value is not None and len(value) > max_output_bytes:
+    value_cut = value is not None and len(value) > max_output_bytes
+    if value is not None and value_cut:
         # Backends bound the value too, but not all of them to the output cap.
         value = value[:max_output_bytes] + VALUE_CUT_MARKER
     error = outcome.error
@@ -163,7 +164,7 @@ def render_outcome(
         "exitCode": outcome.exit_code,
         "seconds": round(outcome.seconds, 3),
         "stopped": outcome.stopped,
-        "outputCapped": outcome.output_capped,
+        "outputCapped": outcome.output_capped or value_cut,
     }
     text = _summary(outcome, value, max_output_bytes)
     if session_ended:
@@ -200,9 +201,9 @@ def _status(outcome: RunOutcome) -> str:
     if outcome.stopped == "timeout":
         return "Stopped: the time limit ([sandbox] timeout_seconds) was reached"
     if outcome.stopped == "output_cap":
-        return "Stopped: the output limit was reached"
+        return "Stopped: the output limit ([sandbox] max_output_bytes) was reached"
     if outcome.stopped == "memory":
-        return "Stopped: the memory limit was reached"
+        return "Stopped: the memory limit ([sandbox] memory_mb) was reached"
     if outcome.stopped == "cancelled":
         return "Stopped: the call was cancelled"
     if outcome.exit_code is None:

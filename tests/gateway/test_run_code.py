@@ -273,7 +273,7 @@ async def test_stopped_run_says_session_files_are_gone(tmp_path: Path) -> None:
             after = await client.call_tool("run_code", read)
 
     assert stopped.is_error is True
-    assert "Stopped: the output limit was reached" in text_of(stopped)
+    assert "Stopped: the output limit ([sandbox] max_output_bytes) was reached" in text_of(stopped)
     assert "the files and variables of its earlier runs are gone" in text_of(stopped)
     assert after.structured_content is not None
     assert after.structured_content["value"] == "False"

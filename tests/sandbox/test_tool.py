@@ -96,3 +96,4 @@ def test_result_images_and_long_values() -> None:
 
     assert result["content"][1] == {"type": "image", "data": "iVBORw0KGgo=", "mimeType": "image/png"}
     assert len(result["structuredContent"]["value"]) < 1100
+    assert result["structuredContent"]["outputCapped"] is True
