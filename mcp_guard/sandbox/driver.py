@@ -104,9 +104,10 @@ def describe(value: object) -> list[dict[str, str]]:
 
 
 def user_traceback(exc: BaseException) -> str:
-    # The first frame is this driver's exec(); the user does not need to see it.
+    # Frames before the first one in the code are this driver's and the parser's (a syntax error
+    # has none in the code); the user does not need them.
     tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None:
+    while tb is not None and tb.tb_frame.f_code.co_filename != "<code>":
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

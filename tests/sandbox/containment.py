@@ -75,6 +75,16 @@ class ContainmentContract:
         assert 'File "<code>", line 2, in f' in outcome.error.traceback
         assert outcome.exit_code == 1
 
+    async def test_python_syntax_error_shows_code_only(self, backend: SandboxBackend) -> None:
+        outcome = await run_once(backend, "x = (1,\nprint(x)")
+
+        assert outcome.error is not None
+        assert outcome.error.name == "SyntaxError"
+        assert 'File "<code>", line 1' in outcome.error.traceback
+        # The parser's and the runner's own frames are left out.
+        assert "ast.py" not in outcome.error.traceback
+        assert outcome.error.traceback.count('File "') == 1
+
     @pytest.mark.legitimate("sandbox resource exhaustion")
     async def test_python_exit_status_kept(self, backend: SandboxBackend) -> None:
         outcome = await run_once(backend, "import sys\nsys.exit(3)")
