@@ -11,13 +11,15 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TextIO
 
 from mcp_guard.config.models import GatewayConfig
 from mcp_guard.ratelimit import Limiter, LimitStoreUnavailable, open_limit_store
 from mcp_guard.ratelimit.limiter import Meter
-from mcp_guard.ratelimit.store import WindowCharge
+from mcp_guard.ratelimit.memory import MemoryLimitStore
+from mcp_guard.ratelimit.store import LimitStore, WindowCharge
 from mcp_guard.state.clock import SteadyClock
 
 _WINDOWS = {60.0: "minute", 3600.0: "hour", 86400.0: "day"}
@@ -82,10 +84,20 @@ async def _usage_rows(
     config: GatewayConfig, clients: list[str], environ: Mapping[str, str] | None
 ) -> list[tuple[str, ...]]:
     """Return one table row per counted dimension of every limit that applies to each of `clients`."""
+    from mcp_guard.ratelimit.sqlite import sqlite_store_path  # imported where used, as open_limit_store does
+
     clock = SteadyClock()
     state_dir = Path(config.gateway.state_dir)
     rows: list[tuple[str, ...]] = []
-    async with open_limit_store(config.limits, state_dir, clock=clock, environ=environ) as store:
+    async with AsyncExitStack() as stack:
+        store: LimitStore
+        if config.limits.store == "sqlite" and not sqlite_store_path(state_dir).exists():
+            # No gateway has counted anything yet: an empty store shows the zeros, and no file is created.
+            store = MemoryLimitStore()
+        else:
+            store = await stack.enter_async_context(
+                open_limit_store(config.limits, state_dir, clock=clock, environ=environ)
+            )
         limiter = Limiter(config.limits, config.clients, store)
         now = clock()
         for client in clients:

@@ -376,6 +376,8 @@ async def test_limits_command_needs_no_server_secrets(tmp_path: Path) -> None:
     assert ["default", "hourly", "requests_per_hour", "client", "0", "5"] in [
         line.split() for line in listing.stdout.decode().splitlines()
     ]
+    # The gateway never ran, and reading the counts creates no file.
+    assert not (tmp_path / "state" / "limits.sqlite3").exists()
 
 
 async def test_limits_command_names_missing_password(tmp_path: Path) -> None:
