@@ -713,7 +713,9 @@ async def _pin_statuses(config: GatewayConfig, catalog: Catalog) -> dict[tuple[s
     """Return the pin status of each tool, if the gateway has pinned definitions before."""
     state_dir = Path(config.gateway.state_dir)
     if not (state_dir / PIN_DATABASE).exists():
-        print("\nNo tool definitions are pinned yet: the gateway trusts each server's tools on first sight.")
+        # Without servers there is nothing to pin, so nothing to say.
+        if config.servers:
+            print("\nNo tool definitions are pinned yet: the gateway trusts each server's tools on first sight.")
         return {}
     statuses: dict[tuple[str, str], str] = {}
     async with PinStore.in_state_dir(state_dir) as pins:

@@ -41,6 +41,16 @@ async def test_check_lists_tools_per_client(tmp_path: Path) -> None:
     assert "No tool definitions are pinned yet" in output
 
 
+async def test_check_without_servers_skips_pin_note(tmp_path: Path) -> None:
+    sandbox_rule = {**RULES[0], "server": "sandbox", "tools": ["run_code"]}
+    policy = write_policy(tmp_path, {}, rules=[sandbox_rule], clients={"agent": {}}, sandbox={})
+
+    output = await run_check(policy)
+
+    assert "client agent sees 1 tool:\n  run_code\n" in output
+    assert "pinned" not in output
+
+
 async def test_check_marks_tools_that_ask_or_notify(tmp_path: Path) -> None:
     rules = [
         *RULES,
