@@ -26,10 +26,12 @@ DETAIL_PROBE_CHARS = 40
 # Unicode categories escaped on output: controls, format characters (bidi overrides,
 # zero-width) and the line and paragraph separators.
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Line breaks and tabs, escaped as a reader expects to see them.
+_FAMILIAR_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def escape_text(text: str) -> str:
-    """Replace control and format characters with `\\xNN` or `\\uNNNN` escapes."""
+    """Replace control and format characters with `\\n`, `\\r`, `\\t`, `\\xNN` or `\\uNNNN` escapes."""
     if text.isprintable():
         return text
     return "".join(_escape_char(char) for char in text)
@@ -128,6 +130,8 @@ def export_line(call: CallRecord) -> str:
 def _escape_char(char: str) -> str:
     if unicodedata.category(char) not in _ESCAPED_CATEGORIES:
         return char
+    if char in _FAMILIAR_ESCAPES:
+        return _FAMILIAR_ESCAPES[char]
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 

@@ -320,3 +320,17 @@ async def test_search_lists_running_calls(
     assert status == 0
     assert unfinished.call_id in output
     assert all(call.call_id not in output for call in calls)
+
+
+async def test_search_line_escapes_line_breaks(
+    new_store: StoreFactory, make_intent: IntentFactory, make_outcome: OutcomeFactory, state_dir: Path
+) -> None:
+    intent = make_intent(tool="run_code")
+    async with new_store() as store:
+        await store.record_intent(intent)
+        await store.record_outcome(make_outcome(intent.call_id, preview="first\nsecond\tthird\x1b[0m"))
+
+    _, output = await run_audit(state_dir, "search")
+
+    assert len(output.splitlines()) == 1
+    assert "first\\nsecond\\tthird\\x1b[0m" in output
