@@ -61,6 +61,10 @@ HTTP_SESSION_IDLE_SECONDS = 1800
 # On shutdown, open response streams (a legacy client's GET stream never ends on its own) get
 # this long before they are closed.
 HTTP_SHUTDOWN_GRACE_SECONDS = 2
+# On a signal over stdio, the calls in progress get this long to return their errors.
+STDIO_STOP_GRACE_SECONDS = 2
+# Then their responses get this long to reach stdout; the SDK writes them a few event-loop turns later.
+STDIO_RESPONSE_SECONDS = 0.05
 HTTP_BACKLOG = 512
 USAGE_FILE = "state.sqlite3"
 # The approval page listens on the loopback interface only.
@@ -393,7 +397,8 @@ class _Stopper:
 
     While the servers start, a signal cancels the start, and each server is stopped as its
     transport closes. The default action would end the process at once and leave the servers,
-    which run in sessions of their own, behind. Once serving, stdio stops at once and HTTP
+    which run in sessions of their own, behind. Once serving, both transports stop the calls in
+    progress, which return an error saying the gateway is stopping; then stdio closes and HTTP
     finishes the requests it has.
     """
 
@@ -416,17 +421,20 @@ class _Stopper:
             async for received in signals:
                 name = signal.Signals(received).name
                 log.info("gateway_stopping", signal=name)
-                self._stop(name)
+                await self._stop(name)
                 return
 
-    def _stop(self, name: str) -> None:
+    async def _stop(self, name: str) -> None:
         gateway = self._gateway
         if gateway is None:
             self._scope.cancel()
             return
-        gateway.stopping = name
+        gateway.stop_calls(name)
         if self._web is not None:
-            gateway.stop_calls(name)
             self._web.should_exit = True
         elif self._serving is not None:
+            # The stopped calls return their errors; the responses go out before the wire closes.
+            with anyio.move_on_after(STDIO_STOP_GRACE_SECONDS):
+                await gateway.calls_stopped()
+                await anyio.sleep(STDIO_RESPONSE_SECONDS)
             self._serving.cancel()

@@ -136,6 +136,8 @@ class Gateway:
         self.stopping: str | None = None
         # Cancel scopes of the calls `stop_calls` stops.
         self._stoppable: set[anyio.CancelScope] = set()
+        # Set once no call is left after `stop_calls`.
+        self._calls_stopped: anyio.Event | None = None
         # Listed items left out because they contain a secret, each logged once: (list, name as logged).
         self._withheld_items: set[tuple[str, str]] = set()
         self.call_pipeline = assemble_call_pipeline(
@@ -221,24 +223,38 @@ class Gateway:
             # NOTE: reads the SDK's private per-session connection, as `notifications.py` does.
             self.code_tool.watch_session(getattr(ctx.session, "_connection", None), client.name, call.session)
         log.debug("tool_call_received", call_id=call.call_id, server=tool.server, tool=tool.name)
+        return await self._run_stoppable(call)
+
+    async def _run_stoppable(self, call: ToolCall) -> ToolResult:
+        """Run `call` through the call pipeline, where `stop_calls` can stop it."""
         with anyio.CancelScope() as scope:
             self._stoppable.add(scope)
             try:
                 return await self.call_pipeline(call)
             finally:
                 self._stoppable.discard(scope)
+                if not self._stoppable and self._calls_stopped is not None:
+                    self._calls_stopped.set()
         # Reached only when `stop_calls` cancelled the call. Its result gives the client the reason.
         return tool_error(STOPPING)
 
     def stop_calls(self, reason: str) -> None:
         """Stop the calls in progress, which then return an error stating that the gateway is stopping.
 
-        The HTTP server calls it before it waits for open requests to finish, so that each gets a
-        response rather than being cut off when the wait ends.
+        Both transports call it before they close, so that each call gets a response rather than
+        being cut off.
         """
         self.stopping = reason
+        self._calls_stopped = anyio.Event()
+        if not self._stoppable:
+            self._calls_stopped.set()
         for scope in list(self._stoppable):
             scope.cancel()
+
+    async def calls_stopped(self) -> None:
+        """Wait until every call that `stop_calls` stopped has returned its result."""
+        if self._calls_stopped is not None:
+            await self._calls_stopped.wait()
 
     def direct_call(self, params: dict[str, Any]) -> ToolCall | None:
         """Return the call a stdio `tools/call` request's `params` describes, if it may take the direct lane.
@@ -302,7 +318,7 @@ class Gateway:
             tool=call.tool.name,
             direct=True,
         )
-        return await self.call_pipeline(call)
+        return await self._run_stoppable(call)
 
     async def note_stdio_era(self, ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
         """Middleware: record the stdio connection's protocol version once the SDK served a tool request.

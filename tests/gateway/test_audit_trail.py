@@ -252,6 +252,31 @@ async def test_sigterm_answers_http_call(tmp_path: Path, mode: str) -> None:
     assert "Exception in ASGI application" not in log
 
 
+@pytest.mark.parametrize("progress", [False, True], ids=["direct lane", "through the SDK"])
+async def test_sigterm_answers_stdio_call(tmp_path: Path, progress: bool) -> None:
+    record = tmp_path / "alpha.jsonl"
+    policy = write_policy(tmp_path, {"alpha": fixture_server("alpha", record=record)})
+    slow = {"name": "alpha__slow", "arguments": {"seconds": 60, "steps": 0}}
+
+    async with raw_stdio_gateway(policy) as gateway:
+        # The direct lane opens once the SDK has served a tool request; a call asking for progress
+        # stays on the SDK's path.
+        await gateway.call("alpha__echo", {"text": "first"})
+        request_id = await gateway.send_request("tools/call", slow, progress=progress)
+        await wait_until(lambda: calls_received(record, "slow"), 10, "slow call forwarded")
+        gateway.process.send_signal(signal.SIGTERM)
+        response = await gateway.response(request_id)
+    calls = await read_trail(tmp_path / "state")
+
+    assert response["result"]["isError"] is True
+    assert response["result"]["content"][0]["text"].startswith(
+        "mcp-guard is stopping, so this call was stopped"
+    )
+    [stopped] = [call for call in calls if call.intent.tool == "slow"]
+    assert stopped.outcome is not None
+    assert stopped.outcome.outcome == "gateway_shutdown"
+
+
 async def legacy_http_session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
     """Complete a 2025-11-25 handshake over HTTP and return the headers later requests need."""
     params = {
