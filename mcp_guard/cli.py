@@ -713,9 +713,11 @@ async def _pin_statuses(config: GatewayConfig, catalog: Catalog) -> dict[tuple[s
     """Return the pin status of each tool, if the gateway has pinned definitions before."""
     state_dir = Path(config.gateway.state_dir)
     if not (state_dir / PIN_DATABASE).exists():
-        # Without servers there is nothing to pin, so nothing to say.
+        # Without servers there is nothing to pin, so the note is left out.
         if config.servers:
-            print("\nNo tool definitions are pinned yet: the gateway trusts each server's tools on first sight.")
+            print(
+                "\nNo tool definitions are pinned yet: the gateway trusts each server's tools on first sight."
+            )
         return {}
     statuses: dict[tuple[str, str], str] = {}
     async with PinStore.in_state_dir(state_dir) as pins:

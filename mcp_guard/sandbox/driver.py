@@ -104,8 +104,8 @@ def describe(value: object) -> list[dict[str, str]]:
 
 
 def user_traceback(exc: BaseException) -> str:
-    # Frames before the first one in the code are this driver's and the parser's (a syntax error
-    # has none in the code); the user does not need them.
+    # Frames before the first one in the code are this driver's and the parser's, so they are left
+    # out. A syntax error has no frame in the code, so only its message and line remain.
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != "<code>":
         tb = tb.tb_next

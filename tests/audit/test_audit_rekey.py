@@ -163,12 +163,12 @@ async def test_rekey_with_key_in_variable(
     paths.key.unlink()
     monkeypatch.setenv("MCP_GUARD_AUDIT_KEY", old_key.hex())
 
-    refused = await run_audit(state_dir, "rekey")
+    without_new_key = await run_audit(state_dir, "rekey")
     message = capsys.readouterr().err
     monkeypatch.setenv("NEXT_AUDIT_KEY", NEW_KEY.hex())
     status, output = await run_audit(state_dir, "rekey", "--new-key-env", "NEXT_AUDIT_KEY")
 
-    assert refused == (1, "")
+    assert without_new_key == (1, "")
     assert message == (
         "The audit key comes from $MCP_GUARD_AUDIT_KEY, which mcp-guard cannot change. Put a new key "
         "(64 hex digits) in another variable and pass its name with --new-key-env.\n"

@@ -185,10 +185,10 @@ async def test_secret_in_downstream_question_declined(tmp_path: Path) -> None:
     async with stdio_gateway(policy, elicitation_callback=human) as client:
         await client.call_tool("alpha__echo", {"text": "creates the state directory"})
         key = (tmp_path / "state" / "audit.key").read_text().strip()
-        asked = await client.call_tool("alpha__ask_user", {"question": f"Is {key} yours?"})
+        with_key = await client.call_tool("alpha__ask_user", {"question": f"Is {key} yours?"})
         plain = await client.call_tool("alpha__ask_user", {"question": "Favourite colour?"})
 
-    assert asked.content[0].text == '{"action": "decline"}'
+    assert with_key.content[0].text == '{"action": "decline"}'
     assert [question.message.rsplit("\n", 1)[-1] for question in questions] == ["Favourite colour?"]
     assert plain.content[0].text == '{"action": "accept", "content": {"answer": "yes"}}'
 

@@ -9,8 +9,8 @@ key, in one transaction, and the head file is written.
 The key itself lives outside the database (a file, or a variable set from a
 secret store), so the database and the key cannot change together. The caller
 keeps the new key where a second run finds it (`audit.key.next`) until the key
-is in place, and a second run after a crash finishes the work: it finds rows
-already signed with the new key and only writes the head file again.
+is in place. A second run after a crash then finishes the work: it finds the
+rows already signed with the new key and only writes the head file again.
 """
 
 from __future__ import annotations
