@@ -391,7 +391,7 @@ def state_dir_in_work_tree(config: GatewayConfig) -> list[str]:
 
 
 def _ignored_by_git(root: Path, path: Path) -> bool:
-    """Return whether git ignores `path` in the work tree `root`; False if git cannot tell."""
+    """Return whether git ignores `path` in the work tree `root`, or False if git cannot tell."""
     try:
         completed = subprocess.run(
             ["git", "-C", str(root), "check-ignore", "-q", str(path)],

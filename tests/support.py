@@ -399,7 +399,7 @@ def without_rule_names(problems: list[str]) -> list[str]:
 
 
 async def run_audit(state_dir: Path, *argv: str) -> tuple[int, str]:
-    """Run `mcp-guard audit ARGV` in this process on `state_dir`; return its exit status and stdout."""
+    """Run `mcp-guard audit ARGV` in this process on `state_dir` and return its exit status and stdout."""
     from mcp_guard.audit.cli import add_audit_commands, run_audit_command
 
     parser = argparse.ArgumentParser(prog="mcp-guard")

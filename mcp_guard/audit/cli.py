@@ -129,7 +129,7 @@ async def run_audit_command(
             state_dir,
             key_env_var=key_variable,
             read_only=command != "prune",
-            # Reading rows needs no key; checking their hashes does.
+            # Reading rows needs no key, while checking their hashes does.
             key_needed=command in ("verify", "prune"),
         )
         async with store:

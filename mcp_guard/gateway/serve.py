@@ -63,7 +63,9 @@ HTTP_SESSION_IDLE_SECONDS = 1800
 HTTP_SHUTDOWN_GRACE_SECONDS = 2
 # On a signal over stdio, the calls in progress get this long to return their errors.
 STDIO_STOP_GRACE_SECONDS = 2
-# Then their responses get this long to reach stdout; the SDK writes them a few event-loop turns later.
+# Then their responses get this long to reach stdout, since the SDK writes them a few
+# event-loop turns later.
+# NOTE: an estimate, not a wait for the write itself. On a machine too slow for it, a response is lost.
 STDIO_RESPONSE_SECONDS = 0.05
 HTTP_BACKLOG = 512
 USAGE_FILE = "state.sqlite3"
@@ -433,7 +435,7 @@ class _Stopper:
         if self._web is not None:
             self._web.should_exit = True
         elif self._serving is not None:
-            # The stopped calls return their errors; the responses go out before the wire closes.
+            # The stopped calls return their errors, and the responses go out before the wire closes.
             with anyio.move_on_after(STDIO_STOP_GRACE_SECONDS):
                 await gateway.calls_stopped()
                 await anyio.sleep(STDIO_RESPONSE_SECONDS)

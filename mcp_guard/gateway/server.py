@@ -725,7 +725,7 @@ class Gateway:
 
 
 class _Withheld(MCPError):
-    """A request's result or error contains a secret of the gateway; the client gets this instead.
+    """The error a client gets instead of a request's result or error that contains a secret of the gateway.
 
     Attributes:
         detail: What the audit trail records: what contained which secret, without the secret.

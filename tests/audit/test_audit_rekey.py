@@ -220,7 +220,7 @@ async def test_rekey_without_key_names_the_file(
 
 
 async def mcp_guard(*args: str) -> tuple[int, str]:
-    """Run the `mcp-guard` command line; return its exit status and its output and errors."""
+    """Run the `mcp-guard` command line and return its exit status with its output and errors."""
     environment = {name: value for name, value in os.environ.items() if name != "MCP_GUARD_AUDIT_KEY"}
     completed = await anyio.run_process(
         [sys.executable, "-m", "mcp_guard", *args], check=False, env=environment

@@ -259,7 +259,7 @@ async def test_sigterm_answers_stdio_call(tmp_path: Path, progress: bool) -> Non
     slow = {"name": "alpha__slow", "arguments": {"seconds": 60, "steps": 0}}
 
     async with raw_stdio_gateway(policy) as gateway:
-        # The direct lane opens once the SDK has served a tool request; a call asking for progress
+        # The direct lane opens once the SDK has served a tool request. A call asking for progress
         # stays on the SDK's path.
         await gateway.call("alpha__echo", {"text": "first"})
         request_id = await gateway.send_request("tools/call", slow, progress=progress)

@@ -261,7 +261,7 @@ async def test_session_window_is_one_day() -> None:
 
 
 async def test_rejection_gives_longest_wait_in_hours() -> None:
-    # Both counts are full; the day's limit frees up last, and its wait is shown in hours.
+    # Both counts are full. The day's limit frees up last, and its wait is shown in hours.
     lim = limiter({"name": "each client", "requests_per_minute": 2, "requests_per_day": 2})
     await admitted(lim, T0, 2)
 
